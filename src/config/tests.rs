@@ -1,0 +1,131 @@
+use super::*;
+use std::path::Path;
+
+fn load_text(text: &str) -> Result<Loaded, ConfigError> {
+    from_str(Path::new("/etc/kai/kai.toml"), text)
+}
+
+#[test]
+fn empty_file_is_the_defaults() {
+    let loaded = load_text("").unwrap();
+    assert_eq!(loaded.config, Config::default());
+    assert_eq!(loaded.config.memcache.listen, "127.0.0.1:11211");
+    assert_eq!(loaded.config.cluster.quorum, Quorum { n: 3, r: 2, w: 2 });
+}
+
+#[test]
+fn human_units_and_aliases() {
+    let loaded = load_text(
+        "[memcache]\nmax_item_size = \"2MiB\"\nidle_timeout = \"90s\"\n[store]\nengine = \"dets\"\n",
+    )
+    .unwrap();
+    assert_eq!(loaded.config.memcache.max_item_size.0, 2 << 20);
+    assert_eq!(loaded.config.memcache.idle_timeout.0.as_secs(), 90);
+    assert_eq!(loaded.config.store.engine, Engine::Disk);
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let err = load_text("[memcache]\nlisten = \"127.0.0.1:1\"\nmax_conections = 5\n").unwrap_err();
+    assert_eq!(err.file, Path::new("/etc/kai/kai.toml"));
+    assert_eq!(err.line, Some(3));
+    assert_eq!(err.key, "memcache.max_conections");
+    assert!(err.reason.contains("unknown field"), "{err}");
+}
+
+#[test]
+fn bad_value_names_the_key() {
+    let err = load_text("[store]\nmemory_limit = \"12 parsecs\"\n").unwrap_err();
+    assert_eq!(err.line, Some(2));
+    assert_eq!(err.key, "store.memory_limit");
+    assert!(err.reason.contains("unknown unit"), "{err}");
+}
+
+#[test]
+fn buckets_must_be_a_power_of_two() {
+    let err = load_text("[cluster]\nvirtual_nodes = 64\nbuckets = 1000\n").unwrap_err();
+    assert_eq!((err.line, err.key.as_str()), (Some(3), "cluster.buckets"));
+    assert!(err.reason.contains("nearest is 1024"), "{err}");
+}
+
+#[test]
+fn read_quorum_above_n_is_an_error() {
+    let err = load_text("[cluster]\nquorum = { n = 3, r = 4, w = 2 }\n").unwrap_err();
+    assert_eq!((err.line, err.key.as_str()), (Some(2), "cluster.quorum.r"));
+    assert!(err
+        .to_string()
+        .starts_with("/etc/kai/kai.toml:2: cluster.quorum.r: r = 4"));
+}
+
+#[test]
+fn weak_quorum_is_a_warning() {
+    let loaded = load_text("[cluster]\nquorum = { n = 3, r = 1, w = 1 }\n").unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+}
+
+#[test]
+fn bad_addresses_are_rejected() {
+    for text in [
+        "[memcache]\nlisten = \"127.0.0.1\"\n",
+        "[rpc]\nlisten = \"host:99999\"\n",
+        "[cluster]\nseeds = [\"a b:1\"]\n",
+    ] {
+        assert!(load_text(text).is_err(), "{text}");
+    }
+    load_text("[memcache]\nlisten = \"localhost:11211\"\n[rpc]\nlisten = \"[::1]:11011\"\n")
+        .unwrap();
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let err = load_text("[node]\nhostname = \n").unwrap_err();
+    assert_eq!(err.line, Some(2));
+}
+
+#[test]
+fn dropins_merge_over_the_main_file_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("kai.toml");
+    std::fs::write(
+        &main,
+        "[memcache]\nlisten = \"127.0.0.1:1\"\nmax_connections = 10\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/20-b.toml"),
+        "[memcache]\nmax_connections = 30\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/10-a.toml"),
+        "[memcache]\nmax_connections = 20\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("conf.d/ignored.txt"), "garbage").unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/30-q.toml"),
+        "[cluster.quorum]\nr = 1\n",
+    )
+    .unwrap();
+    let loaded = load(Some(&main)).unwrap();
+    assert_eq!(loaded.config.memcache.listen, "127.0.0.1:1");
+    assert_eq!(loaded.config.memcache.max_connections, 30);
+    assert_eq!(loaded.config.cluster.quorum, Quorum { n: 3, r: 1, w: 2 });
+    assert_eq!(loaded.sources.len(), 4);
+
+    std::fs::write(
+        dir.path().join("conf.d/40-bad.toml"),
+        "[cluster]\nbuckets = 7\n",
+    )
+    .unwrap();
+    let err = load(Some(&main)).unwrap_err();
+    assert!(err.file.ends_with("conf.d/40-bad.toml"), "{err}");
+    assert_eq!(err.line, Some(2));
+}
+
+#[test]
+fn missing_explicit_file_is_an_error() {
+    let err = load(Some(Path::new("/nonexistent/kai.toml"))).unwrap_err();
+    assert!(err.reason.contains("cannot read"), "{err}");
+}

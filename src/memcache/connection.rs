@@ -1,0 +1,140 @@
+//! One client connection: read, parse every complete request, answer them in order with a
+//! single write per batch (so pipelined requests cost one syscall), repeat.
+//!
+//! An idle connection holds no read buffer, so thousands of idle clients stay cheap.
+
+use super::execute::{execute, Flow};
+use super::parse::{parse, Parsed, LINE_TOO_LONG};
+use crate::node::Node;
+use bytes::{Buf, BytesMut};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Replies are flushed once this much is queued, bounding memory for huge multi-gets.
+const FLUSH_THRESHOLD: usize = 256 * 1024;
+/// A read buffer this large is released once drained (after a big value went through).
+const KEEP_BUFFER: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+pub struct Connection {
+    stream: TcpStream,
+    node: Arc<Node>,
+    input: BytesMut,
+    output: Vec<u8>,
+    /// Bytes of a refused data block still to discard.
+    swallow: u64,
+    max_item_size: usize,
+    idle_timeout: Option<Duration>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, node: Arc<Node>) -> Self {
+        let config = node.config();
+        let idle = config.memcache.idle_timeout.0;
+        Connection {
+            max_item_size: config.memcache.max_item_size.0 as usize,
+            idle_timeout: (!idle.is_zero()).then_some(idle),
+            stream,
+            node,
+            input: BytesMut::new(),
+            output: Vec::new(),
+            swallow: 0,
+        }
+    }
+
+    /// Serves requests until the client leaves, errs, idles out or `shutdown` fires. Requests
+    /// already received when shutdown fires are answered first.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> io::Result<()> {
+        loop {
+            let flow = self.answer_buffered().await;
+            if !self.output.is_empty() {
+                self.stream.write_all(&self.output).await?;
+                self.output.clear();
+            }
+            if flow == Flow::Close || *shutdown.borrow() {
+                return Ok(());
+            }
+            if self.input.is_empty() && self.input.capacity() > KEEP_BUFFER {
+                self.input = BytesMut::new();
+            }
+            tokio::select! {
+                ready = self.readable() => ready?,
+                _ = shutdown.changed() => return Ok(()),
+            }
+            if !self.fill()? {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        match self.idle_timeout {
+            None => self.stream.readable().await,
+            Some(limit) => tokio::time::timeout(limit, self.stream.readable())
+                .await
+                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))),
+        }
+    }
+
+    /// Reads what the socket has; false when the peer closed.
+    fn fill(&mut self) -> io::Result<bool> {
+        loop {
+            self.input.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.input) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {
+                    if self.input.capacity() - self.input.len() > 0 {
+                        return Ok(true);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Answers every complete request in the input buffer.
+    async fn answer_buffered(&mut self) -> Flow {
+        loop {
+            if self.swallow > 0 {
+                let dropped = self.swallow.min(self.input.len() as u64);
+                self.input.advance(dropped as usize);
+                self.swallow -= dropped;
+                if self.swallow > 0 {
+                    return Flow::Continue;
+                }
+            }
+            match parse(&self.input, self.max_item_size) {
+                Parsed::Frame(frame) => {
+                    let (consumed, swallow) = (frame.consumed, frame.swallow);
+                    let flow = execute(frame.command, &self.node, &mut self.output).await;
+                    self.input.advance(consumed);
+                    self.swallow = swallow;
+                    if flow == Flow::Close {
+                        return flow;
+                    }
+                }
+                Parsed::Incomplete { need } => {
+                    self.input.reserve(need.saturating_sub(self.input.len()));
+                    return Flow::Continue;
+                }
+                Parsed::LineTooLong => {
+                    super::reply::line(&mut self.output, LINE_TOO_LONG);
+                    return Flow::Close;
+                }
+            }
+            if self.output.len() >= FLUSH_THRESHOLD {
+                if let Err(e) = self.stream.write_all(&self.output).await {
+                    log::debug!("write failed: {e}");
+                    return Flow::Close;
+                }
+                self.output.clear();
+            }
+        }
+    }
+}

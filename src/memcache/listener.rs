@@ -1,0 +1,95 @@
+//! Accepts memcache clients: enforces `max_connections`, spawns a [`Connection`] per client
+//! and, on shutdown, stops accepting and waits (bounded) for the connections to finish.
+
+use super::connection::Connection;
+use crate::node::Node;
+use crate::stats::Counters;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+const TOO_MANY: &[u8] = b"SERVER_ERROR too many connections\r\n";
+
+/// Decrements `curr_connections` when a connection ends, however it ends.
+struct Slot {
+    node: Arc<Node>,
+    _done: mpsc::Sender<()>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.node
+            .counters()
+            .curr_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves clients from `listener` until `shutdown` fires, then gives open connections up to
+/// `grace` to answer what they already received.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // EMFILE and friends: wait instead of spinning, then try again.
+                log::warn!("accept on the memcache port failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let counters = node.counters();
+        let max = u64::from(node.config().memcache.max_connections);
+        if Counters::read(&counters.curr_connections) >= max {
+            Counters::bump(&counters.rejected_connections);
+            log::debug!("refusing {peer}: {max} connections open");
+            tokio::spawn(async move {
+                let _ = stream.write_all(TOO_MANY).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        Counters::bump(&counters.curr_connections);
+        Counters::bump(&counters.total_connections);
+        let slot = Slot {
+            node: Arc::clone(&node),
+            _done: done_tx.clone(),
+        };
+        let connection = Connection::new(stream, Arc::clone(&node));
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.run(shutdown).await {
+                log::debug!("connection from {peer} ended: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    drop(done_tx);
+    // Every Slot holds a sender: recv() returns None once the last connection is gone.
+    if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
+        log::warn!(
+            "{} client connections still open after {grace:?}; closing them",
+            Counters::read(&node.counters().curr_connections)
+        );
+    }
+}

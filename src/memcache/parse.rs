@@ -1,0 +1,473 @@
+//! The memcached text protocol parser: pure, incremental and zero-copy.
+//!
+//! `parse` looks at the front of a connection's read buffer. It first checks that a whole
+//! request (command line and, for storage commands, the data block) is buffered, then parses
+//! it into a [`Command`] that borrows from the buffer. Nothing here does I/O, so the parser is
+//! unit-tested, property-tested against arbitrary splits and fuzzed (`fuzz/`).
+//!
+//! Error replies follow memcached 1.6's wording. Two deliberate differences (DESIGN §5): a
+//! storage command rejected after its length parsed (bad key, bad flags) swallows its data
+//! block, so the value is never executed as commands; and a command line over
+//! `MAX_LINE` bytes is answered with `CLIENT_ERROR line too long` before the close.
+
+/// memcached's KEY_MAX_LENGTH.
+pub const MAX_KEY_LEN: usize = 250;
+/// Longest command line, except for retrieval commands.
+pub const MAX_LINE: usize = 2048;
+/// Longest retrieval line (`get k1 k2 …`): about a thousand maximum-length keys.
+pub const MAX_GET_LINE: usize = 256 * 1024;
+/// Exptimes above this many seconds are absolute Unix times (memcached's REALTIME_MAXDELTA).
+pub const RELATIVE_EXPTIME_LIMIT: i64 = 30 * 24 * 60 * 60;
+
+pub const BAD_FORMAT: &str = "CLIENT_ERROR bad command line format";
+pub const BAD_CHUNK: &str = "CLIENT_ERROR bad data chunk";
+pub const BAD_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument";
+pub const BAD_EXPTIME: &str = "CLIENT_ERROR invalid exptime argument";
+pub const BAD_DELETE: &str = "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]";
+pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
+pub const LINE_TOO_LONG: &str = "CLIENT_ERROR line too long";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreMode {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+    Cas(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsSection {
+    General,
+    Settings,
+    Kai,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `get`/`gets` (exptime None) and `gat`/`gats` (exptime Some).
+    Retrieve {
+        keys: Keys<'a>,
+        with_cas: bool,
+        touch: Option<i64>,
+    },
+    Store {
+        mode: StoreMode,
+        key: &'a [u8],
+        flags: u32,
+        exptime: i64,
+        data: &'a [u8],
+        noreply: bool,
+    },
+    /// A storage command whose value exceeds `max_item_size`; its data block is swallowed.
+    /// memcached also unlinks the old item of a failed `set`, so stale data cannot linger.
+    TooLarge {
+        key: &'a [u8],
+        unlink: bool,
+        noreply: bool,
+    },
+    Delete {
+        key: &'a [u8],
+        noreply: bool,
+    },
+    Arith {
+        incr: bool,
+        key: &'a [u8],
+        delta: u64,
+        noreply: bool,
+    },
+    Touch {
+        key: &'a [u8],
+        exptime: i64,
+        noreply: bool,
+    },
+    FlushAll {
+        delay: i64,
+        noreply: bool,
+    },
+    Stats(StatsSection),
+    Version,
+    Verbosity {
+        noreply: bool,
+    },
+    Quit,
+    /// A complete request that only earns a fixed reply (`ERROR`, `CLIENT_ERROR …`), or
+    /// nothing when the client asked for `noreply`.
+    Reply(Option<&'static str>),
+}
+
+/// Keys of a retrieval command, validated, iterated lazily without allocating.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys<'a>(&'a [u8]);
+
+impl<'a> Keys<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.0.split(|&b| b == b' ').filter(|w| !w.is_empty())
+    }
+}
+
+/// One request taken from the front of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub command: Command<'a>,
+    /// Bytes of the buffer this request used.
+    pub consumed: usize,
+    /// Further bytes to discard (the data block of a refused storage command), which may not
+    /// have arrived yet.
+    pub swallow: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    Frame(Frame<'a>),
+    /// More bytes are needed; at least this many in total.
+    Incomplete {
+        need: usize,
+    },
+    /// The line exceeds its limit: reply `LINE_TOO_LONG` and close the connection.
+    LineTooLong,
+}
+
+/// Parses the request at the front of `buf`. `max_item_size` bounds storage values.
+pub fn parse(buf: &[u8], max_item_size: usize) -> Parsed<'_> {
+    let Some(newline) = memchr(b'\n', buf) else {
+        return if buf.len() > line_limit(buf) {
+            Parsed::LineTooLong
+        } else {
+            Parsed::Incomplete {
+                need: buf.len() + 1,
+            }
+        };
+    };
+    let line_end = newline + 1;
+    let mut line = &buf[..newline];
+    if line.len() > line_limit(line) {
+        return Parsed::LineTooLong;
+    }
+    if let [rest @ .., b'\r'] = line {
+        line = rest;
+    }
+    let words = Words::split(line);
+    let frame = |command| {
+        Parsed::Frame(Frame {
+            command,
+            consumed: line_end,
+            swallow: 0,
+        })
+    };
+    let Some(name) = words.get(0) else {
+        return frame(Command::Reply(Some("ERROR")));
+    };
+    let n = words.len();
+    match name {
+        b"get" | b"gets" if n >= 2 => frame(retrieval(line, &words, 1, name == b"gets", None)),
+        b"gat" | b"gats" if n >= 3 => {
+            let command = match parse_i64(words.get(1).unwrap_or_default()) {
+                Some(exptime) => retrieval(line, &words, 2, name == b"gats", Some(exptime)),
+                None => Command::Reply(Some(BAD_EXPTIME)),
+            };
+            frame(command)
+        }
+        b"set" | b"add" | b"replace" | b"append" | b"prepend" if n == 5 || n == 6 => {
+            storage(buf, line_end, &words, false, max_item_size)
+        }
+        b"cas" if n == 6 || n == 7 => storage(buf, line_end, &words, true, max_item_size),
+        b"delete" if (2..=4).contains(&n) => frame(delete(&words)),
+        b"incr" | b"decr" if n == 3 || n == 4 => frame(arith(&words, name == b"incr")),
+        b"touch" if n == 3 || n == 4 => frame(touch(&words)),
+        b"flush_all" if n <= 3 => frame(flush_all(&words)),
+        b"stats" => frame(match words.get(1) {
+            None => Command::Stats(StatsSection::General),
+            Some(b"settings") if n == 2 => Command::Stats(StatsSection::Settings),
+            Some(b"kai") if n == 2 => Command::Stats(StatsSection::Kai),
+            Some(_) => Command::Reply(Some("ERROR")),
+        }),
+        b"version" => frame(Command::Version),
+        b"quit" => frame(Command::Quit),
+        b"verbosity" if n == 2 || n == 3 => {
+            let noreply = words.noreply();
+            frame(match parse_u32(words.get(1).unwrap_or_default()) {
+                Some(_) => Command::Verbosity { noreply },
+                None => Command::Reply((!noreply).then_some(BAD_FORMAT)),
+            })
+        }
+        _ => frame(Command::Reply(Some("ERROR"))),
+    }
+}
+
+fn line_limit(line: &[u8]) -> usize {
+    let start = line.iter().position(|&b| b != b' ').unwrap_or(line.len());
+    let command = &line[start..];
+    let is_retrieval = [&b"get "[..], b"gets ", b"gat ", b"gats "]
+        .iter()
+        .any(|prefix| command.starts_with(prefix));
+    if is_retrieval {
+        MAX_GET_LINE
+    } else {
+        MAX_LINE
+    }
+}
+
+fn retrieval<'a>(
+    line: &'a [u8],
+    words: &Words<'a>,
+    first_key: usize,
+    with_cas: bool,
+    touch: Option<i64>,
+) -> Command<'a> {
+    // Keys are re-split lazily from the line; here they are only validated. Like memcached,
+    // one bad key fails the whole request, with no partial VALUE output.
+    let keys_start = words.offset(first_key);
+    let keys = &line[keys_start..];
+    if keys
+        .split(|&b| b == b' ')
+        .any(|key| !key.is_empty() && !valid_key(key))
+    {
+        return Command::Reply(Some(BAD_FORMAT));
+    }
+    Command::Retrieve {
+        keys: Keys(keys),
+        with_cas,
+        touch,
+    }
+}
+
+fn storage<'a>(
+    buf: &'a [u8],
+    line_end: usize,
+    words: &Words<'a>,
+    is_cas: bool,
+    max_item_size: usize,
+) -> Parsed<'a> {
+    let noreply = words.noreply();
+    let reply = |text: &'static str, swallow: u64| {
+        Parsed::Frame(Frame {
+            command: Command::Reply((!noreply).then_some(text)),
+            consumed: line_end,
+            swallow,
+        })
+    };
+    let Some(length) = parse_i64(words.get(4).unwrap_or_default())
+        .filter(|&len| (0..=i64::from(i32::MAX) - 2).contains(&len))
+    else {
+        return reply(BAD_FORMAT, 0);
+    };
+    let length = length as usize;
+    let swallow = length as u64 + 2;
+    let key = words.get(1).unwrap_or_default();
+    let flags = parse_u32(words.get(2).unwrap_or_default());
+    let exptime = parse_i64(words.get(3).unwrap_or_default());
+    let cas = if is_cas {
+        parse_u64(words.get(5).unwrap_or_default())
+    } else {
+        Some(0)
+    };
+    let (Some(flags), Some(exptime), Some(cas), true) = (flags, exptime, cas, valid_key(key))
+    else {
+        return reply(BAD_FORMAT, swallow);
+    };
+    let mode = match words.get(0).unwrap_or_default() {
+        b"set" => StoreMode::Set,
+        b"add" => StoreMode::Add,
+        b"replace" => StoreMode::Replace,
+        b"append" => StoreMode::Append,
+        b"prepend" => StoreMode::Prepend,
+        _ => StoreMode::Cas(cas),
+    };
+    if length > max_item_size {
+        let unlink = mode == StoreMode::Set;
+        return Parsed::Frame(Frame {
+            command: Command::TooLarge {
+                key,
+                unlink,
+                noreply,
+            },
+            consumed: line_end,
+            swallow,
+        });
+    }
+    let total = line_end + length + 2;
+    if buf.len() < total {
+        return Parsed::Incomplete { need: total };
+    }
+    if &buf[line_end + length..total] != b"\r\n" {
+        return Parsed::Frame(Frame {
+            command: Command::Reply((!noreply).then_some(BAD_CHUNK)),
+            consumed: total,
+            swallow: 0,
+        });
+    }
+    let data = &buf[line_end..line_end + length];
+    Parsed::Frame(Frame {
+        command: Command::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            data,
+            noreply,
+        },
+        consumed: total,
+        swallow: 0,
+    })
+}
+
+fn delete<'a>(words: &Words<'a>) -> Command<'a> {
+    let key = words.get(1).unwrap_or_default();
+    let noreply = words.noreply();
+    let hold_is_zero = words.get(2) == Some(b"0");
+    let valid = match words.len() {
+        2 => true,
+        3 => hold_is_zero || noreply,
+        _ => hold_is_zero && noreply,
+    };
+    if !valid {
+        return Command::Reply(Some(BAD_DELETE));
+    }
+    if !valid_key(key) {
+        return Command::Reply((!noreply).then_some(BAD_FORMAT));
+    }
+    Command::Delete { key, noreply }
+}
+
+fn arith<'a>(words: &Words<'a>, incr: bool) -> Command<'a> {
+    let key = words.get(1).unwrap_or_default();
+    let noreply = words.noreply();
+    if !valid_key(key) {
+        return Command::Reply((!noreply).then_some(BAD_FORMAT));
+    }
+    match parse_u64(words.get(2).unwrap_or_default()) {
+        Some(delta) => Command::Arith {
+            incr,
+            key,
+            delta,
+            noreply,
+        },
+        None => Command::Reply((!noreply).then_some(BAD_DELTA)),
+    }
+}
+
+fn touch<'a>(words: &Words<'a>) -> Command<'a> {
+    let key = words.get(1).unwrap_or_default();
+    let noreply = words.noreply();
+    if !valid_key(key) {
+        return Command::Reply((!noreply).then_some(BAD_FORMAT));
+    }
+    match parse_i64(words.get(2).unwrap_or_default()) {
+        Some(exptime) => Command::Touch {
+            key,
+            exptime,
+            noreply,
+        },
+        None => Command::Reply((!noreply).then_some(BAD_EXPTIME)),
+    }
+}
+
+fn flush_all<'a>(words: &Words<'a>) -> Command<'a> {
+    let noreply = words.noreply();
+    let delay = match words.get(1) {
+        None | Some(b"noreply") => Some(0),
+        Some(word) => parse_i64(word),
+    };
+    match delay {
+        Some(delay) => Command::FlushAll { delay, noreply },
+        None => Command::Reply((!noreply).then_some(BAD_EXPTIME)),
+    }
+}
+
+/// memcached keys: 1..=250 bytes; kai also refuses control characters (DESIGN §5).
+pub fn valid_key(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.iter().all(|&b| b > b' ' && b != 0x7f)
+}
+
+/// The space-separated words of a command line. Commands have at most 8 words; longer
+/// lines (only retrievals are legal) keep their first 8 and the total count.
+struct Words<'a> {
+    words: [&'a [u8]; 8],
+    offsets: [usize; 8],
+    count: usize,
+    last: &'a [u8],
+}
+
+impl<'a> Words<'a> {
+    fn split(line: &'a [u8]) -> Self {
+        let mut words = Words {
+            words: [&[]; 8],
+            offsets: [0; 8],
+            count: 0,
+            last: &[],
+        };
+        let mut start = 0;
+        for word in line.split(|&b| b == b' ') {
+            let offset = start;
+            start += word.len() + 1;
+            if word.is_empty() {
+                continue;
+            }
+            if words.count < 8 {
+                words.words[words.count] = word;
+                words.offsets[words.count] = offset;
+            }
+            words.count += 1;
+            words.last = word;
+        }
+        words
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn get(&self, index: usize) -> Option<&'a [u8]> {
+        (index < self.count.min(8)).then(|| self.words[index])
+    }
+
+    /// Byte offset of word `index` within the line.
+    fn offset(&self, index: usize) -> usize {
+        self.offsets[index]
+    }
+
+    /// memcached's rule: the request is silent when its last word is exactly "noreply".
+    fn noreply(&self) -> bool {
+        self.count > 1 && self.last == b"noreply"
+    }
+}
+
+fn digits(text: &[u8]) -> Option<&[u8]> {
+    let text = text.strip_prefix(b"+").unwrap_or(text);
+    (!text.is_empty() && text.iter().all(u8::is_ascii_digit)).then_some(text)
+}
+
+pub fn parse_u64(text: &[u8]) -> Option<u64> {
+    digits(text)?.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+fn parse_u32(text: &[u8]) -> Option<u32> {
+    parse_u64(text).and_then(|v| u32::try_from(v).ok())
+}
+
+/// A signed decimal within i32 range, as memcached's safe_strtol accepts for exptimes.
+fn parse_i64(text: &[u8]) -> Option<i64> {
+    let (negative, rest) = match text.strip_prefix(b"-") {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    if negative && rest.starts_with(b"+") {
+        return None;
+    }
+    let magnitude = i64::try_from(parse_u64(rest)?).ok()?;
+    let value = if negative { -magnitude } else { magnitude };
+    (i64::from(i32::MIN)..=i64::from(i32::MAX))
+        .contains(&value)
+        .then_some(value)
+}
+
+fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == needle)
+}
+
+#[cfg(test)]
+mod tests;

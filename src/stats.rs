@@ -1,0 +1,155 @@
+//! Counters behind the `stats` command, and its text (DESIGN §7: the names are a contract
+//! with cacti and Nagios checks).
+//!
+//! Kai semantics kept on purpose: `cmd_get` counts keys that returned a value, `bytes_read`
+//! counts value bytes sent to clients and `bytes_write` value bytes received from them.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Monotonic event counters, bumped lock-free on the request path.
+        #[derive(Default)]
+        pub struct Counters {
+            $(pub $name: AtomicU64,)*
+        }
+    };
+}
+
+counters!(
+    curr_connections,
+    total_connections,
+    rejected_connections,
+    cmd_get,
+    cmd_set,
+    cmd_touch,
+    cmd_flush,
+    get_hits,
+    get_misses,
+    delete_hits,
+    delete_misses,
+    cas_hits,
+    cas_misses,
+    cas_badval,
+    incr_hits,
+    incr_misses,
+    decr_hits,
+    decr_misses,
+    touch_hits,
+    touch_misses,
+    total_items,
+    bytes_read,
+    bytes_write,
+    hinted_handoffs,
+    read_repairs,
+    sync_keys,
+);
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+    }
+
+    pub fn read(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Kai's `kai_unreconciled_get`: for reads that met 2, 3, … versions, how many were left
+/// unreconciled (U) out of how many (T), printed as `U(T) U(T) …`.
+pub struct Unreconciled(Mutex<Vec<(u64, u64)>>);
+
+impl Unreconciled {
+    /// Starts with N−1 slots, as Kai did (`0(0) 0(0)` for N = 3).
+    pub fn new(replicas: u32) -> Self {
+        Unreconciled(Mutex::new(vec![
+            (0, 0);
+            replicas.saturating_sub(1).max(1) as usize
+        ]))
+    }
+
+    /// Records a read that gathered `versions` (≥ 2) versions and kept `left` after reconciling.
+    pub fn record(&self, versions: usize, left: usize) {
+        if versions < 2 {
+            return;
+        }
+        let mut slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = versions - 2;
+        if slots.len() <= slot {
+            slots.resize(slot + 1, (0, 0));
+        }
+        slots[slot].1 += 1;
+        if left > 1 {
+            slots[slot].0 += 1;
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        for (i, (unreconciled, total)) in slots.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            let _ = write!(out, "{unreconciled}({total})");
+        }
+        out
+    }
+}
+
+/// `STAT name value` lines in order, closed by `END`.
+pub fn render(stats: &[(&str, String)], out: &mut Vec<u8>) {
+    for (name, value) in stats {
+        out.extend_from_slice(b"STAT ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"END\r\n");
+}
+
+/// CPU time as memcached prints it: seconds.microseconds.
+pub fn rusage() -> (String, String) {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let fmt = |t: nix::sys::time::TimeVal| format!("{}.{:06}", t.tv_sec(), t.tv_usec());
+            (fmt(usage.user_time()), fmt(usage.system_time()))
+        }
+        Err(_) => ("0.000000".into(), "0.000000".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreconciled_in_kai_format() {
+        let u = Unreconciled::new(3);
+        assert_eq!(u.render(), "0(0) 0(0)");
+        u.record(2, 1);
+        u.record(2, 2);
+        u.record(4, 3);
+        u.record(1, 1);
+        assert_eq!(u.render(), "1(2) 0(0) 1(1)");
+        assert_eq!(Unreconciled::new(2).render(), "0(0)");
+    }
+
+    #[test]
+    fn renders_stat_lines() {
+        let mut out = Vec::new();
+        render(
+            &[("pid", "7".into()), ("kai_quorum", "3,2,2".into())],
+            &mut out,
+        );
+        assert_eq!(out, b"STAT pid 7\r\nSTAT kai_quorum 3,2,2\r\nEND\r\n");
+    }
+}

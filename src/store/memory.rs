@@ -1,0 +1,271 @@
+//! The memory engine (Kai's "ets"): a sharded map with per-shard LRU order.
+//!
+//! Keys hash to one of `SHARDS` mutex-guarded shards, so concurrent clients rarely meet on a
+//! lock. With a `memory_limit`, a write that takes the total over the limit evicts the least
+//! recently used records, first from its own shard, then from the others.
+
+use super::{Change, Record, Store, StoreStats};
+use lru::LruCache;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+const SHARDS: usize = 64;
+
+type Shard = LruCache<Box<[u8]>, Record>;
+
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    limit_bytes: u64,
+    bytes: AtomicU64,
+    items: AtomicU64,
+    evictions: AtomicU64,
+    /// Where the next cross-shard eviction starts, so no shard is always the victim.
+    eviction_cursor: AtomicUsize,
+}
+
+impl MemoryStore {
+    /// `limit_bytes` = 0 means unlimited.
+    pub fn new(limit_bytes: u64) -> Self {
+        MemoryStore {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::unbounded()))
+                .collect(),
+            hasher: Default::default(),
+            limit_bytes,
+            bytes: AtomicU64::new(0),
+            items: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            eviction_cursor: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard_of(&self, key: &[u8]) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    fn lock(&self, index: usize) -> MutexGuard<'_, Shard> {
+        // A panic while holding a shard cannot leave a half-written record (LruCache
+        // operations are single calls), so a poisoned lock is still usable.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn forget(&self, key: &[u8], record: &Record) {
+        self.bytes
+            .fetch_sub(record.footprint(key) as u64, Ordering::Relaxed);
+        self.items.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn over_limit(&self) -> bool {
+        self.limit_bytes != 0 && self.bytes.load(Ordering::Relaxed) > self.limit_bytes
+    }
+
+    /// Evicts least recently used records from `shard`, never the one just written (`keep`).
+    fn evict_from(&self, shard: &mut Shard, keep: Option<&[u8]>) {
+        while self.over_limit() {
+            let Some((key, _)) = shard.peek_lru() else {
+                return;
+            };
+            if Some(&**key) == keep {
+                return;
+            }
+            if let Some((key, record)) = shard.pop_lru() {
+                self.forget(&key, &record);
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn evict_elsewhere(&self, written: usize) {
+        let start = self.eviction_cursor.fetch_add(1, Ordering::Relaxed);
+        for step in 0..SHARDS {
+            if !self.over_limit() {
+                return;
+            }
+            let index = (start + step) % SHARDS;
+            if index != written {
+                self.evict_from(&mut self.lock(index), None);
+            }
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, key: &[u8], now_secs: u64) -> Option<Record> {
+        let mut shard = self.lock(self.shard_of(key));
+        let record = shard.get(key)?;
+        if !record.is_expired(now_secs) {
+            return Some(record.clone());
+        }
+        if let Some((key, record)) = shard.pop_entry(key) {
+            self.forget(&key, &record);
+        }
+        None
+    }
+
+    fn update(&self, key: &[u8], now_secs: u64, decide: &mut dyn FnMut(Option<&Record>) -> Change) {
+        let index = self.shard_of(key);
+        let mut shard = self.lock(index);
+        if shard.peek(key).is_some_and(|r| r.is_expired(now_secs)) {
+            if let Some((key, record)) = shard.pop_entry(key) {
+                self.forget(&key, &record);
+            }
+        }
+        match decide(shard.get(key)) {
+            Change::Keep => {}
+            Change::Remove => {
+                if let Some((key, record)) = shard.pop_entry(key) {
+                    self.forget(&key, &record);
+                }
+            }
+            Change::Put(record) => {
+                let added = record.footprint(key) as u64;
+                match shard.get_mut(key) {
+                    Some(slot) => {
+                        let removed = slot.footprint(key) as u64;
+                        *slot = record;
+                        self.bytes.fetch_add(added, Ordering::Relaxed);
+                        self.bytes.fetch_sub(removed, Ordering::Relaxed);
+                    }
+                    None => {
+                        shard.put(key.into(), record);
+                        self.bytes.fetch_add(added, Ordering::Relaxed);
+                        self.items.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if self.over_limit() {
+                    self.evict_from(&mut shard, Some(key));
+                    drop(shard);
+                    self.evict_elsewhere(index);
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        for index in 0..SHARDS {
+            let mut shard = self.lock(index);
+            for (key, record) in shard.iter() {
+                self.forget(key, record);
+            }
+            shard.clear();
+        }
+    }
+
+    fn purge_expired(&self, now_secs: u64) -> u64 {
+        let mut purged = 0;
+        for index in 0..SHARDS {
+            let mut shard = self.lock(index);
+            let expired: Vec<Box<[u8]>> = shard
+                .iter()
+                .filter(|(_, record)| record.is_expired(now_secs))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in expired {
+                if let Some((key, record)) = shard.pop_entry(&key) {
+                    self.forget(&key, &record);
+                    purged += 1;
+                }
+            }
+        }
+        purged
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            items: self.items.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            limit_bytes: self.limit_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::VectorClock;
+    use bytes::Bytes;
+
+    fn record(value: &str, expires_at: u64) -> Record {
+        Record {
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            flags: 0,
+            expires_at,
+            timestamp: 0,
+            clock: VectorClock::new(),
+        }
+    }
+
+    fn put(store: &MemoryStore, key: &str, value: &str, expires_at: u64) {
+        store.update(key.as_bytes(), 100, &mut |_| {
+            Change::Put(record(value, expires_at))
+        });
+    }
+
+    #[test]
+    fn put_get_remove_and_accounting() {
+        let store = MemoryStore::new(0);
+        put(&store, "a", "hello", 0);
+        put(&store, "a", "hi", 0);
+        assert_eq!(store.get(b"a", 100).unwrap().value, "hi");
+        let stats = store.stats();
+        assert_eq!(
+            (stats.items, stats.bytes),
+            (1, (1 + 2 + super::super::RECORD_OVERHEAD) as u64)
+        );
+        store.update(b"a", 100, &mut |_| Change::Remove);
+        assert_eq!(store.get(b"a", 100), None);
+        assert_eq!(store.stats().bytes, 0);
+    }
+
+    #[test]
+    fn expiry_is_lazy_and_purged() {
+        let store = MemoryStore::new(0);
+        put(&store, "short", "x", 150);
+        put(&store, "long", "x", 0);
+        assert!(store.get(b"short", 149).is_some());
+        assert!(store.get(b"short", 150).is_none());
+        assert_eq!(store.stats().items, 1);
+        put(&store, "short2", "x", 150);
+        assert_eq!(store.purge_expired(151), 1);
+        assert_eq!(store.stats().items, 1);
+        let mut seen = None;
+        store.update(b"short2", 151, &mut |r| {
+            seen = Some(r.is_some());
+            Change::Keep
+        });
+        assert_eq!(seen, Some(false));
+    }
+
+    #[test]
+    fn lru_eviction_keeps_the_limit_and_recent_keys() {
+        let value = "v".repeat(100);
+        let limit = 2000 * (100 + 4 + super::super::RECORD_OVERHEAD) as u64;
+        let store = MemoryStore::new(limit);
+        for i in 0..5000 {
+            put(&store, &format!("{i:04}"), &value, 0);
+            // Keep "0000" hot: it must survive every eviction.
+            assert!(store.get(b"0000", 100).is_some(), "0000 evicted at {i}");
+            assert!(store.stats().bytes <= limit);
+        }
+        let stats = store.stats();
+        assert!(stats.evictions >= 3000, "{stats:?}");
+        assert_eq!(stats.items + stats.evictions, 5000);
+        assert!(store.get(b"4999", 100).is_some());
+        assert!(store.get(b"0001", 100).is_none());
+    }
+
+    #[test]
+    fn clear_empties_everything() {
+        let store = MemoryStore::new(0);
+        for i in 0..100 {
+            put(&store, &i.to_string(), "x", 0);
+        }
+        store.clear();
+        assert_eq!(store.stats(), StoreStats::default());
+    }
+}

@@ -1,0 +1,123 @@
+//! Vector clocks: the causal history every stored version carries (DESIGN §6 "Versions").
+//!
+//! A clock is a small sorted list of (node id, counter). It is shared behind an `Arc` because
+//! every read hands out a copy and only writes create a new one.
+
+use std::sync::Arc;
+
+/// Identifies a node inside clocks: a hash of its "host:port" rpc address.
+pub type NodeId = u64;
+
+/// Clocks keep at most this many entries; the smallest counters go first.
+pub const MAX_CLOCK_ENTRIES: usize = 16;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VectorClock(Arc<[(NodeId, u64)]>);
+
+impl VectorClock {
+    pub fn new() -> Self {
+        VectorClock::default()
+    }
+
+    pub fn entries(&self) -> &[(NodeId, u64)] {
+        &self.0
+    }
+
+    pub fn counter(&self, node: NodeId) -> u64 {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// This clock with `node`'s counter advanced by one.
+    pub fn incremented(&self, node: NodeId) -> Self {
+        let mut entries = self.0.to_vec();
+        match entries.binary_search_by_key(&node, |(n, _)| *n) {
+            Ok(i) => entries[i].1 += 1,
+            Err(i) => entries.insert(i, (node, 1)),
+        }
+        while entries.len() > MAX_CLOCK_ENTRIES {
+            let smallest = (0..entries.len())
+                .filter(|&i| entries[i].0 != node)
+                .min_by_key(|&i| entries[i].1)
+                .expect("more than one entry");
+            entries.remove(smallest);
+        }
+        VectorClock(entries.into())
+    }
+
+    /// The per-node maximum of both clocks.
+    pub fn merged(&self, other: &VectorClock) -> Self {
+        let mut entries = self.0.to_vec();
+        for &(node, counter) in other.entries() {
+            match entries.binary_search_by_key(&node, |(n, _)| *n) {
+                Ok(i) => entries[i].1 = entries[i].1.max(counter),
+                Err(i) => entries.insert(i, (node, counter)),
+            }
+        }
+        VectorClock(entries.into())
+    }
+
+    /// True when every event `other` saw, this clock saw too (equality included).
+    pub fn descends(&self, other: &VectorClock) -> bool {
+        other
+            .entries()
+            .iter()
+            .all(|&(node, counter)| self.counter(node) >= counter)
+    }
+
+    /// Neither clock descends the other: the versions are siblings.
+    pub fn concurrent(&self, other: &VectorClock) -> bool {
+        !self.descends(other) && !other.descends(self)
+    }
+
+    /// A 64-bit digest (FNV-1a), stable across processes and releases.
+    pub fn digest(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &(node, counter) in self.entries() {
+            for byte in node.to_be_bytes().into_iter().chain(counter.to_be_bytes()) {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn increment_and_descend() {
+        let empty = VectorClock::new();
+        let a1 = empty.incremented(1);
+        let a2 = a1.incremented(1);
+        let b1 = a1.incremented(2);
+        assert!(a2.descends(&a1) && a1.descends(&empty) && a1.descends(&a1));
+        assert!(!a1.descends(&a2));
+        assert!(a2.concurrent(&b1));
+        let merged = a2.merged(&b1);
+        assert!(merged.descends(&a2) && merged.descends(&b1));
+        assert_eq!(merged.entries(), &[(1, 2), (2, 1)]);
+    }
+
+    #[test]
+    fn order_does_not_matter() {
+        let x = VectorClock::new().incremented(5).incremented(3);
+        let y = VectorClock::new().incremented(3).incremented(5);
+        assert_eq!(x, y);
+        assert_eq!(x.digest(), y.digest());
+        assert_ne!(x.digest(), x.incremented(3).digest());
+    }
+
+    #[test]
+    fn pruned_to_the_limit_keeping_the_writer() {
+        let mut clock = VectorClock::new();
+        for node in 0..40 {
+            clock = clock.incremented(node);
+        }
+        assert_eq!(clock.entries().len(), MAX_CLOCK_ENTRIES);
+        assert_eq!(clock.counter(39), 1);
+    }
+}
