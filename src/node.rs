@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// What `version` and the `version` stat report: the memcached release whose protocol kai
+/// follows, then kai's own version. Clients (libmemcached among them) read the leading
+/// "1.6" to decide which protocol behaviour to expect.
+pub const PROTOCOL_VERSION: &str = concat!("1.6.18-kai-", env!("CARGO_PKG_VERSION"));
 
 /// A request the node could not serve; the client sees `SERVER_ERROR <reason>`.
 #[derive(Debug, thiserror::Error)]
@@ -391,7 +395,7 @@ impl Node {
         let mut out = vec![
             ("uptime", self.started.elapsed().as_secs().to_string()),
             ("time", unix_now().as_secs().to_string()),
-            ("version", VERSION.to_string()),
+            ("version", PROTOCOL_VERSION.to_string()),
             ("pid", std::process::id().to_string()),
             ("pointer_size", (usize::BITS).to_string()),
             ("rusage_user", user),
@@ -446,6 +450,7 @@ impl Node {
         let ring_digest: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         let c = &self.counters;
         vec![
+            ("kai_version", VERSION.to_string()),
             ("kai_node", self.address.clone()),
             ("kai_quorum", format!("{},{},{}", q.n, q.r, q.w)),
             (

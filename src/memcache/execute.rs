@@ -117,7 +117,7 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             }
         }
         Command::Stats(section) => crate::stats::render(&node.stats(section), out),
-        Command::Version => reply::line(out, &format!("VERSION {}", crate::node::VERSION)),
+        Command::Version => reply::line(out, &format!("VERSION {}", crate::node::PROTOCOL_VERSION)),
         Command::Verbosity { noreply } => {
             if !noreply {
                 reply::line(out, "OK");

@@ -162,7 +162,7 @@ pub fn parse(buf: &[u8], max_item_size: usize) -> Parsed<'_> {
     let n = words.len();
     match name {
         b"get" | b"gets" if n >= 2 => frame(retrieval(line, &words, 1, name == b"gets", None)),
-        b"gat" | b"gats" if n >= 3 => {
+        b"gat" | b"gats" if n >= 2 => {
             let command = match parse_i64(words.get(1).unwrap_or_default()) {
                 Some(exptime) => retrieval(line, &words, 2, name == b"gats", Some(exptime)),
                 None => Command::Reply(Some(BAD_EXPTIME)),
@@ -218,8 +218,10 @@ fn retrieval<'a>(
 ) -> Command<'a> {
     // Keys are re-split lazily from the line; here they are only validated. Like memcached,
     // one bad key fails the whole request, with no partial VALUE output.
-    let keys_start = words.offset(first_key);
-    let keys = &line[keys_start..];
+    let keys = match first_key < words.len() {
+        true => &line[words.offset(first_key)..],
+        false => &[],
+    };
     if keys
         .split(|&b| b == b' ')
         .any(|key| !key.is_empty() && !valid_key(key))

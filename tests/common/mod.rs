@@ -1,0 +1,277 @@
+//! Test harness: runs the real `kai` binary (and Debian's memcached as a reference) on
+//! loopback, and talks to them over real TCP sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const KAI: &str = env!("CARGO_BIN_EXE_kai");
+
+/// A running kai node with its own config file and data dir; killed when dropped.
+pub struct Kai {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Kai {
+    /// Starts kai with `extra` appended to a config that listens on an ephemeral loopback port.
+    pub fn start(extra: &str) -> Kai {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[node]\ndata_dir = \"{}\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            dir.path().display()
+        );
+        Kai::start_with_config(dir, &config, &[])
+    }
+
+    pub fn start_with_config(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Kai {
+        let path = dir.path().join("kai.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Command::new(KAI);
+        command.arg("--config").arg(&path).stdin(Stdio::null()).stdout(Stdio::null());
+        command.stderr(Stdio::piped()).env_remove("NOTIFY_SOCKET").env_remove("JOURNAL_STREAM");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn kai");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("serving memcache on ").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or_default().to_string();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().expect("listen address in the startup line"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("kai did not start: {}", log.lock().unwrap());
+            }
+        };
+        Kai { child, addr, dir, log }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// The `stats` of this node as name → value.
+    pub fn stats(&self) -> std::collections::HashMap<String, String> {
+        self.client().stats("stats")
+    }
+}
+
+impl Drop for Kai {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's memcached on a free loopback port, as the reference implementation.
+pub struct Memcached {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Memcached {
+    pub fn start() -> Memcached {
+        let binary = ["/usr/bin/memcached", "/usr/local/bin/memcached"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("memcached is not installed: run `make test` (it installs the test deps)");
+        for _ in 0..10 {
+            let port = free_port();
+            let mut command = Command::new(binary);
+            command.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-t", "2"]);
+            if nix::unistd::Uid::effective().is_root() {
+                command.args(["-u", "root"]);
+            }
+            let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if TcpStream::connect(addr).is_ok() {
+                    return Memcached { child, addr };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("memcached did not start");
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A raw memcached text-protocol connection.
+pub struct Client {
+    pub stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client { stream, pending: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk).expect("read from server");
+        self.pending.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Reads until the received bytes end with `terminator`.
+    pub fn read_until(&mut self, terminator: &[u8]) -> Vec<u8> {
+        while !self.pending.ends_with(terminator) {
+            if self.fill() == 0 {
+                panic!("connection closed; got {:?}", String::from_utf8_lossy(&self.pending));
+            }
+        }
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Reads one line including its CR LF.
+    pub fn line(&mut self) -> String {
+        loop {
+            if let Some(at) = self.pending.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.pending.drain(..at + 2).collect();
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            if self.fill() == 0 {
+                panic!("connection closed; got {:?}", String::from_utf8_lossy(&self.pending));
+            }
+        }
+    }
+
+    /// Everything until the server closes the connection.
+    pub fn read_to_close(&mut self) -> Vec<u8> {
+        while self.fill() > 0 {}
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Sends a request and returns its one-line reply.
+    pub fn call(&mut self, request: &str) -> String {
+        self.send(request.as_bytes());
+        self.line()
+    }
+
+    pub fn set(&mut self, key: &str, value: &[u8]) {
+        self.send(format!("set {key} 0 0 {}\r\n", value.len()).as_bytes());
+        self.send(value);
+        self.send(b"\r\n");
+        assert_eq!(self.line(), "STORED\r\n");
+    }
+
+    /// `get` of one key: Some(value) or None.
+    pub fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.send(format!("get {key}\r\n").as_bytes());
+        let header = self.line();
+        if header == "END\r\n" {
+            return None;
+        }
+        let length: usize = header.split_whitespace().nth(3).unwrap().parse().unwrap();
+        while self.pending.len() < length + 2 {
+            self.fill();
+        }
+        let value: Vec<u8> = self.pending.drain(..length + 2).take(length).collect();
+        assert_eq!(self.line(), "END\r\n");
+        Some(value)
+    }
+
+    pub fn stats(&mut self, command: &str) -> std::collections::HashMap<String, String> {
+        self.send(format!("{command}\r\n").as_bytes());
+        let text = String::from_utf8(self.read_until(b"END\r\n")).unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("STAT "))
+            .map(|l| {
+                let (k, v) = l.split_once(' ').unwrap_or((l, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    }
+}
+
+/// Where `make deps` put the venv's python (KAI_TEST_PYTHON overrides).
+pub fn venv_python() -> PathBuf {
+    let path = std::env::var_os("KAI_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python3"));
+    assert!(path.exists(), "{} missing: run `make test` (it creates the venv)", path.display());
+    path
+}
