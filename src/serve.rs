@@ -33,9 +33,16 @@ async fn serve(loaded: Loaded, threads: usize) -> anyhow::Result<()> {
         sources,
         warnings,
     } = loaded;
+    // Handlers first: a signal that arrives once the node is up must never hit the default
+    // disposition (which would kill the process without a clean shutdown).
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     for warning in &warnings {
         log::warn!("{warning}");
     }
+    raise_open_files_limit(
+        u64::from(config.memcache.max_connections) + u64::from(config.rpc.max_connections),
+    );
     let listen = config.memcache.listen.clone();
     let listener = TcpListener::bind(&listen)
         .await
@@ -68,8 +75,6 @@ async fn serve(loaded: Loaded, threads: usize) -> anyhow::Result<()> {
         SHUTDOWN_GRACE,
     ));
 
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
@@ -91,5 +96,31 @@ async fn purge_expired(node: Arc<Node>) {
         if let Ok(count @ 1..) = purged {
             log::debug!("reclaimed {count} expired items");
         }
+    }
+}
+
+/// Descriptors kai needs beyond its client and peer connections: listeners, store files, logs.
+const RESERVED_FILES: u64 = 64;
+
+/// Raises the soft RLIMIT_NOFILE to cover every connection kai may accept. Without the
+/// privilege to go past the hard limit, it logs how many connections fit instead.
+fn raise_open_files_limit(connections: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let wanted = connections + RESERVED_FILES;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= wanted {
+        return;
+    }
+    let target = wanted.min(hard);
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        log::warn!("cannot raise the open files limit from {soft} to {target}: {e}");
+        return;
+    }
+    if target < wanted {
+        log::warn!(
+            "open files limit is {target} (hard limit), below the {wanted} that max_connections              needs: expect accept failures under full load (raise LimitNOFILE / ulimit -n)"
+        );
     }
 }

@@ -9,11 +9,23 @@ use std::process::Command;
 fn memccapable_ascii_suite_passes() {
     let kai = Kai::start("");
     let out = Command::new("memccapable")
-        .args(["-a", "-h", "127.0.0.1", "-p", &kai.addr.port().to_string(), "-t", "10"])
+        .args([
+            "-a",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &kai.addr.port().to_string(),
+            "-t",
+            "10",
+        ])
         .output()
         .expect("memccapable (libmemcached-tools) is not installed: run `make test`");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.contains("All tests passed"), "{text}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("All tests passed"),
+        "{text}"
+    );
     assert!(!text.contains("[FAIL]"), "{text}");
 }
 
@@ -21,7 +33,10 @@ fn memccapable_ascii_suite_passes() {
 fn pymemcache_client_works() {
     let kai = Kai::start("");
     let out = Command::new(common::venv_python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pymemcache_check.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/pymemcache_check.py"
+        ))
         .args(["127.0.0.1", &kai.addr.port().to_string()])
         .output()
         .unwrap();
@@ -36,7 +51,10 @@ fn pymemcache_client_works() {
 #[test]
 fn rust_memcache_crate_works() {
     let kai = Kai::start("");
-    let url = format!("memcache://127.0.0.1:{}?timeout=5&protocol=ascii", kai.addr.port());
+    let url = format!(
+        "memcache://127.0.0.1:{}?timeout=5&protocol=ascii",
+        kai.addr.port()
+    );
     let client = memcache::Client::connect(url).unwrap();
     client.set("k", "v", 0).unwrap();
     assert_eq!(client.get::<String>("k").unwrap().as_deref(), Some("v"));

@@ -28,7 +28,10 @@ fn normalize(reply: &[u8]) -> String {
     for line in text.split_inclusive("\r\n") {
         let words: Vec<&str> = line.trim_end_matches("\r\n").split(' ').collect();
         if words.len() == 5 && words[0] == "VALUE" && words[4].parse::<u64>().is_ok() {
-            out.push_str(&format!("VALUE {} {} {} <cas>\r\n", words[1], words[2], words[3]));
+            out.push_str(&format!(
+                "VALUE {} {} {} <cas>\r\n",
+                words[1], words[2], words[3]
+            ));
         } else if words[0] == "VERSION" {
             out.push_str("VERSION <version>\r\n");
         } else {
@@ -39,16 +42,25 @@ fn normalize(reply: &[u8]) -> String {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn scripts() -> Vec<(&'static str, Vec<u8>)> {
-    let mut all_bytes = format!("set allbytes 3 0 256\r\n").into_bytes();
+    let mut all_bytes = b"set allbytes 3 0 256\r\n".to_vec();
     all_bytes.extend((0..=255u8).collect::<Vec<_>>());
     all_bytes.extend(b"\r\nget allbytes\r\n");
     let mut pipelined = Vec::new();
     for i in 0..200 {
-        pipelined.extend(format!("set p{i} {i} 0 {}\r\n{i}\r\nget p{i}\r\n", i.to_string().len()).bytes());
+        pipelined.extend(
+            format!(
+                "set p{i} {i} 0 {}\r\n{i}\r\nget p{i}\r\n",
+                i.to_string().len()
+            )
+            .bytes(),
+        );
     }
     let key250 = "k".repeat(250);
     let key251 = "k".repeat(251);
@@ -112,10 +124,17 @@ fn scripted_sessions_match_memcached_byte_for_byte() {
         let expected = session(&mut memcached.client(), &script);
         let actual = session(&mut kai.client(), &script);
         if expected != actual {
-            failures.push(format!("{name}:\n  memcached: {expected:?}\n  kai:       {actual:?}"));
+            failures.push(format!(
+                "{name}:\n  memcached: {expected:?}\n  kai:       {actual:?}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} sessions differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} sessions differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Output up to the close, for scripts that end the connection.
@@ -204,7 +223,10 @@ fn expiry_touch_and_delayed_flush_match_memcached() {
     let actual = timed(&mut kai.client());
     let expected = reference.join().unwrap();
     assert_eq!(actual, expected);
-    assert_eq!(expected[1..4], ["short: None", "touched: Some([120])", "gatted: Some([120])"]);
+    assert_eq!(
+        expected[1..4],
+        ["short: None", "touched: Some([120])", "gatted: Some([120])"]
+    );
     assert_eq!(expected[6], "after the deadline: None");
 }
 
@@ -218,12 +240,26 @@ fn stats_have_the_same_shape() {
     for (name, value) in &theirs {
         if let Some(mine) = ours.get(name) {
             if name != "version" && value.parse::<f64>().is_ok() {
-                assert!(mine.parse::<f64>().is_ok(), "{name}: kai {mine:?} memcached {value:?}");
+                assert!(
+                    mine.parse::<f64>().is_ok(),
+                    "{name}: kai {mine:?} memcached {value:?}"
+                );
             }
         }
     }
-    for common in ["pid", "uptime", "time", "curr_items", "bytes", "curr_connections", "evictions"] {
-        assert!(ours.contains_key(common) && theirs.contains_key(common), "{common}");
+    for common in [
+        "pid",
+        "uptime",
+        "time",
+        "curr_items",
+        "bytes",
+        "curr_connections",
+        "evictions",
+    ] {
+        assert!(
+            ours.contains_key(common) && theirs.contains_key(common),
+            "{common}"
+        );
     }
 }
 
@@ -240,15 +276,39 @@ fn deliberate_differences() {
     let cases: Vec<(Vec<u8>, &str, &str)> = vec![
         // A storage line refused after its length parsed: kai swallows the data block, so
         // the client stays in step; memcached answers the data as a command too.
-        (b"set a abc 0 1\r\nx\r\n".to_vec(), refused_then_error, bad_format),
-        (b"set a 0 abc 1\r\nx\r\n".to_vec(), refused_then_error, bad_format),
-        (b"set a -1 0 1\r\nx\r\n".to_vec(), refused_then_error, bad_format),
-        (b"cas a 0 0 1 abc\r\nx\r\n".to_vec(), refused_then_error, bad_format),
+        (
+            b"set a abc 0 1\r\nx\r\n".to_vec(),
+            refused_then_error,
+            bad_format,
+        ),
+        (
+            b"set a 0 abc 1\r\nx\r\n".to_vec(),
+            refused_then_error,
+            bad_format,
+        ),
+        (
+            b"set a -1 0 1\r\nx\r\n".to_vec(),
+            refused_then_error,
+            bad_format,
+        ),
+        (
+            b"cas a 0 0 1 abc\r\nx\r\n".to_vec(),
+            refused_then_error,
+            bad_format,
+        ),
         (b"cas a 0 0 1 noreply\r\nx\r\n".to_vec(), "ERROR\r\n", ""),
         // memcached runs the value as a command; kai swallows it.
-        (long_key.into_bytes(), "CLIENT_ERROR bad command line format\r\nOK\r\n", "CLIENT_ERROR bad command line format\r\n"),
+        (
+            long_key.into_bytes(),
+            "CLIENT_ERROR bad command line format\r\nOK\r\n",
+            "CLIENT_ERROR bad command line format\r\n",
+        ),
         // memcached accepts control characters in keys; kai refuses them (and swallows).
-        (control_key, "STORED\r\n", "CLIENT_ERROR bad command line format\r\n"),
+        (
+            control_key,
+            "STORED\r\n",
+            "CLIENT_ERROR bad command line format\r\n",
+        ),
     ];
     for (script, theirs, ours) in cases {
         assert_eq!(session(&mut memcached.client(), &script), theirs);
@@ -257,7 +317,10 @@ fn deliberate_differences() {
     // Over-long lines: memcached closes silently, kai says why first.
     let junk = vec![b'x'; 3000];
     assert_eq!(memcached.client().read_to_close_after(&junk), b"");
-    assert_eq!(kai.client().read_to_close_after(&junk), b"CLIENT_ERROR line too long\r\n");
+    assert_eq!(
+        kai.client().read_to_close_after(&junk),
+        b"CLIENT_ERROR line too long\r\n"
+    );
     // The version line leads with the memcached release whose protocol kai speaks.
     let version = kai.client().call("version\r\n");
     assert!(version.starts_with("VERSION 1.6.18-kai-"), "{version}");

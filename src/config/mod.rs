@@ -162,7 +162,7 @@ fn syntax_error(source: &Source, e: &toml::de::Error) -> ConfigError {
         file: source.path.clone(),
         line,
         key,
-        reason: e.message().trim().to_string(),
+        reason: e.message().trim().replace('\n', ": "),
     }
 }
 

@@ -49,21 +49,32 @@ impl Connection {
     /// Serves requests until the client leaves, errs, idles out or `shutdown` fires. Requests
     /// already received when shutdown fires are answered first.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> io::Result<()> {
+        let mut draining = false;
         loop {
             let flow = self.answer_buffered().await;
             if !self.output.is_empty() {
                 self.stream.write_all(&self.output).await?;
                 self.output.clear();
             }
-            if flow == Flow::Close || *shutdown.borrow() {
+            let idle = self.input.is_empty() && self.swallow == 0;
+            if flow == Flow::Close || (draining && idle) {
                 return Ok(());
             }
             if self.input.is_empty() && self.input.capacity() > KEEP_BUFFER {
                 self.input = BytesMut::new();
             }
-            tokio::select! {
-                ready = self.readable() => ready?,
-                _ = shutdown.changed() => return Ok(()),
+            if draining {
+                // Shutting down with half a request buffered: read the rest of it (the
+                // listener's grace period bounds how long), answer, then close.
+                self.readable().await?;
+            } else {
+                tokio::select! {
+                    ready = self.readable() => ready?,
+                    _ = shutdown.changed() => {
+                        draining = true;
+                        continue;
+                    }
+                }
             }
             if !self.fill()? {
                 return Ok(());

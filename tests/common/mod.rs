@@ -34,8 +34,15 @@ impl Kai {
         let path = dir.path().join("kai.toml");
         std::fs::write(&path, config).unwrap();
         let mut command = Command::new(KAI);
-        command.arg("--config").arg(&path).stdin(Stdio::null()).stdout(Stdio::null());
-        command.stderr(Stdio::piped()).env_remove("NOTIFY_SOCKET").env_remove("JOURNAL_STREAM");
+        command
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        command
+            .stderr(Stdio::piped())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM");
         for (key, value) in env {
             command.env(key, value);
         }
@@ -48,7 +55,11 @@ impl Kai {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("serving memcache on ").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or_default().to_string();
+                    let addr = addr
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
@@ -65,7 +76,12 @@ impl Kai {
                 panic!("kai did not start: {}", log.lock().unwrap());
             }
         };
-        Kai { child, addr, dir, log }
+        Kai {
+            child,
+            addr,
+            dir,
+            log,
+        }
     }
 
     pub fn client(&self) -> Client {
@@ -134,11 +150,24 @@ impl Memcached {
         for _ in 0..10 {
             let port = free_port();
             let mut command = Command::new(binary);
-            command.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-t", "2"]);
+            command.args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-t",
+                "2",
+            ]);
             if nix::unistd::Uid::effective().is_root() {
                 command.args(["-u", "root"]);
             }
-            let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            let mut child = command
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
@@ -169,7 +198,11 @@ impl Drop for Memcached {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A raw memcached text-protocol connection.
@@ -181,8 +214,13 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client { stream, pending: Vec::new() }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            stream,
+            pending: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -200,7 +238,10 @@ impl Client {
     pub fn read_until(&mut self, terminator: &[u8]) -> Vec<u8> {
         while !self.pending.ends_with(terminator) {
             if self.fill() == 0 {
-                panic!("connection closed; got {:?}", String::from_utf8_lossy(&self.pending));
+                panic!(
+                    "connection closed; got {:?}",
+                    String::from_utf8_lossy(&self.pending)
+                );
             }
         }
         std::mem::take(&mut self.pending)
@@ -214,7 +255,10 @@ impl Client {
                 return String::from_utf8_lossy(&line).into_owned();
             }
             if self.fill() == 0 {
-                panic!("connection closed; got {:?}", String::from_utf8_lossy(&self.pending));
+                panic!(
+                    "connection closed; got {:?}",
+                    String::from_utf8_lossy(&self.pending)
+                );
             }
         }
     }
@@ -272,6 +316,10 @@ pub fn venv_python() -> PathBuf {
     let path = std::env::var_os("KAI_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python3"));
-    assert!(path.exists(), "{} missing: run `make test` (it creates the venv)", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `make test` (it creates the venv)",
+        path.display()
+    );
     path
 }

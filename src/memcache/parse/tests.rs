@@ -155,7 +155,9 @@ fn retrieval_commands() {
     };
     assert_eq!((keys.iter().count(), touch), (1, Some(-1)));
     assert_eq!(reply(b"get\r\n"), Some("ERROR"));
-    let Command::Retrieve { keys, .. } = command(b"gat 10\r\n") else { panic!() };
+    let Command::Retrieve { keys, .. } = command(b"gat 10\r\n") else {
+        panic!()
+    };
     assert_eq!(keys.iter().count(), 0);
     assert_eq!(reply(b"gat\r\n"), Some("ERROR"));
     assert_eq!(reply(b"gat x k\r\n"), Some(BAD_EXPTIME));
