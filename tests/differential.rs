@@ -105,6 +105,7 @@ fn scripts() -> Vec<(&'static str, Vec<u8>)> {
         ("bad data chunk keeps the old value", b"set q 0 0 1\r\nq\r\nset q 0 0 3\r\nabcde\r\nget q\r\nset q 0 0 3\r\nabc\r\r\n".to_vec()),
         ("lenient number forms", b"set a 0 0 01\r\nx\r\nset b 0 0 +1\r\ny\r\nset c +5 +0 1\r\nz\r\nget a b c\r\nset d 0 0 1 \r\nw\r\n".to_vec()),
         ("spacing and bare LF", b"  get a\r\nset  a  0  0  1\r\nx\r\nget a \r\nset b 0 0 1\nx\r\nget b\n".to_vec()),
+        ("control bytes in keys", b"set \x10\x01a\tb\x7f 1 0 1\r\nx\r\nget \x10\x01a\tb\x7f\r\n".to_vec()),
         ("key lengths", format!("set {key250} 0 0 1\r\nx\r\nget {key250}\r\nget {key251}\r\nget a\r\nget a {key251} b\r\ntouch {key251} 1\r\nincr {key251} 1\r\ndelete {key251}\r\n").into_bytes()),
         ("cas misses", b"cas nope 0 0 1 5\r\nx\r\nset a 0 0 1\r\nx\r\ncas a 0 0 1 0\r\ny\r\nget a\r\n".to_vec()),
         ("too large value unlinks the old one", too_large),
@@ -270,7 +271,7 @@ fn deliberate_differences() {
     let kai = Kai::start("");
     let memcached = Memcached::start();
     let long_key = format!("set {} 0 0 9\r\nflush_all\r\n", "k".repeat(251));
-    let control_key = b"set a\x01b 0 0 9\r\nflush_all\r\n".to_vec();
+    let cr_key = b"set a\rb 0 0 9\r\nflush_all\r\n".to_vec();
     let bad_format = "CLIENT_ERROR bad command line format\r\n";
     let refused_then_error = "CLIENT_ERROR bad command line format\r\nERROR\r\n";
     let cases: Vec<(Vec<u8>, &str, &str)> = vec![
@@ -303,9 +304,10 @@ fn deliberate_differences() {
             "CLIENT_ERROR bad command line format\r\nOK\r\n",
             "CLIENT_ERROR bad command line format\r\n",
         ),
-        // memcached accepts control characters in keys; kai refuses them (and swallows).
+        // memcached accepts CR inside a key (a reply line that clients may split); kai
+        // refuses it, and swallows the block.
         (
-            control_key,
+            cr_key,
             "STORED\r\n",
             "CLIENT_ERROR bad command line format\r\n",
         ),

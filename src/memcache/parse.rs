@@ -378,9 +378,14 @@ fn flush_all<'a>(words: &Words<'a>) -> Command<'a> {
     }
 }
 
-/// memcached keys: 1..=250 bytes; kai also refuses control characters (DESIGN §5).
+/// memcached keys: 1..=250 bytes. Words are split on spaces, so the bytes left to refuse
+/// are the ones that break the line protocol: CR, LF and NUL (which memcached mistakes for
+/// the end of the line). Other control bytes stay legal, as in memcached: load generators
+/// such as memaslap put binary prefixes in their keys.
 pub fn valid_key(key: &[u8]) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.iter().all(|&b| b > b' ' && b != 0x7f)
+    !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && !key.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0))
 }
 
 /// The space-separated words of a command line. Commands have at most 8 words; longer

@@ -96,9 +96,17 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn get(&self, key: &[u8], now_secs: u64) -> Option<Record> {
         let mut shard = self.lock(self.shard_of(key));
-        let record = shard.get(key)?;
-        if !record.is_expired(now_secs) {
-            return Some(record.clone());
+        // Recency only matters when something may be evicted: without a limit, reads do not
+        // reorder the LRU list (and touch no neighbouring nodes).
+        let found = if self.limit_bytes == 0 {
+            shard.peek(key)
+        } else {
+            shard.get(key)
+        };
+        match found {
+            Some(record) if !record.is_expired(now_secs) => return Some(record.clone()),
+            Some(_) => {}
+            None => return None,
         }
         if let Some((key, record)) = shard.pop_entry(key) {
             self.forget(&key, &record);
@@ -109,39 +117,42 @@ impl Store for MemoryStore {
     fn update(&self, key: &[u8], now_secs: u64, decide: &mut dyn FnMut(Option<&Record>) -> Change) {
         let index = self.shard_of(key);
         let mut shard = self.lock(index);
-        if shard.peek(key).is_some_and(|r| r.is_expired(now_secs)) {
-            if let Some((key, record)) = shard.pop_entry(key) {
-                self.forget(&key, &record);
+        // One lookup serves the read, the decision and the write.
+        let slot = if self.limit_bytes == 0 {
+            shard.peek_mut(key)
+        } else {
+            shard.get_mut(key)
+        };
+        let expired = slot.as_ref().is_some_and(|r| r.is_expired(now_secs));
+        let change = decide(if expired { None } else { slot.as_deref() });
+        match (change, slot) {
+            (Change::Put(record), Some(slot)) => {
+                let added = record.footprint(key) as u64;
+                let removed = slot.footprint(key) as u64;
+                *slot = record;
+                self.bytes.fetch_add(added, Ordering::Relaxed);
+                self.bytes.fetch_sub(removed, Ordering::Relaxed);
             }
-        }
-        match decide(shard.get(key)) {
-            Change::Keep => {}
-            Change::Remove => {
+            (Change::Put(record), None) => {
+                self.bytes
+                    .fetch_add(record.footprint(key) as u64, Ordering::Relaxed);
+                self.items.fetch_add(1, Ordering::Relaxed);
+                shard.put(key.into(), record);
+            }
+            (Change::Keep, Some(_)) if !expired => return,
+            // Removing, or leaving an expired record: either way it goes now.
+            (Change::Keep | Change::Remove, Some(_)) => {
                 if let Some((key, record)) = shard.pop_entry(key) {
                     self.forget(&key, &record);
                 }
+                return;
             }
-            Change::Put(record) => {
-                let added = record.footprint(key) as u64;
-                match shard.get_mut(key) {
-                    Some(slot) => {
-                        let removed = slot.footprint(key) as u64;
-                        *slot = record;
-                        self.bytes.fetch_add(added, Ordering::Relaxed);
-                        self.bytes.fetch_sub(removed, Ordering::Relaxed);
-                    }
-                    None => {
-                        shard.put(key.into(), record);
-                        self.bytes.fetch_add(added, Ordering::Relaxed);
-                        self.items.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                if self.over_limit() {
-                    self.evict_from(&mut shard, Some(key));
-                    drop(shard);
-                    self.evict_elsewhere(index);
-                }
-            }
+            (Change::Keep | Change::Remove, None) => return,
+        }
+        if self.over_limit() {
+            self.evict_from(&mut shard, Some(key));
+            drop(shard);
+            self.evict_elsewhere(index);
         }
     }
 

@@ -113,8 +113,21 @@ fn refused_storage_swallows_its_data_block() {
         (f.command, f.swallow),
         (Command::Reply(Some(BAD_FORMAT)), 5)
     );
-    let f = frame(b"set k\x01 0 0 3\r\n");
+    let f = frame(b"set k\r1 0 0 3\r\n");
+    assert_eq!(
+        (f.command, f.swallow),
+        (Command::Reply(Some(BAD_FORMAT)), 5)
+    );
+    let f = frame(b"set k\x00 0 0 3\r\n");
     assert_eq!(f.swallow, 5);
+    // Other control bytes are legal in keys, as in memcached (memaslap relies on it).
+    assert!(matches!(
+        command(b"set \x10\x10k 0 0 1\r\nx\r\n"),
+        Command::Store {
+            key: b"\x10\x10k",
+            ..
+        }
+    ));
     let f = frame(b"set big 0 0 2000000\r\n");
     assert_eq!(
         f.command,
@@ -163,7 +176,8 @@ fn retrieval_commands() {
     assert_eq!(reply(b"gat x k\r\n"), Some(BAD_EXPTIME));
     let long = format!("get a {} b\r\n", "k".repeat(251));
     assert_eq!(reply(long.as_bytes()), Some(BAD_FORMAT));
-    assert_eq!(reply(b"get a\tb\r\n"), Some(BAD_FORMAT));
+    assert_eq!(reply(b"get a\rb\r\n"), Some(BAD_FORMAT));
+    assert!(matches!(command(b"get a\tb\r\n"), Command::Retrieve { .. }));
     let many: String = (0..100).map(|i| format!(" key{i}")).collect();
     let line = format!("get{many}\r\n");
     let Command::Retrieve { keys, .. } = command(line.as_bytes()) else {

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# make bench: kai against Debian's memcached (-t 2), driven one after the other by the same
+# external load generator (memcaslap from libmemcached-tools): 2 client threads,
+# 50 connections, 64-byte keys, 1 KiB values, get-only / set-only / 9:1 get:set rows.
+# Prints one table of ops/s and the kai/memcached ratio; raw output is kept in bench-results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_ROW=${BENCH_SECONDS:-10}
+KAI=${KAI:-target/release/kai}
+OUT="bench-results/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$OUT"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listening on $1" >&2; exit 1
+}
+
+MC_PORT=$(free_port)
+KAI_PORT=$(free_port)
+USER_OPT=()
+[ "$(id -u)" -eq 0 ] && USER_OPT=(-u root)
+memcached "${USER_OPT[@]}" -l 127.0.0.1 -p "$MC_PORT" -U 0 -t 2 -m 4096 -c 4096 &
+MC_PID=$!
+cat > "$OUT/kai.toml" <<TOML
+[memcache]
+listen = "127.0.0.1:$KAI_PORT"
+[log]
+level = "warn"
+TOML
+"$KAI" --config "$OUT/kai.toml" 2> "$OUT/kai.log" &
+KAI_PID=$!
+trap 'kill $MC_PID $KAI_PID 2>/dev/null || true' EXIT
+wait_port "$MC_PORT"
+wait_port "$KAI_PORT"
+
+# memcaslap workload files: key size, value size, command mix (0 = set, 1 = get).
+workload() { printf 'key\n64 64 1\nvalue\n1024 1024 1\ncmd\n0 %s\n1 %s\n' "$1" "$2" > "$OUT/$3.cfg"; }
+workload 0.0 1.0 get
+workload 1.0 0.0 set
+workload 0.1 0.9 mix
+
+run() { # server-name port row
+    # -w 2k: each connection first loads a 2k-item window (~100k items), the warm-up that
+    # get-only rows read back.
+    memcaslap -s "127.0.0.1:$2" -T 2 -c 50 -w 2k -t "${SECONDS_PER_ROW}s" -F "$OUT/$3.cfg" \
+        > "$OUT/$1-$3.txt" 2>&1
+    awk '/^Run time:/ { for (i = 1; i <= NF; i++) if ($i == "TPS:") print $(i + 1) }' "$OUT/$1-$3.txt" | tail -1
+}
+
+printf '%-10s %14s %14s %8s\n' "row" "memcached/s" "kai/s" "ratio" | tee "$OUT/table.txt"
+for row in get set mix; do
+    mc=$(run memcached "$MC_PORT" "$row")
+    kai=$(run kai "$KAI_PORT" "$row")
+    ratio=$(awk -v a="$kai" -v b="$mc" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+    printf '%-10s %14s %14s %8s\n' "$row" "$mc" "$kai" "$ratio" | tee -a "$OUT/table.txt"
+done
+echo "kai $(git rev-parse --short HEAD 2>/dev/null || echo unknown); raw output in $OUT" | tee -a "$OUT/table.txt"
