@@ -31,9 +31,10 @@ bench: deps
 	$(CARGO) build --release
 	scripts/bench.sh
 
+# libFuzzer needs a nightly toolchain (rustup toolchain install nightly).
 fuzz:
-	$(CARGO) install --locked cargo-fuzz
-	cd fuzz && $(CARGO) +nightly fuzz run parse -- -max_total_time=60
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && $(CARGO) +nightly fuzz run parse -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 clean:
 	$(CARGO) clean
