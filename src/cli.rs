@@ -14,6 +14,18 @@ pub struct Cli {
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Detach and run in the background (SysV init); the parent exits 0 once kai serves
+    #[arg(long, global = true)]
+    pub daemon: bool,
+
+    /// Write and lock a pid file [default with --daemon: [daemon] pid_file]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// When started as root, switch to this user after binding [default: [daemon] user]
+    #[arg(long, global = true, value_name = "USER")]
+    pub user: Option<String>,
+
     #[command(subcommand)]
     pub command: Option<Action>,
 }

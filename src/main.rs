@@ -1,24 +1,39 @@
-//! The `kai` binary: parse the command line, load the configuration, dispatch.
+//! The `kai` binary: parse the command line, load the configuration, daemonize if asked
+//! (before any thread exists), dispatch.
 
 mod cli;
 
 use clap::Parser;
 use cli::{Action, Cli, ConfigAction};
 use kai::config;
+use kai::daemon::{detach, notify, pidfile, privileges};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Exit status for configuration errors, before anything is bound.
+/// Exit status for configuration and usage errors, before anything is bound.
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Action::Serve) {
-        Action::Serve => serve(cli.config),
-        Action::Config(ConfigAction::Check { file }) => check_config(file.or(cli.config)),
+    match cli.command {
+        None | Some(Action::Serve) => serve(cli.config, cli.daemon, cli.pid_file, cli.user),
+        Some(Action::Config(ConfigAction::Check { ref file })) => {
+            check_config(file.clone().or(cli.config))
+        }
     }
 }
 
-fn serve(path: Option<std::path::PathBuf>) -> ExitCode {
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("kai: {message}");
+    ExitCode::FAILURE
+}
+
+fn serve(
+    path: Option<PathBuf>,
+    daemonize: bool,
+    pid_file: Option<PathBuf>,
+    user: Option<String>,
+) -> ExitCode {
     let loaded = match config::load(path.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -26,8 +41,63 @@ fn serve(path: Option<std::path::PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    kai::logging::init(loaded.config.log.level.filter());
-    match kai::serve::run(loaded) {
+    if daemonize && notify::under_systemd() {
+        eprintln!(
+            "kai: --daemon refused: NOTIFY_SOCKET is set, and a systemd Type=notify service \
+             must run in the foreground (drop --daemon from ExecStart)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let config = loaded.config.clone();
+    kai::logging::init(config.log.level.filter());
+    let pid_path = pid_file.or_else(|| daemonize.then(|| config.daemon.pid_file.clone()));
+    if let Some(pid_path) = &pid_path {
+        if let Err(e) = pidfile::ensure_not_running(pid_path) {
+            return fail(e);
+        }
+    }
+    let prepared = match kai::serve::prepare(loaded, path) {
+        Ok(prepared) => prepared,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let user = user.unwrap_or(config.daemon.user.clone());
+    match privileges::drop_to(&user) {
+        Ok(true) => log::info!("running as user {user}"),
+        Ok(false) => {}
+        Err(e) => return fail(e),
+    }
+    let report = if daemonize {
+        match detach::detach() {
+            Ok(report) => Some(report),
+            Err(e) => return fail(format!("cannot daemonize: {e}")),
+        }
+    } else {
+        None
+    };
+    // From here on this is the serving process (the daemon, when detached).
+    let pid_file = match pid_path
+        .as_deref()
+        .map(pidfile::PidFile::create)
+        .transpose()
+    {
+        Ok(pid_file) => pid_file,
+        Err(e) => match report {
+            Some(report) => report.fail(&e.to_string()),
+            None => return fail(e),
+        },
+    };
+    if let Some(report) = report {
+        if let Err(e) = detach::settle() {
+            report.fail(&format!("cannot detach from the terminal: {e}"));
+        }
+        kai::logging::configure(&config.log, true);
+        report.serving();
+    } else {
+        kai::logging::configure(&config.log, false);
+    }
+    let result = kai::serve::run(prepared);
+    drop(pid_file);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e:#}");
@@ -36,7 +106,7 @@ fn serve(path: Option<std::path::PathBuf>) -> ExitCode {
     }
 }
 
-fn check_config(path: Option<std::path::PathBuf>) -> ExitCode {
+fn check_config(path: Option<PathBuf>) -> ExitCode {
     match config::load(path.as_deref()) {
         Ok(loaded) => {
             for warning in &loaded.warnings {
@@ -47,10 +117,7 @@ fn check_config(path: Option<std::path::PathBuf>) -> ExitCode {
                     print!("{text}");
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("kai: cannot print the configuration: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(format!("cannot print the configuration: {e}")),
             }
         }
         Err(e) => {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -55,8 +55,11 @@ pub struct Node {
     id: NodeId,
     /// "host:port" of this node's rpc address: its identity in the cluster.
     address: String,
-    config: Config,
-    config_sources: Vec<PathBuf>,
+    /// The running configuration; SIGHUP swaps in a new one (live keys only).
+    config: RwLock<Arc<Config>>,
+    /// Bumped on every reload, so connections notice new limits with one atomic load.
+    config_generation: AtomicU64,
+    config_sources: RwLock<Vec<PathBuf>>,
     worker_threads: usize,
     store: Box<dyn Store>,
     counters: Counters,
@@ -134,8 +137,9 @@ impl Node {
             id,
             address,
             unreconciled: Unreconciled::new(config.cluster.quorum.n),
-            config,
-            config_sources,
+            config: RwLock::new(Arc::new(config)),
+            config_generation: AtomicU64::new(0),
+            config_sources: RwLock::new(config_sources),
             worker_threads,
             store,
             counters: Counters::default(),
@@ -148,8 +152,45 @@ impl Node {
         &self.counters
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn config_generation(&self) -> u64 {
+        self.config_generation.load(Ordering::Acquire)
+    }
+
+    /// Applies the keys that can change while running (log level, connection and item
+    /// limits, idle timeout) from a re-read configuration. Returns the sections whose other
+    /// changes wait for a restart.
+    pub fn reload(&self, new: Config, sources: Vec<PathBuf>) -> Vec<&'static str> {
+        let current = self.config();
+        let mut next = (*current).clone();
+        next.log.level = new.log.level;
+        next.memcache.max_connections = new.memcache.max_connections;
+        next.memcache.max_item_size = new.memcache.max_item_size;
+        next.memcache.idle_timeout = new.memcache.idle_timeout;
+        let pending = [
+            ("node", next.node != new.node),
+            ("memcache.listen", next.memcache != new.memcache),
+            ("rpc", next.rpc != new.rpc),
+            ("cluster", next.cluster != new.cluster),
+            ("store", next.store != new.store),
+            ("log", next.log != new.log),
+            ("metrics", next.metrics != new.metrics),
+            ("daemon", next.daemon != new.daemon),
+        ];
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        *self
+            .config_sources
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = sources;
+        self.config_generation.fetch_add(1, Ordering::Release);
+        pending
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(name, _)| name)
+            .collect()
     }
 
     fn new_record(
@@ -402,7 +443,7 @@ impl Node {
             ("rusage_system", system),
             (
                 "max_connections",
-                self.config.memcache.max_connections.to_string(),
+                self.config().memcache.max_connections.to_string(),
             ),
             ("curr_connections", read(&c.curr_connections)),
             ("total_connections", read(&c.total_connections)),
@@ -444,7 +485,8 @@ impl Node {
     }
 
     fn kai_stats(&self) -> Vec<(&'static str, String)> {
-        let q = self.config.cluster.quorum;
+        let config = self.config();
+        let q = config.cluster.quorum;
         let members = self.members_up();
         let digest = Md5::digest(members.join(" ").as_bytes());
         let ring_digest: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -453,15 +495,12 @@ impl Node {
             ("kai_version", VERSION.to_string()),
             ("kai_node", self.address.clone()),
             ("kai_quorum", format!("{},{},{}", q.n, q.r, q.w)),
-            (
-                "kai_number_of_buckets",
-                self.config.cluster.buckets.to_string(),
-            ),
+            ("kai_number_of_buckets", config.cluster.buckets.to_string()),
             (
                 "kai_number_of_virtual_nodes",
-                self.config.cluster.virtual_nodes.to_string(),
+                config.cluster.virtual_nodes.to_string(),
             ),
-            ("kai_store", self.config.store.engine.name().to_string()),
+            ("kai_store", config.store.engine.name().to_string()),
             ("kai_curr_nodes", members.join(" ")),
             ("kai_members", members.len().to_string()),
             ("kai_ring_digest", ring_digest),
@@ -479,14 +518,14 @@ impl Node {
     }
 
     fn settings_stats(&self) -> Vec<(&'static str, String)> {
-        let c = &self.config;
+        let c = self.config();
         let (host, port) = c
             .memcache
             .listen
             .rsplit_once(':')
             .unwrap_or((&c.memcache.listen, ""));
-        let files: Vec<String> = self
-            .config_sources
+        let files: Vec<String> = (self.config_sources.read())
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|p| p.display().to_string())
             .collect();

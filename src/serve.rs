@@ -1,12 +1,16 @@
-//! Runs a node: bind the listeners, serve, wait for a signal, shut down in order.
+//! Runs a node: bind the listeners and open the store (before any thread exists, so the
+//! process can still daemonize), then build the runtime, serve, handle signals and shut
+//! down in order.
 
-use crate::config::{Engine, Loaded};
+use crate::config::{self, Engine, Loaded};
+use crate::daemon::notify;
 use crate::memcache::listener;
 use crate::node::{Node, VERSION};
+use crate::stats::Counters;
 use anyhow::Context;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -14,77 +18,174 @@ use tokio::sync::watch;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often expired records are reclaimed in the background.
 const PURGE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often systemd's STATUS= line is refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// Descriptors kai needs beyond its client and peer connections: listeners, store files, logs.
+const RESERVED_FILES: u64 = 64;
 
-/// Builds the runtime and serves until SIGTERM or SIGINT.
-pub fn run(loaded: Loaded) -> anyhow::Result<()> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("kai-worker")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(loaded, threads))
+/// A node whose sockets are bound and store is open, not yet serving.
+pub struct Prepared {
+    node: Arc<Node>,
+    memcache: std::net::TcpListener,
+    /// The `--config` path, re-read on SIGHUP (None: the default path or embedded defaults).
+    config_path: Option<PathBuf>,
+    threads: usize,
 }
 
-async fn serve(loaded: Loaded, threads: usize) -> anyhow::Result<()> {
+/// Binds the listeners and opens the store. Runs no thread, so it may precede a fork.
+pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<Prepared> {
     let Loaded {
         config,
         sources,
         warnings,
     } = loaded;
-    // Handlers first: a signal that arrives once the node is up must never hit the default
-    // disposition (which would kill the process without a clean shutdown).
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     for warning in &warnings {
         log::warn!("{warning}");
     }
     raise_open_files_limit(
         u64::from(config.memcache.max_connections) + u64::from(config.rpc.max_connections),
     );
-    let listen = config.memcache.listen.clone();
-    let listener = TcpListener::bind(&listen)
-        .await
+    let listen = &config.memcache.listen;
+    let memcache = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on memcache.listen {listen}"))?;
+    memcache.set_nonblocking(true)?;
     if config.store.engine == Engine::Disk {
         log::warn!("store.engine = \"disk\" is not available yet; serving from memory");
     }
-    let described_sources = if sources.is_empty() {
-        "embedded defaults".to_string()
-    } else {
-        sources
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let node = Arc::new(Node::new(config, sources, threads));
+    Ok(Prepared {
+        node,
+        memcache,
+        config_path,
+        threads,
+    })
+}
+
+/// Builds the runtime and serves until SIGTERM or SIGINT.
+pub fn run(prepared: Prepared) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(prepared.threads)
+        .thread_name("kai-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(prepared))
+}
+
+async fn serve(prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        node,
+        memcache,
+        config_path,
+        ..
+    } = prepared;
+    // Handlers first: a signal that arrives once the node is up must never hit the default
+    // disposition (which would kill the process without a clean shutdown).
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let listener = tokio::net::TcpListener::from_std(memcache)?;
+    let address = listener.local_addr()?;
+    let config = node.config();
+    let sources = config_path.as_ref().map_or_else(
+        || "embedded defaults or /etc/kai/kai.toml".to_string(),
+        |p| p.display().to_string(),
+    );
     log::info!(
-        "kai {VERSION} serving memcache on {} (engine {}, config {described_sources})",
-        listener.local_addr().map_or(listen, |a| a.to_string()),
-        node.config().store.engine.name(),
+        "kai {VERSION} serving memcache on {address} (engine {}, config {sources}, pid {})",
+        config.store.engine.name(),
+        std::process::id(),
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let purger = tokio::spawn(purge_expired(Arc::clone(&node)));
+    let background = [
+        tokio::spawn(purge_expired(Arc::clone(&node))),
+        tokio::spawn(report_status(Arc::clone(&node))),
+        tokio::spawn(pet_watchdog()),
+    ];
     let clients = tokio::spawn(listener::serve(
         listener,
         Arc::clone(&node),
         shutdown_rx,
         SHUTDOWN_GRACE,
     ));
+    notify::ready(&status_line(&node));
 
-    let name = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
+    let name = loop {
+        tokio::select! {
+            _ = terminate.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+            _ = hangup.recv() => reload(&node, config_path.as_deref()),
+        }
     };
+    notify::stopping();
     log::info!("{name} received: shutting down");
     let _ = shutdown_tx.send(true);
     let _ = clients.await;
-    purger.abort();
+    for task in background {
+        task.abort();
+    }
     log::info!("kai stopped");
     Ok(())
+}
+
+/// SIGHUP: re-read the configuration; apply what can change live, keep the rest (and the
+/// whole running configuration when the new one is invalid).
+fn reload(node: &Node, path: Option<&std::path::Path>) {
+    notify::reloading();
+    match config::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                log::warn!("{warning}");
+            }
+            let level = loaded.config.log.level;
+            let pending = node.reload(loaded.config, loaded.sources);
+            crate::logging::set_level(level.filter());
+            log::info!("configuration reloaded (log level, connection and item limits applied)");
+            if !pending.is_empty() {
+                log::warn!(
+                    "changes to {} take effect after a restart",
+                    pending.join(", ")
+                );
+            }
+        }
+        Err(e) => log::error!("configuration reload failed, keeping the running one: {e}"),
+    }
+    notify::ready(&status_line(node));
+}
+
+fn status_line(node: &Node) -> String {
+    format!(
+        "{} items, {} client connections, {} members up",
+        node.curr_items(),
+        Counters::read(&node.counters().curr_connections),
+        node.members_up().len()
+    )
+}
+
+async fn report_status(node: Arc<Node>) {
+    if !notify::under_systemd() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(STATUS_INTERVAL);
+    loop {
+        ticks.tick().await;
+        notify::status(&status_line(&node));
+    }
+}
+
+/// Pets systemd's watchdog from the event loop: if the runtime wedges, the petting stops
+/// and systemd restarts the service.
+async fn pet_watchdog() {
+    let Some(interval) = notify::watchdog_interval() else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        notify::watchdog();
+    }
 }
 
 async fn purge_expired(node: Arc<Node>) {
@@ -99,9 +200,6 @@ async fn purge_expired(node: Arc<Node>) {
     }
 }
 
-/// Descriptors kai needs beyond its client and peer connections: listeners, store files, logs.
-const RESERVED_FILES: u64 = 64;
-
 /// Raises the soft RLIMIT_NOFILE to cover every connection kai may accept. Without the
 /// privilege to go past the hard limit, it logs how many connections fit instead.
 fn raise_open_files_limit(connections: u64) {
@@ -113,14 +211,17 @@ fn raise_open_files_limit(connections: u64) {
     if soft >= wanted {
         return;
     }
+    // Root may raise the hard limit too; others stop at it.
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted.max(hard)).is_ok() {
+        return;
+    }
     let target = wanted.min(hard);
     if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
         log::warn!("cannot raise the open files limit from {soft} to {target}: {e}");
         return;
     }
-    if target < wanted {
-        log::warn!(
-            "open files limit is {target} (hard limit), below the {wanted} that max_connections              needs: expect accept failures under full load (raise LimitNOFILE / ulimit -n)"
-        );
-    }
+    log::warn!(
+        "open files limit is {target} (the hard limit), below the {wanted} that the connection \
+         limits need: expect accept failures under full load (raise LimitNOFILE / ulimit -n)"
+    );
 }

@@ -29,21 +29,37 @@ pub struct Connection {
     swallow: u64,
     max_item_size: usize,
     idle_timeout: Option<Duration>,
+    /// The node configuration generation the two limits above were read from.
+    limits_generation: u64,
 }
 
 impl Connection {
     pub fn new(stream: TcpStream, node: Arc<Node>) -> Self {
-        let config = node.config();
-        let idle = config.memcache.idle_timeout.0;
-        Connection {
-            max_item_size: config.memcache.max_item_size.0 as usize,
-            idle_timeout: (!idle.is_zero()).then_some(idle),
+        let mut connection = Connection {
             stream,
             node,
             input: BytesMut::new(),
             output: Vec::new(),
             swallow: 0,
+            max_item_size: 0,
+            idle_timeout: None,
+            limits_generation: u64::MAX,
+        };
+        connection.refresh_limits();
+        connection
+    }
+
+    /// Picks up limits changed by a configuration reload (one atomic load when unchanged).
+    fn refresh_limits(&mut self) {
+        let generation = self.node.config_generation();
+        if generation == self.limits_generation {
+            return;
         }
+        let config = self.node.config();
+        let idle = config.memcache.idle_timeout.0;
+        self.max_item_size = config.memcache.max_item_size.0 as usize;
+        self.idle_timeout = (!idle.is_zero()).then_some(idle);
+        self.limits_generation = generation;
     }
 
     /// Serves requests until the client leaves, errs, idles out or `shutdown` fires. Requests
@@ -51,6 +67,7 @@ impl Connection {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> io::Result<()> {
         let mut draining = false;
         loop {
+            self.refresh_limits();
             let flow = self.answer_buffered().await;
             if !self.output.is_empty() {
                 self.stream.write_all(&self.output).await?;
