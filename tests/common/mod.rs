@@ -31,12 +31,23 @@ impl Kai {
     }
 
     pub fn start_with_config(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Kai {
+        Kai::start_with(dir, config, env, &[])
+    }
+
+    /// Starts kai in the foreground and waits for its "serving memcache on" line on stderr.
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Kai {
         let path = dir.path().join("kai.toml");
         std::fs::write(&path, config).unwrap();
         let mut command = Command::new(KAI);
         command
             .arg("--config")
             .arg(&path)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         command
@@ -195,6 +206,27 @@ impl Drop for Memcached {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    // A zombie still has a /proc entry; it counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 pub fn free_port() -> u16 {
