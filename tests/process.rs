@@ -226,3 +226,13 @@ fn a_stalled_half_request_cannot_hold_shutdown_forever() {
         .expect("shutdown not bounded");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn an_unreachable_open_files_limit_is_a_warning_not_a_failure() {
+    // More descriptors than the kernel allows any process (fs.nr_open): even root cannot
+    // raise the limit that far, so kai must say so and serve anyway.
+    let kai = Kai::start("max_connections = 4000000000\n");
+    assert!(kai.client().call("version\r\n").starts_with("VERSION"));
+    let log = kai.log();
+    assert!(log.contains("open files limit is") && log.contains("raise LimitNOFILE"), "{log}");
+}
