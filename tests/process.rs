@@ -9,8 +9,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn run_with_config(text: &str) -> (i32, String, u16) {
-    let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let (code, stderr) = run_on_port(port, text);
+    (code, stderr, port)
+}
+
+/// Runs kai in the foreground with memcache on `port` plus `text`; returns its exit code and
+/// stderr with the config path replaced by FILE.
+fn run_on_port(port: u16, text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kai.toml");
     std::fs::write(
         &path,
@@ -23,7 +30,7 @@ fn run_with_config(text: &str) -> (i32, String, u16) {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE");
-    (out.status.code().unwrap_or(-1), stderr, port)
+    (out.status.code().unwrap_or(-1), stderr)
 }
 
 #[test]
@@ -147,20 +154,9 @@ fn runs_on_embedded_defaults_without_a_config_file() {
 fn port_in_use_fails_with_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kai.toml");
-    std::fs::write(
-        &path,
-        format!("[memcache]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
-    let out = Command::new(KAI)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = run_on_port(port, "");
+    assert_eq!(code, 1);
+
     assert!(
         stderr.contains(&format!(
             "cannot listen on memcache.listen 127.0.0.1:{port}"
@@ -234,5 +230,8 @@ fn an_unreachable_open_files_limit_is_a_warning_not_a_failure() {
     let kai = Kai::start("max_connections = 4000000000\n");
     assert!(kai.client().call("version\r\n").starts_with("VERSION"));
     let log = kai.log();
-    assert!(log.contains("open files limit is") && log.contains("raise LimitNOFILE"), "{log}");
+    assert!(
+        log.contains("open files limit is") && log.contains("raise LimitNOFILE"),
+        "{log}"
+    );
 }

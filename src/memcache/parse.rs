@@ -472,6 +472,44 @@ fn parse_i64(text: &[u8]) -> Option<i64> {
         .then_some(value)
 }
 
+/// Feeds `chunks` to the parser the way a connection does (buffer, parse, consume, swallow)
+/// and describes every request parsed, ending with "line too long" if that closes the
+/// stream. The property tests and the fuzz target compare split and whole streams with it;
+/// it also asserts that the parser always makes progress.
+pub fn replay<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, max_item_size: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut buffer = Vec::new();
+    let mut swallow = 0u64;
+    for chunk in chunks {
+        buffer.extend_from_slice(chunk);
+        loop {
+            let dropped = swallow.min(buffer.len() as u64) as usize;
+            buffer.drain(..dropped);
+            swallow -= dropped as u64;
+            if swallow > 0 {
+                break;
+            }
+            match parse(&buffer, max_item_size) {
+                Parsed::Frame(frame) => {
+                    assert!(frame.consumed > 0 && frame.consumed <= buffer.len());
+                    seen.push(format!("{:?}", frame.command));
+                    swallow = frame.swallow;
+                    buffer.drain(..frame.consumed);
+                }
+                Parsed::Incomplete { need } => {
+                    assert!(need > buffer.len());
+                    break;
+                }
+                Parsed::LineTooLong => {
+                    seen.push("line too long".into());
+                    return seen;
+                }
+            }
+        }
+    }
+    seen
+}
+
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|&b| b == needle)
 }

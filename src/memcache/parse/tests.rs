@@ -318,41 +318,18 @@ fn numbers() {
     assert_eq!(parse_u32(b"4294967296"), None);
 }
 
-/// Feeds `stream` to the parser as the connection loop does, with the stream split into the
-/// given chunks, and records what each request parsed to.
+/// Parses `stream` cut at `cuts`, as a connection receiving it in pieces would.
 fn parse_stream(stream: &[u8], cuts: &[usize]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut buffer: Vec<u8> = Vec::new();
-    let mut swallow = 0u64;
-    let mut fed = 0;
     let mut boundaries: Vec<usize> = cuts.iter().map(|&c| c.min(stream.len())).collect();
     boundaries.sort_unstable();
     boundaries.push(stream.len());
-    for end in boundaries {
-        buffer.extend_from_slice(&stream[fed..end.max(fed)]);
-        fed = end.max(fed);
-        loop {
-            let drop = swallow.min(buffer.len() as u64) as usize;
-            buffer.drain(..drop);
-            swallow -= drop as u64;
-            if swallow > 0 {
-                break;
-            }
-            match parse(&buffer, 64) {
-                Parsed::Frame(f) => {
-                    out.push(format!("{:?}", f.command));
-                    swallow = f.swallow;
-                    buffer.drain(..f.consumed);
-                }
-                Parsed::Incomplete { .. } => break,
-                Parsed::LineTooLong => {
-                    out.push("too long".into());
-                    return out;
-                }
-            }
-        }
-    }
-    out
+    let mut start = 0;
+    let chunks = boundaries.into_iter().map(|end| {
+        let chunk = &stream[start..end];
+        start = end;
+        chunk
+    });
+    replay(chunks, 64)
 }
 
 fn request() -> impl Strategy<Value = Vec<u8>> {
