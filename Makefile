@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 VENV  := target/venv
-APT_PACKAGES := memcached libmemcached-tools python3-venv
+APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc
 export KAI_TEST_PYTHON := $(CURDIR)/$(VENV)/bin/python3
 
 .PHONY: run build test deps lint unit bench fuzz clean

@@ -61,11 +61,10 @@ fn serve(
         Err(e) => return fail(format!("{e:#}")),
     };
     let user = user.unwrap_or(config.daemon.user.clone());
-    match privileges::drop_to(&user) {
-        Ok(true) => log::info!("running as user {user}"),
-        Ok(false) => {}
+    let switched_user = match privileges::drop_to(&user) {
+        Ok(switched) => switched,
         Err(e) => return fail(e),
-    }
+    };
     let report = if daemonize {
         match detach::detach() {
             Ok(report) => Some(report),
@@ -94,6 +93,9 @@ fn serve(
         report.serving();
     } else {
         kai::logging::configure(&config.log, false);
+    }
+    if switched_user {
+        log::info!("running as user {user}");
     }
     let result = kai::serve::run(prepared);
     drop(pid_file);
