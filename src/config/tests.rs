@@ -129,3 +129,38 @@ fn missing_explicit_file_is_an_error() {
     let err = load(Some(Path::new("/nonexistent/kai.toml"))).unwrap_err();
     assert!(err.reason.contains("cannot read"), "{err}");
 }
+
+/// The packaged /etc/kai/kai.toml documents every key with its default: uncommenting all of
+/// it must give exactly the embedded defaults, and it must name every key the schema has.
+#[test]
+fn packaged_config_matches_the_defaults() {
+    let packaged = include_str!("../../etc/kai/kai.toml");
+    let path = Path::new("etc/kai/kai.toml");
+    assert_eq!(
+        load_text(packaged).unwrap().config,
+        Config::default(),
+        "commented file"
+    );
+    let uncommented: String = packaged
+        .lines()
+        .map(|line| {
+            line.strip_prefix('#')
+                .filter(|rest| !rest.starts_with(' ') && !rest.is_empty())
+                .unwrap_or(line)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let loaded = from_str(path, &uncommented).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.config, Config::default());
+    let effective = toml::to_string(&Config::default()).unwrap();
+    let defaults: toml::Table = toml::from_str(&effective).unwrap();
+    let written: toml::Table = toml::from_str(&uncommented).unwrap();
+    for (section, keys) in &defaults {
+        for key in keys.as_table().unwrap().keys() {
+            assert!(
+                written[section].get(key).is_some(),
+                "etc/kai/kai.toml lacks {section}.{key}"
+            );
+        }
+    }
+}

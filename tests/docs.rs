@@ -1,0 +1,112 @@
+//! The man pages are lint-clean and complete: every stat kai reports, every config key and
+//! every command-line flag is documented.
+
+mod common;
+
+use common::{Kai, KAI};
+use std::path::Path;
+use std::process::Command;
+
+fn page(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(name)).unwrap()
+}
+
+/// The page as a reader sees it (roff escapes resolved, no hyphenation).
+fn rendered(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(name);
+    let out = Command::new("mandoc")
+        .args(["-T", "ascii", "-O", "width=200"])
+        .arg(&path)
+        .output()
+        .expect("mandoc is not installed: run `make test`");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Strip overstrike bold/underline.
+    let mut plain = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if chars.peek() == Some(&'\u{8}') {
+            chars.next();
+            continue;
+        }
+        plain.push(c);
+    }
+    plain
+}
+
+#[test]
+fn man_pages_are_lint_clean() {
+    for name in ["kai.8", "kai.toml.5"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(name);
+        let out = Command::new("mandoc")
+            .args(["-T", "lint"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && report.trim().is_empty(),
+            "{name}: {report}"
+        );
+        let out = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(&path)
+            .env("MANWIDTH", "80")
+            .output();
+        if let Ok(out) = out {
+            let warnings = String::from_utf8_lossy(&out.stderr);
+            assert!(warnings.trim().is_empty(), "{name}: {warnings}");
+        }
+        assert!(page(name).starts_with(".TH "));
+    }
+}
+
+#[test]
+fn every_stat_is_documented() {
+    let kai = Kai::start("");
+    let manual = rendered("kai.8");
+    for name in kai.stats().keys() {
+        assert!(
+            manual.contains(name.as_str()),
+            "stat {name} is missing from kai(8)"
+        );
+    }
+}
+
+#[test]
+fn every_config_key_is_documented() {
+    let defaults = toml::to_string(&kai::config::Config::default()).unwrap();
+    let table: toml::Table = toml::from_str(&defaults).unwrap();
+    let manual = rendered("kai.toml.5");
+    for (section, keys) in &table {
+        assert!(
+            manual.contains(&format!("[{section}]")),
+            "section [{section}] missing"
+        );
+        for key in keys.as_table().unwrap().keys() {
+            assert!(
+                manual.contains(&format!("{key} (")),
+                "{section}.{key} missing from kai.toml(5)"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_flag_and_command_is_documented() {
+    let help = Command::new(KAI).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let manual = rendered("kai.8");
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| w.trim_end_matches(','))
+        .collect();
+    assert!(flags.contains(&"--daemon"), "{help}");
+    for flag in flags {
+        assert!(manual.contains(flag), "{flag} is missing from kai(8)");
+    }
+    for command in ["serve", "config check"] {
+        assert!(manual.contains(command), "{command} is missing from kai(8)");
+    }
+}
