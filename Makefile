@@ -3,10 +3,17 @@
 
 CARGO ?= cargo
 VENV  := target/venv
-APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+# Test dependencies: the reference memcached and its tools, the packaging toolchain.
+APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc lintian rpm \
+                systemd-container
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+UNITDIR ?= /lib/systemd/system
 export KAI_TEST_PYTHON := $(CURDIR)/$(VENV)/bin/python3
 
-.PHONY: run build test deps lint unit bench fuzz clean
+.PHONY: run build test deps lint bench fuzz clean install dist deb rpm package-test
 
 run:
 	$(CARGO) run --release
@@ -16,6 +23,7 @@ build:
 
 deps:
 	scripts/install-test-deps.sh $(APT_PACKAGES)
+	command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
 	test -x $(VENV)/bin/python3 || python3 -m venv $(VENV)
 	$(VENV)/bin/python3 -c 'import pymemcache' 2>/dev/null || $(VENV)/bin/pip install --quiet pymemcache
 
@@ -26,6 +34,42 @@ lint:
 test: deps lint
 	$(CARGO) build --release
 	$(CARGO) test --release
+	$(MAKE) package-test
+
+# Installs the node the way the packages lay it out; never overwrites an existing config.
+install: build
+	install -D -m 755 target/release/kai $(DESTDIR)$(PREFIX)/bin/kai
+	install -D -m 644 systemd/kai.service $(DESTDIR)$(UNITDIR)/kai.service
+	install -D -m 755 init.d/kai $(DESTDIR)$(SYSCONFDIR)/init.d/kai
+	install -D -m 644 man/kai.8 $(DESTDIR)$(PREFIX)/share/man/man8/kai.8
+	install -D -m 644 man/kai.toml.5 $(DESTDIR)$(PREFIX)/share/man/man5/kai.toml.5
+	install -d -m 755 $(DESTDIR)$(SYSCONFDIR)/kai/conf.d
+	test -e $(DESTDIR)$(SYSCONFDIR)/kai/kai.toml || \
+		install -m 644 etc/kai/kai.toml $(DESTDIR)$(SYSCONFDIR)/kai/kai.toml
+	test -e $(DESTDIR)$(SYSCONFDIR)/default/kai || \
+		install -D -m 644 etc/default/kai $(DESTDIR)$(SYSCONFDIR)/default/kai
+
+# Source tarball for rpmbuild: the tracked tree as committed.
+dist:
+	mkdir -p target/dist
+	git archive --format=tar.gz --prefix=kai-$(VERSION)/ -o target/dist/kai-$(VERSION).tar.gz HEAD
+
+deb: build
+	$(CARGO) deb --no-build --strip -o target/debian/
+
+rpm: dist
+	rpmbuild -bb kai.spec --define "_topdir $(CURDIR)/target/rpmbuild" \
+		--define "_sourcedir $(CURDIR)/target/dist" --nodeps
+
+# Installs the built packages for real (dpkg on this machine, rpm, and a booted systemd in
+# a container) and checks them; see packaging/test/.
+package-test: build
+	rm -rf target/debian
+	$(CARGO) deb --no-build --strip -o target/debian/old/
+	$(CARGO) deb --no-build --strip --deb-version $(VERSION)-99 -o target/debian/new/
+	lintian --fail-on error,warning target/debian/old/kai_$(VERSION)-1_amd64.deb
+	packaging/test/deb.sh target/debian/old/kai_$(VERSION)-1_amd64.deb \
+		target/debian/new/kai_$(VERSION)-99_amd64.deb
 
 bench: deps
 	$(CARGO) build --release
