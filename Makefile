@@ -57,9 +57,11 @@ dist:
 deb: build
 	$(CARGO) deb --no-build --strip -o target/debian/
 
+# --nodeps: the build host's packages come from dpkg, so rpm cannot see cargo (BuildRequires).
 rpm: dist
-	rpmbuild -bb kai.spec --define "_topdir $(CURDIR)/target/rpmbuild" \
-		--define "_sourcedir $(CURDIR)/target/dist" --nodeps
+	rpmbuild -bb kai.spec --nodeps --define "_topdir $(CURDIR)/target/rpmbuild" \
+		--define "_sourcedir $(CURDIR)/target/dist" --define "kai_version $(VERSION)" \
+		--define "cargo_target_dir $(CURDIR)/target"
 
 # Installs the built packages for real (dpkg on this machine, rpm, and a booted systemd in
 # a container) and checks them; see packaging/test/.
