@@ -6,7 +6,7 @@ VENV  := target/venv
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 # Test dependencies: the reference memcached and its tools, the packaging toolchain.
 APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc lintian rpm \
-                systemd-container
+                rpmlint systemd-container
 PREFIX  ?= /usr/local
 DESTDIR ?=
 SYSCONFDIR ?= /etc
@@ -72,6 +72,8 @@ package-test: build
 	lintian --fail-on error,warning target/debian/old/kai_$(VERSION)-1_amd64.deb
 	packaging/test/deb.sh target/debian/old/kai_$(VERSION)-1_amd64.deb \
 		target/debian/new/kai_$(VERSION)-99_amd64.deb
+	$(MAKE) rpm
+	packaging/test/rpm.sh target/rpmbuild/RPMS/x86_64/kai-$(VERSION)-1.x86_64.rpm
 
 bench: deps
 	$(CARGO) build --release

@@ -24,7 +24,7 @@ check "the kai user exists" getent passwd kai
 check "its login shell is nologin" test "$(getent passwd kai | cut -d: -f7)" = /usr/sbin/nologin
 check "/var/lib/kai is 750 kai:kai" test "$(mode_of /var/lib/kai)" = "750 kai:kai"
 check "/usr/bin/kai is 755 root:root" test "$(mode_of /usr/bin/kai)" = "755 root:root"
-check "/etc/kai/kai.toml is 640 root:kai" test "$(mode_of /etc/kai/kai.toml)" = "640 root:kai"
+check "/etc/kai/kai.toml is 644 root:root" test "$(mode_of /etc/kai/kai.toml)" = "644 root:root"
 check "/etc/init.d/kai is 755" test "$(mode_of /etc/init.d/kai)" = "755 root:root"
 check "kai.toml is a conffile" sh -c "dpkg-query -W -f='\${Conffiles}' kai | grep -q /etc/kai/kai.toml"
 check "the unit is enabled" test -L /etc/systemd/system/multi-user.target.wants/kai.service
