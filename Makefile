@@ -74,6 +74,8 @@ package-test: build
 		target/debian/new/kai_$(VERSION)-99_amd64.deb
 	$(MAKE) rpm
 	packaging/test/rpm.sh target/rpmbuild/RPMS/x86_64/kai-$(VERSION)-1.x86_64.rpm
+	packaging/test/systemd.sh target/debian/old/kai_$(VERSION)-1_amd64.deb \
+		target/rpmbuild/RPMS/x86_64/kai-$(VERSION)-1.x86_64.rpm
 
 bench: deps
 	$(CARGO) build --release
