@@ -66,6 +66,7 @@ rpm: dist
 # Installs the built packages for real (dpkg on this machine, rpm, and a booted systemd in
 # a container) and checks them; see packaging/test/.
 package-test: build
+	packaging/test/install.sh
 	rm -rf target/debian
 	$(CARGO) deb --no-build --strip -o target/debian/old/
 	$(CARGO) deb --no-build --strip --deb-version $(VERSION)-99 -o target/debian/new/

@@ -24,6 +24,10 @@ trap cleanup EXIT
 check "rpmlint: no errors" rpmlint -r "$here/../rpm/kai.rpmlintrc" "$package"
 check "the scriptlets create the kai user" sh -c "rpm -qp --scripts '$package' | grep -q 'useradd -r -g kai'"
 check "systemd scriptlets are present" sh -c "rpm -qp --scripts '$package' | grep -q 'systemctl --no-reload preset kai.service'"
+for file in /usr/bin/kai /usr/lib/systemd/system/kai.service "$initd/kai" /etc/sysconfig/kai \
+    /usr/share/man/man8/kai.8 /var/lib/kai; do
+    check "the package holds $file" sh -c "rpm -qlp '$package' | grep -qx '$file'"
+done
 check "kai.toml is %config(noreplace)" sh -c "rpm -qp --configfiles '$package' | grep -qx /etc/kai/kai.toml"
 
 # --nodeps: this machine's packages are managed by dpkg, so rpm's own database knows
