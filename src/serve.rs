@@ -52,6 +52,14 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
     if config.store.engine == Engine::Disk {
         log::warn!("store.engine = \"disk\" is not available yet; serving from memory");
     }
+    let data_dir = &config.node.data_dir;
+    if nix::unistd::access(data_dir, nix::unistd::AccessFlags::W_OK).is_err() {
+        // The memory engine runs anyway (so the embedded defaults work as any user).
+        log::warn!(
+            "node.data_dir {} is not writable: nothing will be persisted",
+            data_dir.display()
+        );
+    }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let node = Arc::new(Node::new(config, sources, threads));
     Ok(Prepared {

@@ -235,3 +235,13 @@ fn an_unreachable_open_files_limit_is_a_warning_not_a_failure() {
         "{log}"
     );
 }
+
+#[test]
+fn an_unwritable_data_dir_is_a_warning_with_the_memory_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[node]\ndata_dir = \"/nonexistent/kai\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n";
+    let kai = Kai::start_with_config(dir, config, &[]);
+    assert!(kai.client().call("version\r\n").starts_with("VERSION"));
+    let log = kai.log();
+    assert!(log.contains("node.data_dir /nonexistent/kai is not writable"), "{log}");
+}
