@@ -199,15 +199,17 @@ impl Node {
         flags: u32,
         expires_at: u64,
         base: Option<&Record>,
+        now: std::time::Duration,
     ) -> Record {
-        let clock = base
-            .map_or_else(VectorClock::new, |r| r.clock.clone())
-            .incremented(self.id);
+        let clock = match base {
+            Some(record) => record.clock.incremented(self.id),
+            None => VectorClock::new().incremented(self.id),
+        };
         Record {
             value,
             flags,
             expires_at,
-            timestamp: unix_now().as_micros() as u64,
+            timestamp: now.as_micros() as u64,
             clock,
         }
     }
@@ -256,7 +258,8 @@ impl Node {
         exptime: i64,
         data: &[u8],
     ) -> Result<StoreOutcome, NodeError> {
-        let now = unix_now().as_secs();
+        let wall = unix_now();
+        let now = wall.as_secs();
         let expires_at = expiry(exptime, now);
         let mut outcome = StoreOutcome::NotStored;
         self.store.update(key, now, &mut |current| {
@@ -288,7 +291,7 @@ impl Node {
                 _ => (Bytes::copy_from_slice(data), flags, expires_at),
             };
             outcome = StoreOutcome::Stored;
-            Change::Put(self.new_record(value, flags, expires_at, current))
+            Change::Put(self.new_record(value, flags, expires_at, current, wall))
         });
         let counters = &self.counters;
         match (mode, outcome) {
@@ -331,7 +334,8 @@ impl Node {
         incr: bool,
         delta: u64,
     ) -> Result<ArithOutcome, NodeError> {
-        let now = unix_now().as_secs();
+        let wall = unix_now();
+        let now = wall.as_secs();
         let mut outcome = ArithOutcome::NotFound;
         self.store.update(key, now, &mut |current| {
             let Some(record) = current else {
@@ -351,7 +355,7 @@ impl Node {
             // memcached rewrites a shorter number in place, padded with spaces to the old length.
             let text = format!("{result:<width$}", width = record.value.len());
             let value = Bytes::from(text.into_bytes());
-            Change::Put(self.new_record(value, record.flags, record.expires_at, Some(record)))
+            Change::Put(self.new_record(value, record.flags, record.expires_at, Some(record), wall))
         });
         let counters = &self.counters;
         let (hit, miss) = if incr {
@@ -430,7 +434,7 @@ impl Node {
 
     fn general_stats(&self) -> Vec<(&'static str, String)> {
         let c = &self.counters;
-        let read = |counter: &AtomicU64| Counters::read(counter).to_string();
+        let read = |counter: &crate::stats::Counter| counter.get().to_string();
         let store = self.store.stats();
         let (user, system) = stats::rusage();
         let mut out = vec![

@@ -30,21 +30,38 @@ impl VectorClock {
             .map_or(0, |(_, c)| *c)
     }
 
-    /// This clock with `node`'s counter advanced by one.
+    /// This clock with `node`'s counter advanced by one. Built on the stack and allocated
+    /// once: every write calls this.
     pub fn incremented(&self, node: NodeId) -> Self {
-        let mut entries = self.0.to_vec();
-        match entries.binary_search_by_key(&node, |(n, _)| *n) {
-            Ok(i) => entries[i].1 += 1,
-            Err(i) => entries.insert(i, (node, 1)),
+        let mut entries = [(0, 0); MAX_CLOCK_ENTRIES + 1];
+        let mut len = 0;
+        let mut placed = false;
+        for &(other, counter) in self.entries() {
+            if !placed && other >= node {
+                placed = true;
+                entries[len] = (node, if other == node { counter + 1 } else { 1 });
+                len += 1;
+                if other == node {
+                    continue;
+                }
+            }
+            entries[len] = (other, counter);
+            len += 1;
         }
-        while entries.len() > MAX_CLOCK_ENTRIES {
-            let smallest = (0..entries.len())
+        if !placed {
+            entries[len] = (node, 1);
+            len += 1;
+        }
+        if len > MAX_CLOCK_ENTRIES {
+            // Drop the entry with the smallest counter, never the writer's own.
+            let smallest = (0..len)
                 .filter(|&i| entries[i].0 != node)
                 .min_by_key(|&i| entries[i].1)
                 .expect("more than one entry");
-            entries.remove(smallest);
+            entries.copy_within(smallest + 1..len, smallest);
+            len -= 1;
         }
-        VectorClock(entries.into())
+        VectorClock(Arc::from(&entries[..len]))
     }
 
     /// The per-node maximum of both clocks.

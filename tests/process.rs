@@ -243,5 +243,8 @@ fn an_unwritable_data_dir_is_a_warning_with_the_memory_engine() {
     let kai = Kai::start_with_config(dir, config, &[]);
     assert!(kai.client().call("version\r\n").starts_with("VERSION"));
     let log = kai.log();
-    assert!(log.contains("node.data_dir /nonexistent/kai is not writable"), "{log}");
+    assert!(
+        log.contains("node.data_dir /nonexistent/kai is not writable"),
+        "{log}"
+    );
 }

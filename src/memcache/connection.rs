@@ -108,17 +108,15 @@ impl Connection {
         }
     }
 
-    /// Reads what the socket has; false when the peer closed.
+    /// One read of what the socket has (at most the free space after reserving a chunk,
+    /// so a fast sender cannot grow the buffer beyond the request being assembled); false
+    /// when the peer closed.
     fn fill(&mut self) -> io::Result<bool> {
+        self.input.reserve(READ_CHUNK);
         loop {
-            self.input.reserve(READ_CHUNK);
             match self.stream.try_read_buf(&mut self.input) {
                 Ok(0) => return Ok(false),
-                Ok(_) => {
-                    if self.input.capacity() - self.input.len() > 0 {
-                        return Ok(true);
-                    }
-                }
+                Ok(_) => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

@@ -4,7 +4,6 @@
 use super::connection::Connection;
 use crate::node::Node;
 use crate::stats::Counters;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -21,10 +20,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.node
-            .counters()
-            .curr_connections
-            .fetch_sub(1, Ordering::Relaxed);
+        self.node.counters().curr_connections.sub(1);
     }
 }
 

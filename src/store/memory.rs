@@ -6,20 +6,23 @@
 
 use super::{Change, Record, Store, StoreStats};
 use lru::LruCache;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 const SHARDS: usize = 64;
 
-type Shard = LruCache<Box<[u8]>, Record>;
+/// One lock's worth of the store. Its byte count lives under the same lock, so the request
+/// path touches no shared counter.
+struct Shard {
+    records: LruCache<Box<[u8]>, Record>,
+    bytes: u64,
+}
 
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    hasher: std::collections::hash_map::RandomState,
     limit_bytes: u64,
-    bytes: AtomicU64,
-    items: AtomicU64,
+    /// Bytes across all shards; kept only with a limit, where eviction needs the total.
+    limited_bytes: AtomicU64,
     evictions: AtomicU64,
     /// Where the next cross-shard eviction starts, so no shard is always the victim.
     eviction_cursor: AtomicUsize,
@@ -30,19 +33,33 @@ impl MemoryStore {
     pub fn new(limit_bytes: u64) -> Self {
         MemoryStore {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::unbounded()))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        records: LruCache::unbounded(),
+                        bytes: 0,
+                    })
+                })
                 .collect(),
-            hasher: Default::default(),
             limit_bytes,
-            bytes: AtomicU64::new(0),
-            items: AtomicU64::new(0),
+            limited_bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             eviction_cursor: AtomicUsize::new(0),
         }
     }
 
+    /// Spreads keys over shards. Not collision-resistant on purpose: a client that aims many
+    /// keys at one shard only slows itself on that lock; each shard's map is DoS-resistant.
     fn shard_of(&self, key: &[u8]) -> usize {
-        (self.hasher.hash_one(key) as usize) % SHARDS
+        let mut hash: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut chunks = key.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+            hash = (hash ^ word).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+        }
+        for &byte in chunks.remainder() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        ((hash ^ (hash >> 32)) as usize) % SHARDS
     }
 
     fn lock(&self, index: usize) -> MutexGuard<'_, Shard> {
@@ -53,27 +70,36 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn forget(&self, key: &[u8], record: &Record) {
-        self.bytes
-            .fetch_sub(record.footprint(key) as u64, Ordering::Relaxed);
-        self.items.fetch_sub(1, Ordering::Relaxed);
+    /// Accounts for `added` bytes stored and `removed` bytes released in `shard`.
+    fn charge(&self, shard: &mut Shard, added: u64, removed: u64) {
+        shard.bytes = shard.bytes + added - removed;
+        if self.limit_bytes != 0 {
+            self.limited_bytes.fetch_add(added, Ordering::Relaxed);
+            self.limited_bytes.fetch_sub(removed, Ordering::Relaxed);
+        }
+    }
+
+    fn remove(&self, shard: &mut Shard, key: &[u8]) {
+        if let Some((key, record)) = shard.records.pop_entry(key) {
+            self.charge(shard, 0, record.footprint(&key) as u64);
+        }
     }
 
     fn over_limit(&self) -> bool {
-        self.limit_bytes != 0 && self.bytes.load(Ordering::Relaxed) > self.limit_bytes
+        self.limit_bytes != 0 && self.limited_bytes.load(Ordering::Relaxed) > self.limit_bytes
     }
 
     /// Evicts least recently used records from `shard`, never the one just written (`keep`).
     fn evict_from(&self, shard: &mut Shard, keep: Option<&[u8]>) {
         while self.over_limit() {
-            let Some((key, _)) = shard.peek_lru() else {
+            let Some((key, _)) = shard.records.peek_lru() else {
                 return;
             };
             if Some(&**key) == keep {
                 return;
             }
-            if let Some((key, record)) = shard.pop_lru() {
-                self.forget(&key, &record);
+            if let Some((key, record)) = shard.records.pop_lru() {
+                self.charge(shard, 0, record.footprint(&key) as u64);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -99,29 +125,28 @@ impl Store for MemoryStore {
         // Recency only matters when something may be evicted: without a limit, reads do not
         // reorder the LRU list (and touch no neighbouring nodes).
         let found = if self.limit_bytes == 0 {
-            shard.peek(key)
+            shard.records.peek(key)
         } else {
-            shard.get(key)
+            shard.records.get(key)
         };
         match found {
             Some(record) if !record.is_expired(now_secs) => return Some(record.clone()),
             Some(_) => {}
             None => return None,
         }
-        if let Some((key, record)) = shard.pop_entry(key) {
-            self.forget(&key, &record);
-        }
+        self.remove(&mut shard, key);
         None
     }
 
     fn update(&self, key: &[u8], now_secs: u64, decide: &mut dyn FnMut(Option<&Record>) -> Change) {
         let index = self.shard_of(key);
-        let mut shard = self.lock(index);
+        let mut guard = self.lock(index);
+        let shard = &mut *guard;
         // One lookup serves the read, the decision and the write.
         let slot = if self.limit_bytes == 0 {
-            shard.peek_mut(key)
+            shard.records.peek_mut(key)
         } else {
-            shard.get_mut(key)
+            shard.records.get_mut(key)
         };
         let expired = slot.as_ref().is_some_and(|r| r.is_expired(now_secs));
         let change = decide(if expired { None } else { slot.as_deref() });
@@ -130,28 +155,24 @@ impl Store for MemoryStore {
                 let added = record.footprint(key) as u64;
                 let removed = slot.footprint(key) as u64;
                 *slot = record;
-                self.bytes.fetch_add(added, Ordering::Relaxed);
-                self.bytes.fetch_sub(removed, Ordering::Relaxed);
+                self.charge(shard, added, removed);
             }
             (Change::Put(record), None) => {
-                self.bytes
-                    .fetch_add(record.footprint(key) as u64, Ordering::Relaxed);
-                self.items.fetch_add(1, Ordering::Relaxed);
-                shard.put(key.into(), record);
+                let added = record.footprint(key) as u64;
+                shard.records.put(key.into(), record);
+                self.charge(shard, added, 0);
             }
             (Change::Keep, Some(_)) if !expired => return,
             // Removing, or leaving an expired record: either way it goes now.
             (Change::Keep | Change::Remove, Some(_)) => {
-                if let Some((key, record)) = shard.pop_entry(key) {
-                    self.forget(&key, &record);
-                }
+                self.remove(shard, key);
                 return;
             }
             (Change::Keep | Change::Remove, None) => return,
         }
         if self.over_limit() {
-            self.evict_from(&mut shard, Some(key));
-            drop(shard);
+            self.evict_from(shard, Some(key));
+            drop(guard);
             self.evict_elsewhere(index);
         }
     }
@@ -159,10 +180,9 @@ impl Store for MemoryStore {
     fn clear(&self) {
         for index in 0..SHARDS {
             let mut shard = self.lock(index);
-            for (key, record) in shard.iter() {
-                self.forget(key, record);
-            }
-            shard.clear();
+            let bytes = shard.bytes;
+            self.charge(&mut shard, 0, bytes);
+            shard.records.clear();
         }
     }
 
@@ -170,25 +190,28 @@ impl Store for MemoryStore {
         let mut purged = 0;
         for index in 0..SHARDS {
             let mut shard = self.lock(index);
-            let expired: Vec<Box<[u8]>> = shard
-                .iter()
+            let expired: Vec<Box<[u8]>> = (shard.records.iter())
                 .filter(|(_, record)| record.is_expired(now_secs))
                 .map(|(key, _)| key.clone())
                 .collect();
             for key in expired {
-                if let Some((key, record)) = shard.pop_entry(&key) {
-                    self.forget(&key, &record);
-                    purged += 1;
-                }
+                self.remove(&mut shard, &key);
+                purged += 1;
             }
         }
         purged
     }
 
     fn stats(&self) -> StoreStats {
+        let (mut items, mut bytes) = (0, 0);
+        for index in 0..SHARDS {
+            let shard = self.lock(index);
+            items += shard.records.len() as u64;
+            bytes += shard.bytes;
+        }
         StoreStats {
-            items: self.items.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
+            items,
+            bytes,
             evictions: self.evictions.load(Ordering::Relaxed),
             limit_bytes: self.limit_bytes,
         }
