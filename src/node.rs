@@ -220,7 +220,7 @@ impl Node {
         let found = match touch {
             None => self.store.get(key, now).map(|r| item(&r)),
             Some(exptime) => {
-                Counters::bump(&self.counters.cmd_touch);
+                self.counters.cmd_touch.add(1);
                 let mut found = None;
                 self.store.update(key, now, &mut |current| match current {
                     Some(record) => {
@@ -234,17 +234,17 @@ impl Node {
                     None => Change::Keep,
                 });
                 let (hit, miss) = (&self.counters.touch_hits, &self.counters.touch_misses);
-                Counters::bump(if found.is_some() { hit } else { miss });
+                (if found.is_some() { hit } else { miss }).add(1);
                 found
             }
         };
         match &found {
             Some(item) => {
-                Counters::bump(&self.counters.get_hits);
-                Counters::bump(&self.counters.cmd_get);
-                Counters::add(&self.counters.bytes_read, item.value.len() as u64);
+                self.counters.get_hits.add(1);
+                self.counters.cmd_get.add(1);
+                self.counters.bytes_read.add(item.value.len() as u64);
             }
-            None => Counters::bump(&self.counters.get_misses),
+            None => self.counters.get_misses.add(1),
         }
         Ok(found)
     }
@@ -295,15 +295,15 @@ impl Node {
         });
         let counters = &self.counters;
         match (mode, outcome) {
-            (StoreMode::Cas(_), StoreOutcome::Stored) => Counters::bump(&counters.cas_hits),
-            (StoreMode::Cas(_), StoreOutcome::Exists) => Counters::bump(&counters.cas_badval),
-            (StoreMode::Cas(_), StoreOutcome::NotFound) => Counters::bump(&counters.cas_misses),
+            (StoreMode::Cas(_), StoreOutcome::Stored) => counters.cas_hits.add(1),
+            (StoreMode::Cas(_), StoreOutcome::Exists) => counters.cas_badval.add(1),
+            (StoreMode::Cas(_), StoreOutcome::NotFound) => counters.cas_misses.add(1),
             _ => {}
         }
         if outcome == StoreOutcome::Stored {
-            Counters::bump(&counters.cmd_set);
-            Counters::bump(&counters.total_items);
-            Counters::add(&counters.bytes_write, data.len() as u64);
+            counters.cmd_set.add(1);
+            counters.total_items.add(1);
+            counters.bytes_write.add(data.len() as u64);
         }
         Ok(outcome)
     }
@@ -323,7 +323,7 @@ impl Node {
                 Change::Remove
             });
         let (hit, miss) = (&self.counters.delete_hits, &self.counters.delete_misses);
-        Counters::bump(if found { hit } else { miss });
+        (if found { hit } else { miss }).add(1);
         Ok(found)
     }
 
@@ -364,8 +364,8 @@ impl Node {
             (&counters.decr_hits, &counters.decr_misses)
         };
         match outcome {
-            ArithOutcome::Value(_) => Counters::bump(hit),
-            ArithOutcome::NotFound => Counters::bump(miss),
+            ArithOutcome::Value(_) => hit.add(1),
+            ArithOutcome::NotFound => miss.add(1),
             ArithOutcome::NonNumeric => {}
         }
         Ok(outcome)
@@ -384,16 +384,16 @@ impl Node {
             }
             None => Change::Keep,
         });
-        Counters::bump(&self.counters.cmd_touch);
+        self.counters.cmd_touch.add(1);
         let (hit, miss) = (&self.counters.touch_hits, &self.counters.touch_misses);
-        Counters::bump(if found { hit } else { miss });
+        (if found { hit } else { miss }).add(1);
         Ok(found)
     }
 
     /// `flush_all [delay]`: everything stored before the deadline is dropped at the deadline;
     /// a later flush_all replaces a pending one.
     pub fn flush_all(self: &Arc<Self>, delay: i64) {
-        Counters::bump(&self.counters.cmd_flush);
+        self.counters.cmd_flush.add(1);
         let generation = self.flush_generation.fetch_add(1, Ordering::SeqCst) + 1;
         let now = unix_now().as_secs();
         let deadline = if delay <= 0 { 0 } else { expiry(delay, now) };
@@ -509,15 +509,9 @@ impl Node {
             ("kai_members", members.len().to_string()),
             ("kai_ring_digest", ring_digest),
             ("kai_unreconciled_get", self.unreconciled.render()),
-            (
-                "kai_hinted_handoffs",
-                Counters::read(&c.hinted_handoffs).to_string(),
-            ),
-            (
-                "kai_read_repairs",
-                Counters::read(&c.read_repairs).to_string(),
-            ),
-            ("kai_sync_keys", Counters::read(&c.sync_keys).to_string()),
+            ("kai_hinted_handoffs", c.hinted_handoffs.get().to_string()),
+            ("kai_read_repairs", c.read_repairs.get().to_string()),
+            ("kai_sync_keys", c.sync_keys.get().to_string()),
         ]
     }
 

@@ -6,7 +6,6 @@ use crate::config::{self, Engine, Loaded};
 use crate::daemon::notify;
 use crate::memcache::listener;
 use crate::node::{Node, VERSION};
-use crate::stats::Counters;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -167,7 +166,7 @@ fn status_line(node: &Node) -> String {
     format!(
         "{} items, {} client connections, {} members up",
         node.curr_items(),
-        Counters::read(&node.counters().curr_connections),
+        node.counters().curr_connections.get(),
         node.members_up().len()
     )
 }

@@ -84,20 +84,6 @@ counters!(
     sync_keys,
 );
 
-impl Counters {
-    pub fn bump(counter: &Counter) {
-        counter.add(1);
-    }
-
-    pub fn add(counter: &Counter, amount: u64) {
-        counter.add(amount);
-    }
-
-    pub fn read(counter: &Counter) -> u64 {
-        counter.get()
-    }
-}
-
 /// Kai's `kai_unreconciled_get`: for reads that met 2, 3, … versions, how many were left
 /// unreconciled (U) out of how many (T), printed as `U(T) U(T) …`.
 pub struct Unreconciled(Mutex<Vec<(u64, u64)>>);

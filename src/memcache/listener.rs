@@ -3,7 +3,6 @@
 
 use super::connection::Connection;
 use crate::node::Node;
-use crate::stats::Counters;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -54,8 +53,8 @@ pub async fn serve(
         };
         let counters = node.counters();
         let max = u64::from(node.config().memcache.max_connections);
-        if Counters::read(&counters.curr_connections) >= max {
-            Counters::bump(&counters.rejected_connections);
+        if counters.curr_connections.get() >= max {
+            counters.rejected_connections.add(1);
             log::debug!("refusing {peer}: {max} connections open");
             tokio::spawn(async move {
                 let _ = stream.write_all(TOO_MANY).await;
@@ -64,8 +63,8 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        Counters::bump(&counters.curr_connections);
-        Counters::bump(&counters.total_connections);
+        counters.curr_connections.add(1);
+        counters.total_connections.add(1);
         let slot = Slot {
             node: Arc::clone(&node),
             _done: done_tx.clone(),
@@ -85,7 +84,7 @@ pub async fn serve(
     if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
         log::warn!(
             "{} client connections still open after {grace:?}; closing them",
-            Counters::read(&node.counters().curr_connections)
+            node.counters().curr_connections.get()
         );
     }
 }
