@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{process_alive, Client};
+use common::{process_alive, Client, ThrowawayUser};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -87,36 +87,6 @@ impl Setup {
 impl Drop for Setup {
     fn drop(&mut self) {
         let _ = self.run("stop");
-    }
-}
-
-struct ThrowawayUser(String);
-
-impl ThrowawayUser {
-    fn create(tag: &str) -> ThrowawayUser {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "this test needs root (CI runs as root)"
-        );
-        let name = format!("kai{tag}{}", std::process::id() % 100_000);
-        let status = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                &name,
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        ThrowawayUser(name)
-    }
-}
-
-impl Drop for ThrowawayUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.0).status();
     }
 }
 

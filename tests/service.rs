@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, process_alive, wait_for_port, Client, Kai, KAI};
+use common::{free_port, process_alive, wait_for_port, Client, Kai, ThrowawayUser, KAI};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::net::SocketAddr;
@@ -403,34 +403,10 @@ fn sighup_applies_live_settings_and_survives_a_broken_file() {
     assert_eq!(kai.wait(Duration::from_secs(10)).unwrap().code(), Some(0));
 }
 
-/// Removes the throwaway user when the test ends, however it ends.
-struct ThrowawayUser(String);
-
-impl Drop for ThrowawayUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn root_drops_to_the_configured_user() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (CI runs as root): it creates a system user"
-    );
-    let name = format!("kaitest{}", std::process::id() % 100_000);
-    let created = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            &name,
-        ])
-        .status()
-        .unwrap();
-    assert!(created.success());
-    let _cleanup = ThrowawayUser(name.clone());
+    let throwaway = ThrowawayUser::create("d");
+    let name = throwaway.0.clone();
     let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
 
     let kai = Kai::start(&format!("[daemon]\nuser = \"{name}\"\n"));

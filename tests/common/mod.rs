@@ -355,3 +355,35 @@ pub fn venv_python() -> PathBuf {
     );
     path
 }
+
+/// A system user for one test, removed when dropped, however the test ends.
+pub struct ThrowawayUser(pub String);
+
+impl ThrowawayUser {
+    /// Creates `kai<tag><pid>`; needs root, as CI has.
+    pub fn create(tag: &str) -> ThrowawayUser {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (CI runs as root): it creates a system user"
+        );
+        let name = format!("kai{tag}{}", std::process::id() % 100_000);
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                &name,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "useradd {name} failed");
+        ThrowawayUser(name)
+    }
+}
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+    }
+}
