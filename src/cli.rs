@@ -37,6 +37,69 @@ pub enum Action {
     /// Configuration tools
     #[command(subcommand)]
     Config(ConfigAction),
+    /// Show the stats of one or more nodes (table, JSON, cacti line, or live rates)
+    Stats {
+        /// Node to ask, host:port of its memcache listener (repeatable)
+        #[arg(
+            long = "host",
+            short = 'H',
+            value_name = "HOST:PORT",
+            default_value = "127.0.0.1:11211"
+        )]
+        hosts: Vec<String>,
+        /// Print JSON: {"host": {"stat": value}}
+        #[arg(long, conflicts_with_all = ["cacti", "watch"])]
+        json: bool,
+        /// Print cacti's data input line (name:value ...) for the first host
+        #[arg(long, conflicts_with = "watch")]
+        cacti: bool,
+        /// Refresh every SECS seconds with per-second rates
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+        /// With --watch: stop after N refreshes
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
+        /// Seconds to wait for each node
+        #[arg(long, short = 't', default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Nagios/Icinga plugin: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    #[command(subcommand)]
+    Check(CheckAction),
+}
+
+#[derive(Subcommand)]
+pub enum CheckAction {
+    /// The node answers stats in time; thresholds apply to its client connections
+    Node {
+        /// Host of the memcache listener
+        #[arg(short = 'H', long = "hostname", default_value = "127.0.0.1")]
+        host: String,
+        /// Port of the memcache listener
+        #[arg(short = 'p', long, default_value_t = 11211)]
+        port: u16,
+        /// Seconds before giving up (CRITICAL)
+        #[arg(short = 't', long, default_value_t = 10)]
+        timeout: u64,
+        /// Warning range for open client connections (Nagios range syntax)
+        #[arg(short = 'w', long, value_name = "RANGE")]
+        warning: Option<String>,
+        /// Critical range for open client connections (Nagios range syntax)
+        #[arg(short = 'c', long, value_name = "RANGE")]
+        critical: Option<String>,
+    },
+    /// Every listed node answers and all agree on the member list
+    Cluster {
+        /// Node to ask, host:port of its memcache listener (repeatable)
+        #[arg(long = "host", short = 'H', value_name = "HOST:PORT", required = true)]
+        hosts: Vec<String>,
+        /// CRITICAL when fewer members are up
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        expect_members: usize,
+        /// Seconds to wait for each node
+        #[arg(short = 't', long, default_value_t = 10)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]

@@ -4,23 +4,108 @@
 mod cli;
 
 use clap::Parser;
-use cli::{Action, Cli, ConfigAction};
+use cli::{Action, CheckAction, Cli, ConfigAction};
+use kai::admin;
 use kai::config;
 use kai::daemon::{detach, notify, pidfile, privileges};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Exit status for configuration and usage errors, before anything is bound.
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A Nagios plugin with bad arguments must say UNKNOWN (3), not clap's usage code.
+        Err(e) if std::env::args().nth(1).as_deref() == Some("check") && e.use_stderr() => {
+            let reason = e.to_string();
+            println!(
+                "KAI UNKNOWN - {}",
+                reason.lines().next().unwrap_or("bad arguments")
+            );
+            return ExitCode::from(admin::check::Status::Unknown as u8);
+        }
+        Err(e) => e.exit(),
+    };
     match cli.command {
         None | Some(Action::Serve) => serve(cli.config, cli.daemon, cli.pid_file, cli.user),
         Some(Action::Config(ConfigAction::Check { ref file })) => {
             check_config(file.clone().or(cli.config))
         }
+        Some(Action::Stats {
+            hosts,
+            json,
+            cacti,
+            watch,
+            count,
+            timeout,
+        }) => stats(
+            &hosts,
+            json,
+            cacti,
+            watch,
+            count,
+            Duration::from_secs(timeout),
+        ),
+        Some(Action::Check(action)) => check(action),
     }
+}
+
+fn stats(
+    hosts: &[String],
+    json: bool,
+    cacti: bool,
+    watch: Option<u64>,
+    count: Option<u64>,
+    timeout: Duration,
+) -> ExitCode {
+    let result = match watch {
+        Some(seconds) => {
+            admin::stats::watch(hosts, Duration::from_secs(seconds.max(1)), count, timeout)
+                .map(|()| String::new())
+        }
+        None => {
+            let format = match (json, cacti) {
+                (true, _) => admin::stats::Format::Json,
+                (_, true) => admin::stats::Format::Cacti,
+                _ => admin::stats::Format::Table,
+            };
+            admin::stats::report(hosts, format, timeout)
+        }
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn check(action: CheckAction) -> ExitCode {
+    let verdict = match action {
+        CheckAction::Node {
+            host,
+            port,
+            timeout,
+            warning,
+            critical,
+        } => admin::check::node(
+            &format!("{host}:{port}"),
+            Duration::from_secs(timeout),
+            warning.as_deref(),
+            critical.as_deref(),
+        ),
+        CheckAction::Cluster {
+            hosts,
+            expect_members,
+            timeout,
+        } => admin::check::cluster(&hosts, expect_members, Duration::from_secs(timeout)),
+    };
+    println!("{}", verdict.line);
+    ExitCode::from(verdict.status as u8)
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {

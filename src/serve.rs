@@ -26,6 +26,8 @@ const RESERVED_FILES: u64 = 64;
 pub struct Prepared {
     node: Arc<Node>,
     memcache: std::net::TcpListener,
+    /// The Prometheus listener, when `[metrics] listen` is set.
+    metrics: Option<std::net::TcpListener>,
     /// The `--config` path, re-read on SIGHUP (None: the default path or embedded defaults).
     config_path: Option<PathBuf>,
     threads: usize,
@@ -48,6 +50,15 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
     let memcache = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on memcache.listen {listen}"))?;
     memcache.set_nonblocking(true)?;
+    let metrics = match config.metrics.listen.as_str() {
+        "" => None,
+        listen => {
+            let listener = std::net::TcpListener::bind(listen)
+                .with_context(|| format!("cannot listen on metrics.listen {listen}"))?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+    };
     if config.store.engine == Engine::Disk {
         log::warn!("store.engine = \"disk\" is not available yet; serving from memory");
     }
@@ -64,6 +75,7 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
     Ok(Prepared {
         node,
         memcache,
+        metrics,
         config_path,
         threads,
     })
@@ -84,6 +96,7 @@ async fn serve(prepared: Prepared) -> anyhow::Result<()> {
     let Prepared {
         node,
         memcache,
+        metrics,
         config_path,
         ..
     } = prepared;
@@ -106,6 +119,15 @@ async fn serve(prepared: Prepared) -> anyhow::Result<()> {
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(metrics) = metrics {
+        let metrics = tokio::net::TcpListener::from_std(metrics)?;
+        log::info!("serving metrics on {}", metrics.local_addr()?);
+        tokio::spawn(crate::metrics::serve(
+            metrics,
+            Arc::clone(&node),
+            shutdown_rx.clone(),
+        ));
+    }
     let background = [
         tokio::spawn(purge_expired(Arc::clone(&node))),
         tokio::spawn(report_status(Arc::clone(&node))),

@@ -1,0 +1,313 @@
+//! Monitoring that operators plug in unmodified: `kai check` (Nagios), `kai stats` (table,
+//! JSON, cacti) and the Prometheus endpoint, all against real nodes.
+
+mod common;
+
+use common::{Kai, KAI};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn kai(args: &[&str]) -> (i32, String) {
+    let out = Command::new(KAI).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn port(kai: &Kai) -> String {
+    kai.addr.port().to_string()
+}
+
+/// One status line, then optional `|` perfdata of `label=value[UOM];warn;crit;min;max`.
+fn assert_plugin_output(text: &str, status: &str) {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].starts_with(&format!("KAI {status} - ")), "{text}");
+    if let Some((_, perfdata)) = lines[0].split_once(" | ") {
+        for item in perfdata.split(' ') {
+            let (label, rest) = item.split_once('=').unwrap_or_else(|| panic!("{item}"));
+            assert!(!label.is_empty() && !label.contains(' '));
+            let value = rest.split(';').next().unwrap();
+            let number = value.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '%');
+            number
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad perfdata value {item}"));
+            assert!(rest.split(';').count() <= 5, "{item}");
+        }
+    }
+}
+
+#[test]
+fn check_node_ok_warning_critical_unknown() {
+    let node = Kai::start("");
+    let _client = node.client();
+    let p = port(&node);
+    let (code, text) = kai(&["check", "node", "-H", "127.0.0.1", "-p", &p]);
+    assert_eq!(code, 0, "{text}");
+    assert_plugin_output(&text, "OK");
+    assert!(
+        text.contains("connections=") && text.contains("hit_ratio="),
+        "{text}"
+    );
+    // At least one connection is open (ours), so "0" (alert above 0) fires.
+    let (code, text) = kai(&["check", "node", "-p", &p, "-w", "0", "-c", "100"]);
+    assert_eq!(code, 1, "{text}");
+    assert_plugin_output(&text, "WARNING");
+    assert!(
+        text.contains("connections=") && text.contains(";0;100;0;1024"),
+        "{text}"
+    );
+    let (code, text) = kai(&["check", "node", "-p", &p, "-w", "0", "-c", "0"]);
+    assert_eq!(code, 2, "{text}");
+    assert_plugin_output(&text, "CRITICAL");
+    let (code, text) = kai(&["check", "node", "-p", &p, "-w", "nonsense"]);
+    assert_eq!(code, 3, "{text}");
+    assert_plugin_output(&text, "UNKNOWN");
+    let (code, text) = kai(&["check", "node", "--no-such-option"]);
+    assert_eq!(code, 3, "{text}");
+    assert_plugin_output(&text, "UNKNOWN");
+}
+
+#[test]
+fn check_node_down_or_hung_is_critical() {
+    let closed = common::free_port().to_string();
+    let (code, text) = kai(&["check", "node", "-p", &closed]);
+    assert_eq!(code, 2, "{text}");
+    assert_plugin_output(&text, "CRITICAL");
+    // A port that accepts but never answers: the timeout decides.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port().to_string();
+    let started = Instant::now();
+    let (code, text) = kai(&["check", "node", "-p", &hung_port, "-t", "1"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("no answer within"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn check_cluster_flags_nodes_that_disagree() {
+    let a = Kai::start("[rpc]\nlisten = \"127.0.0.1:11901\"\n");
+    let b = Kai::start("[rpc]\nlisten = \"127.0.0.1:11902\"\n");
+    let host = |k: &Kai| format!("127.0.0.1:{}", port(k));
+    let (code, text) = kai(&[
+        "check",
+        "cluster",
+        "--host",
+        &host(&a),
+        "--expect-members",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert_plugin_output(&text, "OK");
+    // Two nodes that each see only themselves: the split-brain signature.
+    let (code, text) = kai(&["check", "cluster", "--host", &host(&a), "--host", &host(&b)]);
+    assert_eq!(code, 2, "{text}");
+    assert_plugin_output(&text, "CRITICAL");
+    assert!(
+        text.contains("disagree") && text.contains("127.0.0.1:11902"),
+        "{text}"
+    );
+    let (code, text) = kai(&[
+        "check",
+        "cluster",
+        "--host",
+        &host(&a),
+        "--expect-members",
+        "3",
+    ]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("only 1 of 3"), "{text}");
+    let down = format!("127.0.0.1:{}", common::free_port());
+    let (code, text) = kai(&["check", "cluster", "--host", &host(&a), "--host", &down]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("unreachable") && text.contains(&down),
+        "{text}"
+    );
+}
+
+/// A scripted workload whose counters are known exactly.
+fn workload(node: &Kai) {
+    let mut client = node.client();
+    for i in 0..10 {
+        client.set(&format!("k{i}"), b"0123456789");
+    }
+    for i in 0..4 {
+        assert!(client.get(&format!("k{i}")).is_some());
+    }
+    assert!(client.get("missing").is_none());
+}
+
+#[test]
+fn stats_for_cacti_json_and_people_match_the_workload() {
+    let node = Kai::start("");
+    workload(&node);
+    let host = format!("127.0.0.1:{}", port(&node));
+    // cacti's data input method reads `name:value` pairs separated by spaces.
+    let (code, text) = kai(&["stats", "--host", &host, "--cacti"]);
+    assert_eq!(code, 0);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let fields: HashMap<&str, u64> = text
+        .split_whitespace()
+        .map(|pair| {
+            let (name, value) = pair.split_once(':').unwrap();
+            (name, value.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(fields["cmd_set"], 10);
+    assert_eq!(fields["bytes_write"], 100);
+    assert_eq!(fields["cmd_get"], 4);
+    assert_eq!(fields["bytes_read"], 40);
+    assert_eq!(fields["curr_items"], 10);
+    assert!(fields["bytes"] > 100);
+
+    let (code, json) = kai(&["stats", "--host", &host, "--host", &host, "--json"]);
+    assert_eq!(code, 0);
+    let check = Command::new("python3")
+        .args(["-c", "import json,sys; d=json.load(sys.stdin); v=list(d.values())[0]; assert v['cmd_set']==10 and v['kai_quorum']=='3,2,2', v"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(json.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(check.success(), "{json}");
+
+    let (code, table) = kai(&["stats", "--host", &host]);
+    assert_eq!(code, 0);
+    assert!(table.lines().next().unwrap().contains(&host), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("cmd_set") && l.trim_end().ends_with(" 10")),
+        "{table}"
+    );
+
+    let (code, watched) = kai(&["stats", "--host", &host, "--watch", "1", "--count", "2"]);
+    assert_eq!(code, 0);
+    assert_eq!(watched.lines().count(), 2, "{watched}");
+    assert!(
+        watched.lines().nth(1).unwrap().contains("cmd_set=0.0/s"),
+        "{watched}"
+    );
+
+    let (code, _) = kai(&[
+        "stats",
+        "--host",
+        &format!("127.0.0.1:{}", common::free_port()),
+    ]);
+    assert_eq!(code, 1);
+}
+
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: kai\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+/// A strict reading of the Prometheus text format: HELP and TYPE before each family,
+/// valid names and labels, numeric values, counters named `_total`.
+fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    let mut typed: HashMap<String, String> = HashMap::new();
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(valid_name(name), "{line}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "{line}");
+            }
+            assert!(
+                typed.insert(name.to_string(), kind.to_string()).is_none(),
+                "duplicate {name}"
+            );
+        } else {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+            let name = series.split('{').next().unwrap();
+            assert!(
+                valid_name(name) && typed.contains_key(name),
+                "untyped sample {line}"
+            );
+            if let Some(labels) = series.strip_prefix(name) {
+                let labels = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .unwrap();
+                for pair in labels.split("\",") {
+                    let (key, value) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                    assert!(
+                        valid_name(key) && !value.trim_end_matches('"').contains('"'),
+                        "{line}"
+                    );
+                }
+            }
+            samples.insert(name.to_string(), value);
+        }
+    }
+    samples
+}
+
+#[test]
+fn prometheus_endpoint_serves_valid_metrics() {
+    let node = Kai::start("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let addr = loop {
+        if let Some(line) = node
+            .log()
+            .lines()
+            .find(|l| l.contains("serving metrics on "))
+        {
+            break line
+                .split("serving metrics on ")
+                .nth(1)
+                .unwrap()
+                .trim()
+                .to_string();
+        }
+        assert!(Instant::now() < deadline, "no metrics line: {}", node.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    workload(&node);
+    let (head, body) = http_get(&addr, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let samples = parse_exposition(&body);
+    assert_eq!(samples["kai_cmd_set_total"], 10.0);
+    assert_eq!(samples["kai_bytes_write_total"], 100.0);
+    assert_eq!(samples["kai_cmd_get_total"], 4.0);
+    assert_eq!(samples["kai_curr_items"], 10.0);
+    assert_eq!(samples["kai_build_info"], 1.0);
+    assert!(body.contains("node=\"127.0.0.1:11011\""), "{body}");
+    let (head, _) = http_get(&addr, "/");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
+
+#[test]
+fn metrics_are_off_by_default() {
+    let node = Kai::start("");
+    assert!(!node.log().contains("serving metrics"));
+}
