@@ -311,3 +311,94 @@ fn metrics_are_off_by_default() {
     let node = Kai::start("");
     assert!(!node.log().contains("serving metrics"));
 }
+
+/// The shipped Grafana dashboard is valid JSON and only queries metrics kai exports.
+#[test]
+fn grafana_dashboard_queries_exported_metrics() {
+    let node = Kai::start("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let addr = loop {
+        if let Some(line) = node
+            .log()
+            .lines()
+            .find(|l| l.contains("serving metrics on "))
+        {
+            break line
+                .split("serving metrics on ")
+                .nth(1)
+                .unwrap()
+                .trim()
+                .to_string();
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exported = parse_exposition(&http_get(&addr, "/metrics").1);
+    let dashboard = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana/kai.json");
+    let script = "import json,re,sys\nd=json.load(open(sys.argv[1]))\nfor p in d['panels']:\n  for t in p['targets']:\n    for m in re.findall(r'kai_[a-z_]+', t['expr']): print(m)";
+    let out = Command::new("python3")
+        .args(["-c", script, dashboard])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let used = String::from_utf8(out.stdout).unwrap();
+    assert!(used.lines().count() > 10);
+    for metric in used.lines() {
+        assert!(
+            exported.contains_key(metric),
+            "dashboard queries {metric}, which kai does not export"
+        );
+    }
+}
+
+/// The cacti data input script prints what cacti parses, and the Nagios commands call the
+/// real plugin with options it accepts.
+#[test]
+fn contrib_scripts_work() {
+    let node = Kai::start("");
+    workload(&node);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/cacti/kai_cacti.sh");
+    let out = Command::new(script)
+        .args(["127.0.0.1", &port(&node)])
+        .env("KAI", KAI)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("bytes:") && text.contains(" cmd_set:10 "),
+        "{text}"
+    );
+
+    let nagios = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/nagios/kai.cfg"
+    ))
+    .unwrap();
+    let node_command = nagios
+        .lines()
+        .find(|l| l.trim_start().starts_with("command_line") && l.contains("check node"))
+        .unwrap();
+    let args = node_command
+        .split_whitespace()
+        .skip(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let args = args
+        .replace("$HOSTADDRESS$", "127.0.0.1")
+        .replace("$ARG1$", &port(&node))
+        .replace("$ARG2$", "800")
+        .replace("$ARG3$", "950");
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let (code, text) = kai(&words);
+    assert_eq!(code, 0, "{text}");
+    assert_plugin_output(&text, "OK");
+}
