@@ -2,6 +2,7 @@
 //! DESIGN.md §2 maps the modules; data flows memcache → node → store.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod logging;
