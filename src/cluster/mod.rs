@@ -2,3 +2,4 @@
 //! anti-entropy land here next (DESIGN §2).
 
 pub mod ring;
+pub mod rpc;

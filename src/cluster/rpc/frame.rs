@@ -1,0 +1,160 @@
+//! RPC framing: a 4-byte big-endian length, then that many bytes of a postcard-encoded
+//! message. A frame claiming more than `max_frame` bytes is refused before any of it is
+//! buffered, so a hostile or confused peer cannot make a node allocate.
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use std::marker::PhantomData;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// DESIGN §6: frames over 64 MiB are refused.
+pub const MAX_FRAME: usize = 64 << 20;
+const HEADER: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the {1}-byte limit")]
+    TooLarge(usize, usize),
+    #[error("malformed message: {0}")]
+    Malformed(#[from] postcard::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes and decodes messages of type `M` as length-prefixed postcard frames.
+pub struct FrameCodec<M> {
+    max_frame: usize,
+    message: PhantomData<fn() -> M>,
+}
+
+impl<M> FrameCodec<M> {
+    pub fn new(max_frame: usize) -> Self {
+        FrameCodec {
+            max_frame,
+            message: PhantomData,
+        }
+    }
+}
+
+impl<M> Default for FrameCodec<M> {
+    fn default() -> Self {
+        FrameCodec::new(MAX_FRAME)
+    }
+}
+
+impl<M: DeserializeOwned> Decoder for FrameCodec<M> {
+    type Item = M;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<M>, FrameError> {
+        if src.len() < HEADER {
+            return Ok(None);
+        }
+        let length = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if length > self.max_frame {
+            return Err(FrameError::TooLarge(length, self.max_frame));
+        }
+        if src.len() < HEADER + length {
+            src.reserve(HEADER + length - src.len());
+            return Ok(None);
+        }
+        src.advance(HEADER);
+        let body = src.split_to(length);
+        Ok(Some(postcard::from_bytes(&body)?))
+    }
+}
+
+impl<M: Serialize> Encoder<M> for FrameCodec<M> {
+    type Error = FrameError;
+
+    fn encode(&mut self, message: M, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let body = postcard::to_allocvec(&message)?;
+        if body.len() > self.max_frame {
+            return Err(FrameError::TooLarge(body.len(), self.max_frame));
+        }
+        dst.reserve(HEADER + body.len());
+        dst.put_u32(body.len() as u32);
+        dst.extend_from_slice(&body);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    enum Message {
+        Ping(u64),
+        Put { key: Vec<u8>, value: Vec<u8> },
+    }
+
+    fn encoded(messages: &[Message]) -> BytesMut {
+        let mut codec = FrameCodec::<Message>::default();
+        let mut out = BytesMut::new();
+        for message in messages {
+            codec.encode(message.clone(), &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn round_trip_at_every_split() {
+        let messages = [
+            Message::Ping(7),
+            Message::Put {
+                key: b"k".to_vec(),
+                value: vec![0xff; 300],
+            },
+        ];
+        let wire = encoded(&messages);
+        assert_eq!(&wire[..4], &[0, 0, 0, 2], "big-endian length of Ping(7)");
+        for split in 0..=wire.len() {
+            let mut codec = FrameCodec::<Message>::default();
+            let mut buffer = BytesMut::from(&wire[..split]);
+            let mut decoded = Vec::new();
+            while let Some(message) = codec.decode(&mut buffer).unwrap() {
+                decoded.push(message);
+            }
+            buffer.extend_from_slice(&wire[split..]);
+            while let Some(message) = codec.decode(&mut buffer).unwrap() {
+                decoded.push(message);
+            }
+            assert_eq!(decoded, messages, "split at {split}");
+            assert!(buffer.is_empty());
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_buffering() {
+        let mut codec = FrameCodec::<Message>::default();
+        let mut claim = BytesMut::from(&((MAX_FRAME as u32) + 1).to_be_bytes()[..]);
+        let err = codec.decode(&mut claim).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(n, MAX_FRAME) if n == MAX_FRAME + 1));
+        assert!(
+            claim.capacity() < 1024,
+            "nothing reserved for the claimed frame"
+        );
+        let mut small = FrameCodec::<Message>::new(16);
+        let mut out = BytesMut::new();
+        let big = Message::Put {
+            key: vec![],
+            value: vec![1; 64],
+        };
+        assert!(matches!(
+            small.encode(big, &mut out),
+            Err(FrameError::TooLarge(..))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut codec = FrameCodec::<Message>::default();
+        let mut garbage = BytesMut::from(&[0, 0, 0, 3, 9, 9, 9][..]);
+        assert!(matches!(
+            codec.decode(&mut garbage),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+}
