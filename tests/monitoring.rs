@@ -202,6 +202,24 @@ fn stats_for_cacti_json_and_people_match_the_workload() {
     assert_eq!(code, 1);
 }
 
+/// The metrics listener's address, from the node's startup log.
+fn metrics_addr(node: &Kai) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = node.log();
+        if let Some(line) = log.lines().find(|l| l.contains("serving metrics on ")) {
+            return line
+                .split("serving metrics on ")
+                .nth(1)
+                .unwrap()
+                .trim()
+                .to_string();
+        }
+        assert!(Instant::now() < deadline, "no metrics line: {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn http_get(addr: &str, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
@@ -271,23 +289,7 @@ fn parse_exposition(text: &str) -> HashMap<String, f64> {
 #[test]
 fn prometheus_endpoint_serves_valid_metrics() {
     let node = Kai::start("[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let addr = loop {
-        if let Some(line) = node
-            .log()
-            .lines()
-            .find(|l| l.contains("serving metrics on "))
-        {
-            break line
-                .split("serving metrics on ")
-                .nth(1)
-                .unwrap()
-                .trim()
-                .to_string();
-        }
-        assert!(Instant::now() < deadline, "no metrics line: {}", node.log());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let addr = metrics_addr(&node);
     workload(&node);
     let (head, body) = http_get(&addr, "/metrics");
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
@@ -316,23 +318,7 @@ fn metrics_are_off_by_default() {
 #[test]
 fn grafana_dashboard_queries_exported_metrics() {
     let node = Kai::start("[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let addr = loop {
-        if let Some(line) = node
-            .log()
-            .lines()
-            .find(|l| l.contains("serving metrics on "))
-        {
-            break line
-                .split("serving metrics on ")
-                .nth(1)
-                .unwrap()
-                .trim()
-                .to_string();
-        }
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let addr = metrics_addr(&node);
     let exported = parse_exposition(&http_get(&addr, "/metrics").1);
     let dashboard = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana/kai.json");
     let script = "import json,re,sys\nd=json.load(open(sys.argv[1]))\nfor p in d['panels']:\n  for t in p['targets']:\n    for m in re.findall(r'kai_[a-z_]+', t['expr']): print(m)";
