@@ -101,9 +101,104 @@ impl VectorClock {
     }
 }
 
+/// Something that carries a causal history: stored versions, and replies from replicas.
+pub trait Versioned {
+    fn clock(&self) -> &VectorClock;
+    /// Wall-clock write time (Unix microseconds), used only to order true siblings.
+    fn timestamp(&self) -> u64;
+}
+
+/// Keeps the versions no other version descends (duplicates collapse to one): what a read
+/// that gathered replies from several replicas returns. Newest first.
+pub fn reconcile<V: Versioned>(mut versions: Vec<V>) -> Vec<V> {
+    let mut kept: Vec<V> = Vec::with_capacity(versions.len());
+    // Newest first, so among equal clocks the newest copy survives.
+    versions.sort_by_key(|v| std::cmp::Reverse(order_key(v)));
+    for version in versions {
+        if kept.iter().any(|k| k.clock().descends(version.clock())) {
+            continue;
+        }
+        kept.retain(|k| !version.clock().descends(k.clock()));
+        kept.push(version);
+    }
+    kept.sort_by_key(|v| std::cmp::Reverse(order_key(v)));
+    kept
+}
+
+/// A replica storing `incoming`: local versions it descends are dropped, concurrent ones
+/// stay as siblings; `incoming` itself is dropped when a local version already descends it.
+/// At most `max_siblings` are kept, oldest dropped first; returns the survivors and how
+/// many were dropped for the bound (to be logged).
+pub fn apply<V: Versioned>(local: Vec<V>, incoming: V, max_siblings: usize) -> (Vec<V>, usize) {
+    if local.iter().any(|l| l.clock().descends(incoming.clock())) {
+        return (local, 0);
+    }
+    let mut kept: Vec<V> = local
+        .into_iter()
+        .filter(|l| !incoming.clock().descends(l.clock()))
+        .collect();
+    kept.push(incoming);
+    kept.sort_by_key(|v| std::cmp::Reverse(order_key(v)));
+    let dropped = kept.len().saturating_sub(max_siblings.max(1));
+    kept.truncate(max_siblings.max(1));
+    (kept, dropped)
+}
+
+/// last-write-wins: the sibling with the latest timestamp (the clock digest breaks ties, so
+/// every node picks the same one).
+pub fn newest<V: Versioned>(siblings: &[V]) -> Option<&V> {
+    siblings.iter().max_by_key(|v| order_key(*v))
+}
+
+fn order_key<V: Versioned>(version: &V) -> (u64, u64) {
+    (version.timestamp(), version.clock().digest())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct V(VectorClock, u64);
+
+    impl Versioned for V {
+        fn clock(&self) -> &VectorClock {
+            &self.0
+        }
+        fn timestamp(&self) -> u64 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn reconcile_keeps_only_concurrent_versions() {
+        let base = VectorClock::new().incremented(1);
+        let a = V(base.incremented(1), 10);
+        let b = V(base.incremented(2), 20);
+        let old = V(base.clone(), 5);
+        let kept = reconcile(vec![old.clone(), a.clone(), b.clone(), a.clone()]);
+        assert_eq!(kept, vec![b.clone(), a.clone()]);
+        let merged = V(a.0.merged(&b.0).incremented(3), 30);
+        assert_eq!(reconcile(vec![a, b, merged.clone(), old]), vec![merged]);
+    }
+
+    #[test]
+    fn apply_supersedes_or_adds_a_sibling() {
+        let base = V(VectorClock::new().incremented(1), 1);
+        let newer = V(base.0.incremented(1), 2);
+        let (kept, _) = apply(vec![base.clone()], newer.clone(), 8);
+        assert_eq!(kept, vec![newer.clone()]);
+        // A stale write changes nothing.
+        let (kept, _) = apply(vec![newer.clone()], base.clone(), 8);
+        assert_eq!(kept, vec![newer.clone()]);
+        // A concurrent write becomes a sibling; the bound drops the oldest.
+        let other = V(base.0.incremented(2), 3);
+        let (kept, dropped) = apply(vec![newer.clone()], other.clone(), 8);
+        assert_eq!((kept.len(), dropped), (2, 0));
+        let (kept, dropped) = apply(vec![newer], other.clone(), 1);
+        assert_eq!((kept, dropped), (vec![other.clone()], 1));
+        assert_eq!(newest(&[base, other.clone()]), Some(&other));
+    }
 
     #[test]
     fn increment_and_descend() {

@@ -33,6 +33,16 @@ impl Record {
     }
 }
 
+impl crate::version::Versioned for Record {
+    fn clock(&self) -> &VectorClock {
+        &self.clock
+    }
+
+    fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+}
+
 /// What a read-modify-write decides to do with a key.
 pub enum Change {
     Keep,
