@@ -92,21 +92,43 @@ fn every_config_key_is_documented() {
     }
 }
 
+/// The long flags `kai <command> --help` lists.
+fn flags_of(command: &[&str]) -> Vec<String> {
+    let help = Command::new(KAI)
+        .args(command)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    help.split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_string()
+        })
+        .collect()
+}
+
 #[test]
 fn every_flag_and_command_is_documented() {
-    let help = Command::new(KAI).arg("--help").output().unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
     let manual = rendered("kai.8");
-    let flags: Vec<&str> = help
-        .split_whitespace()
-        .filter(|w| w.starts_with("--"))
-        .map(|w| w.trim_end_matches(','))
-        .collect();
-    assert!(flags.contains(&"--daemon"), "{help}");
-    for flag in flags {
-        assert!(manual.contains(flag), "{flag} is missing from kai(8)");
-    }
-    for command in ["serve", "config check"] {
-        assert!(manual.contains(command), "{command} is missing from kai(8)");
+    assert!(flags_of(&[]).contains(&"--daemon".to_string()));
+    let commands: [&[&str]; 6] = [
+        &[],
+        &["serve"],
+        &["config", "check"],
+        &["stats"],
+        &["check", "node"],
+        &["check", "cluster"],
+    ];
+    for command in commands {
+        let name = command.join(" ");
+        assert!(manual.contains(&name), "{name} is missing from kai(8)");
+        for flag in flags_of(command) {
+            assert!(
+                manual.contains(&flag),
+                "kai {name} {flag} is missing from kai(8)"
+            );
+        }
     }
 }

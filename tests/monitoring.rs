@@ -39,35 +39,39 @@ fn assert_plugin_output(text: &str, status: &str) {
     }
 }
 
+/// Runs a `kai check`, asserting the exit status that goes with `status`; returns the line.
+fn expect_plugin(args: &[&str], status: &str) -> String {
+    let (code, text) = kai(args);
+    let expected = ["OK", "WARNING", "CRITICAL", "UNKNOWN"]
+        .iter()
+        .position(|s| *s == status);
+    assert_eq!(Some(code as usize), expected, "{text}");
+    assert_plugin_output(&text, status);
+    text
+}
+
 #[test]
 fn check_node_ok_warning_critical_unknown() {
     let node = Kai::start("");
     let _client = node.client();
     let p = port(&node);
-    let (code, text) = kai(&["check", "node", "-H", "127.0.0.1", "-p", &p]);
-    assert_eq!(code, 0, "{text}");
-    assert_plugin_output(&text, "OK");
+    let text = expect_plugin(&["check", "node", "-H", "127.0.0.1", "-p", &p], "OK");
     assert!(
         text.contains("connections=") && text.contains("hit_ratio="),
         "{text}"
     );
     // At least one connection is open (ours), so "0" (alert above 0) fires.
-    let (code, text) = kai(&["check", "node", "-p", &p, "-w", "0", "-c", "100"]);
-    assert_eq!(code, 1, "{text}");
-    assert_plugin_output(&text, "WARNING");
-    assert!(
-        text.contains("connections=") && text.contains(";0;100;0;1024"),
-        "{text}"
+    let text = expect_plugin(
+        &["check", "node", "-p", &p, "-w", "0", "-c", "100"],
+        "WARNING",
     );
-    let (code, text) = kai(&["check", "node", "-p", &p, "-w", "0", "-c", "0"]);
-    assert_eq!(code, 2, "{text}");
-    assert_plugin_output(&text, "CRITICAL");
-    let (code, text) = kai(&["check", "node", "-p", &p, "-w", "nonsense"]);
-    assert_eq!(code, 3, "{text}");
-    assert_plugin_output(&text, "UNKNOWN");
-    let (code, text) = kai(&["check", "node", "--no-such-option"]);
-    assert_eq!(code, 3, "{text}");
-    assert_plugin_output(&text, "UNKNOWN");
+    assert!(text.contains(";0;100;0;1024"), "{text}");
+    expect_plugin(
+        &["check", "node", "-p", &p, "-w", "0", "-c", "0"],
+        "CRITICAL",
+    );
+    expect_plugin(&["check", "node", "-p", &p, "-w", "nonsense"], "UNKNOWN");
+    expect_plugin(&["check", "node", "--no-such-option"], "UNKNOWN");
 }
 
 #[test]

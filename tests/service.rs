@@ -60,6 +60,18 @@ fn systemd_notifications_follow_the_lifecycle() {
     assert!(client.call("version\r\n").starts_with("VERSION "));
     assert!(ready.last().unwrap().contains("STATUS="), "{ready:?}");
     receive_until(&notify, "WATCHDOG=1", Duration::from_secs(2));
+    // STATUS= is refreshed on its own every few seconds, not only with READY=1: the
+    // status task reports at once, then again after its 5 s interval.
+    let started = Instant::now();
+    for _ in 0..2 {
+        let refresh = receive_until(&notify, "STATUS=", Duration::from_secs(8));
+        assert!(!refresh.last().unwrap().contains("READY=1"), "{refresh:?}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "refreshed too fast: {:?}",
+        started.elapsed()
+    );
 
     kill(pid, Signal::SIGHUP).unwrap();
     let reload = receive_until(&notify, "RELOADING=1", Duration::from_secs(5));
