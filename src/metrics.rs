@@ -74,7 +74,12 @@ const GAUGES: &[(&str, &str, &str)] = &[
         "kai_limit_maxbytes",
         "memory_limit in bytes (0 = none)",
     ),
-    ("kai_members", "kai_members", "Members seen up"),
+    ("kai_members", "kai_members", "Members in the ring"),
+    (
+        "kai_pending_hints",
+        "kai_pending_hints",
+        "Keys waiting for hinted handoff to their owner",
+    ),
     (
         "runtime_tasks",
         "kai_runtime_tasks",

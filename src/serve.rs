@@ -2,11 +2,19 @@
 //! process can still daemonize), then build the runtime, serve, handle signals and shut
 //! down in order.
 
-use crate::config::{self, Engine, Loaded};
+use crate::cluster::coordinator::{resolve, Cluster};
+use crate::cluster::hints::Hints;
+use crate::cluster::membership::{Membership, RingShape};
+use crate::cluster::rpc::auth::Secret;
+use crate::cluster::rpc::client::Pool;
+use crate::cluster::rpc::server as rpc_server;
+use crate::cluster::rpc::Transport;
+use crate::config::{self, Config, Engine, Loaded};
 use crate::daemon::notify;
 use crate::memcache::listener;
 use crate::node::{Node, VERSION};
 use anyhow::Context;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +27,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const PURGE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often systemd's STATUS= line is refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often pending hints are offered to owners that are up again.
+const HANDOFF_INTERVAL: Duration = Duration::from_secs(1);
 /// Descriptors kai needs beyond its client and peer connections: listeners, store files, logs.
 const RESERVED_FILES: u64 = 64;
 
@@ -26,6 +36,10 @@ const RESERVED_FILES: u64 = 64;
 pub struct Prepared {
     node: Arc<Node>,
     memcache: std::net::TcpListener,
+    rpc: std::net::TcpListener,
+    /// This node's identity: the resolved hostname and the rpc port.
+    me: SocketAddr,
+    secret: Secret,
     /// The Prometheus listener, when `[metrics] listen` is set.
     metrics: Option<std::net::TcpListener>,
     /// The `--config` path, re-read on SIGHUP (None: the default path or embedded defaults).
@@ -50,6 +64,19 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
     let memcache = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on memcache.listen {listen}"))?;
     memcache.set_nonblocking(true)?;
+    let mut config = config;
+    let rpc_listen = &config.rpc.listen;
+    let rpc = std::net::TcpListener::bind(rpc_listen)
+        .with_context(|| format!("cannot listen on rpc.listen {rpc_listen}"))?;
+    rpc.set_nonblocking(true)?;
+    let rpc_port = rpc.local_addr()?.port();
+    if let Some((host, "0")) = config.rpc.listen.rsplit_once(':') {
+        // An ephemeral port (tests): the identity is the port actually bound.
+        config.rpc.listen = format!("{host}:{rpc_port}");
+    }
+    let me = resolve(&format!("{}:{rpc_port}", config.node.hostname))
+        .map_err(|e| anyhow::anyhow!("node.hostname: {e}"))?;
+    let secret = cluster_secret(&config)?;
     let metrics = match config.metrics.listen.as_str() {
         "" => None,
         listen => {
@@ -75,6 +102,9 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
     Ok(Prepared {
         node,
         memcache,
+        rpc,
+        me,
+        secret,
         metrics,
         config_path,
         threads,
@@ -96,6 +126,9 @@ async fn serve(prepared: Prepared) -> anyhow::Result<()> {
     let Prepared {
         node,
         memcache,
+        rpc,
+        me,
+        secret,
         metrics,
         config_path,
         ..
@@ -118,6 +151,7 @@ async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         std::process::id(),
     );
 
+    start_cluster(&node, rpc, me, secret)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Some(metrics) = metrics {
         let metrics = tokio::net::TcpListener::from_std(metrics)?;
@@ -156,6 +190,105 @@ async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         task.abort();
     }
     log::info!("kai stopped");
+    Ok(())
+}
+
+/// The cluster secret: required once this node listens or reaches peers beyond loopback.
+fn cluster_secret(config: &Config) -> anyhow::Result<Secret> {
+    let path = &config.rpc.secret_file;
+    if path.exists() {
+        return Secret::load(path).map_err(|e| anyhow::anyhow!("rpc.secret_file: {e}"));
+    }
+    let outside: Vec<&str> = std::iter::once(config.rpc.listen.as_str())
+        .chain(config.cluster.seeds.iter().map(String::as_str))
+        .filter(|address| !resolve(address).is_ok_and(|a| a.ip().is_loopback()))
+        .collect();
+    if !outside.is_empty() {
+        anyhow::bail!(
+            "rpc.secret_file {} does not exist, but {} is not on loopback: create the secret \
+             (e.g. `head -c 32 /dev/urandom | base64 > {0}; chmod 0600 {0}`) on every node",
+            path.display(),
+            outside.join(", ")
+        );
+    }
+    Ok(Secret::none())
+}
+
+fn data_file(config: &Config, name: &str) -> Option<PathBuf> {
+    let dir = &config.node.data_dir;
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
+        .is_ok()
+        .then(|| dir.join(name))
+}
+
+/// Starts the rpc server, membership and failure detection, the coordinator and hinted
+/// handoff, then contacts the seeds.
+fn start_cluster(
+    node: &Arc<Node>,
+    rpc: std::net::TcpListener,
+    me: SocketAddr,
+    secret: Secret,
+) -> anyhow::Result<()> {
+    let config = node.config();
+    let rpc = tokio::net::TcpListener::from_std(rpc)?;
+    if secret.is_empty() {
+        log::info!("rpc on {me} without a cluster secret (loopback only)");
+    } else {
+        log::info!("rpc on {me}, peers authenticated with the cluster secret");
+    }
+    let transport = Arc::new(Transport {
+        secret,
+        cluster: config.cluster.name.clone(),
+        node: me.to_string(),
+        timeout: config.rpc.timeout.0,
+        max_connections: config.rpc.max_connections as usize,
+    });
+    let pool = Arc::new(Pool::new(Arc::clone(&transport)));
+    let gossip = config.cluster.gossip_interval.0;
+    let shape = RingShape {
+        virtual_nodes: config.cluster.virtual_nodes.min(u32::from(u16::MAX)) as u16,
+        buckets: config.cluster.buckets,
+        replicas: config.cluster.quorum.n as usize,
+    };
+    let membership = Membership::start(
+        me,
+        shape,
+        data_file(&config, "members"),
+        Arc::clone(&pool),
+        gossip,
+    );
+    let cluster = Cluster::new(
+        node.id(),
+        membership,
+        pool,
+        node.store_handle(),
+        config.cluster.quorum,
+        config.cluster.max_siblings as usize,
+        config.cluster.tombstone_grace.0,
+        Hints::load(data_file(&config, "hints")),
+    );
+    node.attach_cluster(Arc::clone(&cluster));
+    tokio::spawn(rpc_server::serve(rpc, transport, Arc::clone(node)));
+    tokio::spawn(Arc::clone(&cluster).run_handoff(HANDOFF_INTERVAL));
+    for seed in config.cluster.seeds.clone() {
+        if resolve(&seed).is_ok_and(|a| a == me) {
+            continue;
+        }
+        let cluster = Arc::clone(&cluster);
+        tokio::spawn(async move {
+            // Until the seed answers once; afterwards member exchange keeps us in touch.
+            loop {
+                match cluster.join(&seed).await {
+                    Ok(()) => {
+                        log::info!("joined the cluster through seed {seed}");
+                        return;
+                    }
+                    Err(err) => log::debug!("seed {seed}: {err}"),
+                }
+                tokio::time::sleep(gossip).await;
+            }
+        });
+    }
     Ok(())
 }
 

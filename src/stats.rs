@@ -79,8 +79,6 @@ counters!(
     total_items,
     bytes_read,
     bytes_write,
-    hinted_handoffs,
-    read_repairs,
     sync_keys,
 );
 

@@ -11,7 +11,7 @@ pub type NodeId = u64;
 /// Clocks keep at most this many entries; the smallest counters go first.
 pub const MAX_CLOCK_ENTRIES: usize = 16;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct VectorClock(Arc<[(NodeId, u64)]>);
 
 impl VectorClock {
@@ -106,6 +106,16 @@ pub trait Versioned {
     fn clock(&self) -> &VectorClock;
     /// Wall-clock write time (Unix microseconds), used only to order true siblings.
     fn timestamp(&self) -> u64;
+}
+
+impl<T: Versioned> Versioned for &T {
+    fn clock(&self) -> &VectorClock {
+        (*self).clock()
+    }
+
+    fn timestamp(&self) -> u64 {
+        (*self).timestamp()
+    }
 }
 
 /// Keeps the versions no other version descends (duplicates collapse to one): what a read

@@ -40,7 +40,7 @@ impl Setup {
 
     fn write_config(&self, max_connections: u32) {
         let config = format!(
-            "[memcache]\nlisten = \"127.0.0.1:{}\"\nmax_connections = {max_connections}\n[log]\nsyslog_socket = \"{}\"\n",
+            "[rpc]\nlisten = \"127.0.0.1:0\"\n[memcache]\nlisten = \"127.0.0.1:{}\"\nmax_connections = {max_connections}\n[log]\nsyslog_socket = \"{}\"\n",
             self.port,
             self.path("log.sock").display()
         );

@@ -307,7 +307,8 @@ fn prometheus_endpoint_serves_valid_metrics() {
     assert_eq!(samples["kai_cmd_get_total"], 4.0);
     assert_eq!(samples["kai_curr_items"], 10.0);
     assert_eq!(samples["kai_build_info"], 1.0);
-    assert!(body.contains("node=\"127.0.0.1:11011\""), "{body}");
+    let identity = &node.stats()["kai_node"];
+    assert!(body.contains(&format!("node=\"{identity}\"")), "{body}");
     let (head, _) = http_get(&addr, "/");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }

@@ -14,6 +14,15 @@ fn run_with_config(text: &str) -> (i32, String, u16) {
     (code, stderr, port)
 }
 
+/// An ephemeral rpc port, appended (so line numbers in `text` stay put) unless `text` sets one.
+fn own_rpc_port(text: &str) -> &'static str {
+    if text.contains("[rpc]") {
+        ""
+    } else {
+        "\n[rpc]\nlisten = \"127.0.0.1:0\"\n"
+    }
+}
+
 /// Runs kai in the foreground with memcache on `port` plus `text`; returns its exit code and
 /// stderr with the config path replaced by FILE.
 fn run_on_port(port: u16, text: &str) -> (i32, String) {
@@ -21,7 +30,10 @@ fn run_on_port(port: u16, text: &str) -> (i32, String) {
     let path = dir.path().join("kai.toml");
     std::fs::write(
         &path,
-        format!("[memcache]\nlisten = \"127.0.0.1:{port}\"\n{text}"),
+        format!(
+            "[memcache]\nlisten = \"127.0.0.1:{port}\"\n{text}{}",
+            own_rpc_port(text)
+        ),
     )
     .unwrap();
     let out = Command::new(KAI)
@@ -239,7 +251,7 @@ fn an_unreachable_open_files_limit_is_a_warning_not_a_failure() {
 #[test]
 fn an_unwritable_data_dir_is_a_warning_with_the_memory_engine() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[node]\ndata_dir = \"/nonexistent/kai\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n";
+    let config = "[node]\ndata_dir = \"/nonexistent/kai\"\n[rpc]\nlisten = \"127.0.0.1:0\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n";
     let kai = Kai::start_with_config(dir, config, &[]);
     assert!(kai.client().call("version\r\n").starts_with("VERSION"));
     let log = kai.log();

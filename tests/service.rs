@@ -41,7 +41,8 @@ fn systemd_notifications_follow_the_lifecycle() {
     let socket_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&socket_path).unwrap();
     let port = free_port();
-    let config = format!("[memcache]\nlisten = \"127.0.0.1:{port}\"\n");
+    let config =
+        format!("[rpc]\nlisten = \"127.0.0.1:0\"\n[memcache]\nlisten = \"127.0.0.1:{port}\"\n");
     let socket_env = socket_path.to_str().unwrap().to_string();
     let mut command = Command::new(KAI);
     let config_path = dir.path().join("kai.toml");
@@ -122,7 +123,7 @@ impl Daemon {
         let port = free_port();
         let pid_file = dir.path().join("kai.pid");
         let config = format!(
-            "[memcache]\nlisten = \"127.0.0.1:{port}\"\n[log]\nsyslog_socket = \"{}\"\n[daemon]\npid_file = \"{}\"\n",
+            "[rpc]\nlisten = \"127.0.0.1:0\"\n[memcache]\nlisten = \"127.0.0.1:{port}\"\n[log]\nsyslog_socket = \"{}\"\n[daemon]\npid_file = \"{}\"\n",
             dir.path().join("log.sock").display(),
             pid_file.display()
         );
@@ -311,7 +312,7 @@ fn daemonized_logs_go_to_syslog_and_survive_a_syslog_restart() {
     std::fs::write(
         daemon.dir.path().join("kai.toml"),
         format!(
-            "[memcache]\nlisten = \"127.0.0.1:{}\"\n[log]\nfacility = \"local3\"\nsyslog_socket = \"{}\"\n",
+            "[rpc]\nlisten = \"127.0.0.1:0\"\n[memcache]\nlisten = \"127.0.0.1:{}\"\n[log]\nfacility = \"local3\"\nsyslog_socket = \"{}\"\n",
             daemon.port,
             daemon.dir.path().join("log.sock").display()
         ),
@@ -361,7 +362,7 @@ fn daemonized_logs_go_to_syslog_and_survive_a_syslog_restart() {
 fn sighup_applies_live_settings_and_survives_a_broken_file() {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("kai.toml");
-    let base = "[memcache]\nlisten = \"127.0.0.1:0\"\n";
+    let base = "[rpc]\nlisten = \"127.0.0.1:0\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n";
     let mut kai = Kai::start_with(dir, &format!("{base}max_connections = 10\n"), &[], &[]);
     let addr = kai.addr;
     let mut first = kai.client();
@@ -404,7 +405,10 @@ fn sighup_applies_live_settings_and_survives_a_broken_file() {
 
     std::fs::write(
         &config_path,
-        format!("[memcache]\nlisten = \"127.0.0.1:{}\"\n", free_port()),
+        format!(
+            "[rpc]\nlisten = \"127.0.0.1:0\"\n[memcache]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        ),
     )
     .unwrap();
     kai.signal(Signal::SIGHUP);
@@ -439,7 +443,7 @@ fn root_drops_to_the_configured_user() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("kai.toml"),
-        "[memcache]\nlisten = \"127.0.0.1:0\"\n[daemon]\nuser = \"no-such-user-kai\"\n",
+        "[rpc]\nlisten = \"127.0.0.1:0\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n[daemon]\nuser = \"no-such-user-kai\"\n",
     )
     .unwrap();
     let out = Command::new(KAI)

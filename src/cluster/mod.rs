@@ -1,5 +1,8 @@
-//! The cluster: the consistent-hash ring today; membership, RPC, the coordinator and
-//! anti-entropy land here next (DESIGN §2).
+//! The cluster (DESIGN §6): ring, membership and failure detection, node-to-node rpc, the
+//! quorum coordinator with hinted handoff.
 
+pub mod coordinator;
+pub mod hints;
+pub mod membership;
 pub mod ring;
 pub mod rpc;

@@ -101,6 +101,9 @@ pub enum ConflictResolution {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSection {
+    /// Peers must present the same name in the rpc handshake (keeps a test cluster and a
+    /// production cluster that share a secret apart).
+    pub name: String,
     pub quorum: Quorum,
     pub buckets: u32,
     pub virtual_nodes: u32,
@@ -116,6 +119,7 @@ pub struct ClusterSection {
 impl Default for ClusterSection {
     fn default() -> Self {
         ClusterSection {
+            name: "kai".into(),
             quorum: Quorum::default(),
             buckets: 1024,
             virtual_nodes: 128,

@@ -34,7 +34,7 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             touch,
         } => {
             for key in keys.iter() {
-                if let Some(item) = node.get(key, touch).await? {
+                for item in node.get(key, touch).await? {
                     reply::value(out, key, &item, with_cas);
                 }
             }

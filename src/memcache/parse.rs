@@ -27,7 +27,7 @@ pub const BAD_DELETE: &str = "CLIENT_ERROR bad command line format.  Usage: dele
 pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
 pub const LINE_TOO_LONG: &str = "CLIENT_ERROR line too long";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StoreMode {
     Set,
     Add,
@@ -42,6 +42,8 @@ pub enum StatsSection {
     General,
     Settings,
     Kai,
+    /// `stats cluster`: one line per member (what `kai cluster status` shows).
+    Cluster,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,6 +183,7 @@ pub fn parse(buf: &[u8], max_item_size: usize) -> Parsed<'_> {
             None => Command::Stats(StatsSection::General),
             Some(b"settings") if n == 2 => Command::Stats(StatsSection::Settings),
             Some(b"kai") if n == 2 => Command::Stats(StatsSection::Kai),
+            Some(b"cluster") if n == 2 => Command::Stats(StatsSection::Cluster),
             Some(_) => Command::Reply(Some("ERROR")),
         }),
         b"version" => frame(Command::Version),

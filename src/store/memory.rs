@@ -4,7 +4,7 @@
 //! lock. With a `memory_limit`, a write that takes the total over the limit evicts the least
 //! recently used records, first from its own shard, then from the others.
 
-use super::{Change, Record, Store, StoreStats};
+use super::{Change, Store, StoreStats, Versions};
 use lru::LruCache;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -14,8 +14,10 @@ const SHARDS: usize = 64;
 /// One lock's worth of the store. Its byte count lives under the same lock, so the request
 /// path touches no shared counter.
 struct Shard {
-    records: LruCache<Box<[u8]>, Record>,
+    records: LruCache<Box<[u8]>, Versions>,
     bytes: u64,
+    /// Keys holding a live (non-tombstone) version: the `curr_items` stat.
+    live_keys: u64,
 }
 
 pub struct MemoryStore {
@@ -37,6 +39,7 @@ impl MemoryStore {
                     Mutex::new(Shard {
                         records: LruCache::unbounded(),
                         bytes: 0,
+                        live_keys: 0,
                     })
                 })
                 .collect(),
@@ -70,8 +73,21 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Accounts for `added` bytes stored and `removed` bytes released in `shard`.
-    fn charge(&self, shard: &mut Shard, added: u64, removed: u64) {
+    /// Accounts for `added` versions stored and `removed` ones released in `shard`.
+    fn charge(
+        &self,
+        shard: &mut Shard,
+        key: &[u8],
+        added: Option<&Versions>,
+        removed: Option<&Versions>,
+    ) {
+        let bytes = |v: Option<&Versions>| v.map_or(0, |v| v.footprint(key) as u64);
+        let live = |v: Option<&Versions>| u64::from(v.is_some_and(Versions::has_live));
+        shard.live_keys = shard.live_keys + live(added) - live(removed);
+        self.charge_bytes(shard, bytes(added), bytes(removed));
+    }
+
+    fn charge_bytes(&self, shard: &mut Shard, added: u64, removed: u64) {
         shard.bytes = shard.bytes + added - removed;
         if self.limit_bytes != 0 {
             self.limited_bytes.fetch_add(added, Ordering::Relaxed);
@@ -80,8 +96,18 @@ impl MemoryStore {
     }
 
     fn remove(&self, shard: &mut Shard, key: &[u8]) {
-        if let Some((key, record)) = shard.records.pop_entry(key) {
-            self.charge(shard, 0, record.footprint(&key) as u64);
+        if let Some((key, versions)) = shard.records.pop_entry(key) {
+            self.charge(shard, &key, None, Some(&versions));
+        }
+    }
+
+    /// Drops the expired versions of `key`, in `versions` and in the shard (the key goes
+    /// when none is left).
+    fn replace(&self, shard: &mut Shard, key: &[u8], versions: &mut Versions, now_secs: u64) {
+        self.remove(shard, key);
+        if versions.retain_unexpired(now_secs) {
+            self.charge(shard, key, Some(versions), None);
+            shard.records.put(key.into(), versions.clone());
         }
     }
 
@@ -98,8 +124,8 @@ impl MemoryStore {
             if Some(&**key) == keep {
                 return;
             }
-            if let Some((key, record)) = shard.records.pop_lru() {
-                self.charge(shard, 0, record.footprint(&key) as u64);
+            if let Some((key, versions)) = shard.records.pop_lru() {
+                self.charge(shard, &key, None, Some(&versions));
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -120,7 +146,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn get(&self, key: &[u8], now_secs: u64) -> Option<Record> {
+    fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions> {
         let mut shard = self.lock(self.shard_of(key));
         // Recency only matters when something may be evicted: without a limit, reads do not
         // reorder the LRU list (and touch no neighbouring nodes).
@@ -130,15 +156,21 @@ impl Store for MemoryStore {
             shard.records.get(key)
         };
         match found {
-            Some(record) if !record.is_expired(now_secs) => return Some(record.clone()),
+            Some(versions) if !versions.any_expired(now_secs) => return Some(versions.clone()),
             Some(_) => {}
             None => return None,
         }
-        self.remove(&mut shard, key);
-        None
+        let mut pruned = shard.records.peek(key).cloned()?;
+        self.replace(&mut shard, key, &mut pruned, now_secs);
+        Some(pruned).filter(|v| !v.0.is_empty())
     }
 
-    fn update(&self, key: &[u8], now_secs: u64, decide: &mut dyn FnMut(Option<&Record>) -> Change) {
+    fn update(
+        &self,
+        key: &[u8],
+        now_secs: u64,
+        decide: &mut dyn FnMut(Option<&Versions>) -> Change,
+    ) {
         let index = self.shard_of(key);
         let mut guard = self.lock(index);
         let shard = &mut *guard;
@@ -148,27 +180,35 @@ impl Store for MemoryStore {
         } else {
             shard.records.get_mut(key)
         };
-        let expired = slot.as_ref().is_some_and(|r| r.is_expired(now_secs));
-        let change = decide(if expired { None } else { slot.as_deref() });
-        match (change, slot) {
-            (Change::Put(record), Some(slot)) => {
-                let added = record.footprint(key) as u64;
-                let removed = slot.footprint(key) as u64;
-                *slot = record;
-                self.charge(shard, added, removed);
+        let fresh = slot.as_ref().map(|v| !v.any_expired(now_secs));
+        let change = match (fresh, slot) {
+            (Some(true), Some(slot)) => match decide(Some(slot)) {
+                Change::Put(versions) => {
+                    // Replace in place: no second lookup, no LRU relink.
+                    let (added, added_live) = (versions.footprint(key), versions.has_live());
+                    let old = std::mem::replace(slot, versions);
+                    shard.live_keys =
+                        shard.live_keys + u64::from(added_live) - u64::from(old.has_live());
+                    self.charge_bytes(shard, added as u64, old.footprint(key) as u64);
+                    Change::Keep
+                }
+                other => other,
+            },
+            (Some(false), _) => {
+                let mut pruned = shard.records.peek(key).cloned().unwrap_or_default();
+                self.replace(shard, key, &mut pruned, now_secs);
+                decide((!pruned.0.is_empty()).then_some(&pruned))
             }
-            (Change::Put(record), None) => {
-                let added = record.footprint(key) as u64;
-                shard.records.put(key.into(), record);
-                self.charge(shard, added, 0);
-            }
-            (Change::Keep, Some(_)) if !expired => return,
-            // Removing, or leaving an expired record: either way it goes now.
-            (Change::Keep | Change::Remove, Some(_)) => {
+            _ => decide(None),
+        };
+        match change {
+            Change::Put(versions) => {
                 self.remove(shard, key);
-                return;
+                self.charge(shard, key, Some(&versions), None);
+                shard.records.put(key.into(), versions);
             }
-            (Change::Keep | Change::Remove, None) => return,
+            Change::Remove => self.remove(shard, key),
+            Change::Keep => {}
         }
         if self.over_limit() {
             self.evict_from(shard, Some(key));
@@ -181,7 +221,8 @@ impl Store for MemoryStore {
         for index in 0..SHARDS {
             let mut shard = self.lock(index);
             let bytes = shard.bytes;
-            self.charge(&mut shard, 0, bytes);
+            self.charge_bytes(&mut shard, 0, bytes);
+            shard.live_keys = 0;
             shard.records.clear();
         }
     }
@@ -191,12 +232,16 @@ impl Store for MemoryStore {
         for index in 0..SHARDS {
             let mut shard = self.lock(index);
             let expired: Vec<Box<[u8]>> = (shard.records.iter())
-                .filter(|(_, record)| record.is_expired(now_secs))
+                .filter(|(_, versions)| versions.any_expired(now_secs))
                 .map(|(key, _)| key.clone())
                 .collect();
             for key in expired {
-                self.remove(&mut shard, &key);
-                purged += 1;
+                let Some(mut pruned) = shard.records.peek(&key[..]).cloned() else {
+                    continue;
+                };
+                purged += pruned.0.len() as u64;
+                self.replace(&mut shard, &key, &mut pruned, now_secs);
+                purged -= pruned.0.len() as u64;
             }
         }
         purged
@@ -206,7 +251,7 @@ impl Store for MemoryStore {
         let (mut items, mut bytes) = (0, 0);
         for index in 0..SHARDS {
             let shard = self.lock(index);
-            items += shard.records.len() as u64;
+            items += shard.live_keys;
             bytes += shard.bytes;
         }
         StoreStats {
@@ -221,6 +266,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Record;
     use crate::version::VectorClock;
     use bytes::Bytes;
 
@@ -231,12 +277,13 @@ mod tests {
             expires_at,
             timestamp: 0,
             clock: VectorClock::new(),
+            tombstone: false,
         }
     }
 
     fn put(store: &MemoryStore, key: &str, value: &str, expires_at: u64) {
         store.update(key.as_bytes(), 100, &mut |_| {
-            Change::Put(record(value, expires_at))
+            Change::Put(Versions::one(record(value, expires_at)))
         });
     }
 
@@ -245,7 +292,7 @@ mod tests {
         let store = MemoryStore::new(0);
         put(&store, "a", "hello", 0);
         put(&store, "a", "hi", 0);
-        assert_eq!(store.get(b"a", 100).unwrap().value, "hi");
+        assert_eq!(store.get(b"a", 100).unwrap().0[0].value, "hi");
         let stats = store.stats();
         assert_eq!(
             (stats.items, stats.bytes),
@@ -291,6 +338,28 @@ mod tests {
         assert_eq!(stats.items + stats.evictions, 5000);
         assert!(store.get(b"4999", 100).is_some());
         assert!(store.get(b"0001", 100).is_none());
+    }
+
+    #[test]
+    fn tombstones_and_siblings_are_kept_but_not_counted_as_items() {
+        let store = MemoryStore::new(0);
+        let tombstone = Record {
+            tombstone: true,
+            ..record("", 200)
+        };
+        store.update(b"k", 100, &mut |_| {
+            Change::Put(Versions(vec![record("a", 0), record("b", 150)]))
+        });
+        assert_eq!(store.stats().items, 1);
+        // One sibling expires; the other stays.
+        assert_eq!(store.get(b"k", 160).unwrap().0.len(), 1);
+        store.update(b"k", 160, &mut |_| {
+            Change::Put(Versions::one(tombstone.clone()))
+        });
+        assert_eq!(store.stats().items, 0);
+        assert!(store.get(b"k", 160).is_some_and(|v| !v.has_live()));
+        assert_eq!(store.purge_expired(200), 1);
+        assert_eq!(store.stats(), StoreStats::default());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::version::VectorClock;
 use bytes::Bytes;
 
 /// One stored version of a key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub value: Bytes,
     /// Opaque client flags (memcached: 32 bits).
@@ -17,6 +17,9 @@ pub struct Record {
     /// Wall-clock time of the write in Unix microseconds (orders siblings, last-write-wins).
     pub timestamp: u64,
     pub clock: VectorClock,
+    /// A delete: a version without a value that supersedes what it descends, so anti-entropy
+    /// cannot resurrect the key. Its `expires_at` is when it may be purged.
+    pub tombstone: bool,
 }
 
 /// Bytes a record is charged beyond key and value: map entry, LRU links, record fields.
@@ -43,10 +46,50 @@ impl crate::version::Versioned for Record {
     }
 }
 
+/// Every version of one key this node holds: one after an ordinary write, several siblings
+/// after concurrent writes on different nodes, tombstones included. Newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Versions(pub Vec<Record>);
+
+impl Versions {
+    pub fn one(record: Record) -> Self {
+        Versions(vec![record])
+    }
+
+    /// The versions that hold a value (not tombstones).
+    pub fn live(&self) -> impl Iterator<Item = &Record> + Clone {
+        self.0.iter().filter(|r| !r.tombstone)
+    }
+
+    pub fn has_live(&self) -> bool {
+        self.live().next().is_some()
+    }
+
+    /// The per-node maximum of every version's clock: what a write superseding them all
+    /// increments.
+    pub fn merged_clock(&self) -> VectorClock {
+        (self.0.iter()).fold(VectorClock::new(), |clock, r| clock.merged(&r.clock))
+    }
+
+    pub fn footprint(&self, key: &[u8]) -> usize {
+        self.0.iter().map(|r| r.footprint(key)).sum()
+    }
+
+    /// Drops expired versions (and purgeable tombstones); false when none is left.
+    pub fn retain_unexpired(&mut self, now_secs: u64) -> bool {
+        self.0.retain(|r| !r.is_expired(now_secs));
+        !self.0.is_empty()
+    }
+
+    pub fn any_expired(&self, now_secs: u64) -> bool {
+        self.0.iter().any(|r| r.is_expired(now_secs))
+    }
+}
+
 /// What a read-modify-write decides to do with a key.
 pub enum Change {
     Keep,
-    Put(Record),
+    Put(Versions),
     Remove,
 }
 
@@ -60,11 +103,16 @@ pub struct StoreStats {
 
 /// A key/value engine. Every method is atomic per key; none blocks on the network.
 pub trait Store: Send + Sync {
-    /// The live record of `key`, if any; expired records read as absent.
-    fn get(&self, key: &[u8], now_secs: u64) -> Option<Record>;
+    /// The unexpired versions of `key` (tombstones included), if any.
+    fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions>;
 
-    /// Reads `key` (absent if expired) and applies `decide`'s change, atomically.
-    fn update(&self, key: &[u8], now_secs: u64, decide: &mut dyn FnMut(Option<&Record>) -> Change);
+    /// Reads `key`'s unexpired versions and applies `decide`'s change, atomically.
+    fn update(
+        &self,
+        key: &[u8],
+        now_secs: u64,
+        decide: &mut dyn FnMut(Option<&Versions>) -> Change,
+    );
 
     /// Drops every record.
     fn clear(&self);
@@ -72,5 +120,6 @@ pub trait Store: Send + Sync {
     /// Drops expired records; returns how many.
     fn purge_expired(&self, now_secs: u64) -> u64;
 
+    /// `items` counts keys with at least one live version.
     fn stats(&self) -> StoreStats;
 }

@@ -23,8 +23,14 @@ impl Kai {
     /// Starts kai with `extra` appended to a config that listens on an ephemeral loopback port.
     pub fn start(extra: &str) -> Kai {
         let dir = tempfile::tempdir().unwrap();
+        // Every node gets its own ephemeral rpc port unless the test picks one.
+        let rpc = if extra.contains("[rpc]") {
+            ""
+        } else {
+            "[rpc]\nlisten = \"127.0.0.1:0\"\n"
+        };
         let config = format!(
-            "[node]\ndata_dir = \"{}\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            "[node]\ndata_dir = \"{}\"\n{rpc}[memcache]\nlisten = \"127.0.0.1:0\"\n{extra}",
             dir.path().display()
         );
         Kai::start_with_config(dir, &config, &[])

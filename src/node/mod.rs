@@ -5,16 +5,22 @@
 //! store; the cluster coordinator slots in underneath without changing this interface, which
 //! is why every operation is async and can fail with a `NodeError`.
 
-use crate::config::{Config, Engine};
+pub mod ops;
+
+use crate::cluster::coordinator::Cluster;
+use crate::cluster::rpc::message::{Request, Response};
+use crate::cluster::rpc::server::Handler;
+use crate::config::{Config, ConflictResolution, Engine};
 use crate::memcache::parse::{StatsSection, StoreMode, RELATIVE_EXPTIME_LIMIT};
 use crate::stats::{self, Counters, Unreconciled};
-use crate::store::{memory::MemoryStore, Change, Record, Store};
-use crate::version::{NodeId, VectorClock};
+use crate::store::{memory::MemoryStore, Change, Record, Store, Versions};
+use crate::version::NodeId;
 use bytes::Bytes;
 use md5::{Digest, Md5};
+pub use ops::{ArithOutcome, Outcome, StoreOutcome, WriteOp};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -36,21 +42,6 @@ pub struct Item {
     pub cas: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreOutcome {
-    Stored,
-    NotStored,
-    Exists,
-    NotFound,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArithOutcome {
-    Value(u64),
-    NotFound,
-    NonNumeric,
-}
-
 pub struct Node {
     id: NodeId,
     /// "host:port" of this node's rpc address: its identity in the cluster.
@@ -61,7 +52,8 @@ pub struct Node {
     config_generation: AtomicU64,
     config_sources: RwLock<Vec<PathBuf>>,
     worker_threads: usize,
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
+    cluster: OnceLock<Arc<Cluster>>,
     counters: Counters,
     unreconciled: Unreconciled,
     started: Instant,
@@ -86,32 +78,12 @@ pub fn expiry(exptime: i64, now_secs: u64) -> u64 {
     }
 }
 
-/// A cas unique: identifies the version (its clock and write time); never 0.
-fn cas_unique(record: &Record) -> u64 {
-    let mixed = record.clock.digest() ^ record.timestamp.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    mixed.max(1)
-}
-
 fn item(record: &Record) -> Item {
     Item {
         value: record.value.clone(),
         flags: record.flags,
-        cas: cas_unique(record),
+        cas: ops::cas_unique(record),
     }
-}
-
-/// Parses an incr/decr operand as memcached does: leading blanks, digits, then blanks or end.
-fn numeric_value(value: &[u8]) -> Option<u64> {
-    let start = value.iter().position(|b| !b.is_ascii_whitespace())?;
-    let text = &value[start..];
-    let end = text
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(text.len());
-    if end == 0 || !text[end..].first().is_none_or(u8::is_ascii_whitespace) {
-        return None;
-    }
-    crate::memcache::parse::parse_u64(&text[..end])
 }
 
 impl Node {
@@ -127,10 +99,10 @@ impl Node {
                 .try_into()
                 .expect("md5 is 16 bytes"),
         );
-        let store: Box<dyn Store> = match config.store.engine {
+        let store: Arc<dyn Store> = match config.store.engine {
             // The disk engine lands with its own issue; until then both run in memory.
             Engine::Memory | Engine::Disk => {
-                Box::new(MemoryStore::new(config.store.memory_limit.0))
+                Arc::new(MemoryStore::new(config.store.memory_limit.0))
             }
         };
         Node {
@@ -142,6 +114,7 @@ impl Node {
             config_sources: RwLock::new(config_sources),
             worker_threads,
             store,
+            cluster: OnceLock::new(),
             counters: Counters::default(),
             started: Instant::now(),
             flush_generation: AtomicU64::new(0),
@@ -163,8 +136,12 @@ impl Node {
     /// Applies the keys that can change while running (log level, connection and item
     /// limits, idle timeout) from a re-read configuration. Returns the sections whose other
     /// changes wait for a restart.
-    pub fn reload(&self, new: Config, sources: Vec<PathBuf>) -> Vec<&'static str> {
+    pub fn reload(&self, mut new: Config, sources: Vec<PathBuf>) -> Vec<&'static str> {
         let current = self.config();
+        if new.rpc.listen.ends_with(":0") {
+            // Port 0 was resolved at start; the same file asks for no change.
+            new.rpc.listen.clone_from(&current.rpc.listen);
+        }
         let mut next = (*current).clone();
         next.log.level = new.log.level;
         next.memcache.max_connections = new.memcache.max_connections;
@@ -193,58 +170,102 @@ impl Node {
             .collect()
     }
 
-    fn new_record(
-        &self,
-        value: Bytes,
-        flags: u32,
-        expires_at: u64,
-        base: Option<&Record>,
-        now: std::time::Duration,
-    ) -> Record {
-        let clock = match base {
-            Some(record) => record.clock.incremented(self.id),
-            None => VectorClock::new().incremented(self.id),
-        };
-        Record {
-            value,
-            flags,
-            expires_at,
-            timestamp: now.as_micros() as u64,
-            clock,
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get().filter(|c| c.is_clustered())
+    }
+
+    /// Attaches the cluster once the rpc listener is up; until then, and while this node is
+    /// its only member, every key is served from the local store.
+    pub fn attach_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn store_handle(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// Reads every version of `key`: from the replicas' quorum in a cluster, else locally.
+    async fn read(&self, key: &[u8]) -> Result<Option<Versions>, NodeError> {
+        match self.cluster() {
+            Some(cluster) => {
+                let read = cluster.read(key).await?;
+                self.unreconciled.record(read.gathered, read.kept);
+                Ok(read.versions)
+            }
+            None => Ok(self.store.get(key, unix_now().as_secs())),
         }
     }
 
-    /// `get`/`gets`, or with `touch` set `gat`/`gats`.
-    pub async fn get(&self, key: &[u8], touch: Option<i64>) -> Result<Option<Item>, NodeError> {
+    /// Runs a write: through the coordinator in a cluster, else atomically on the local
+    /// store (where a delete needs no tombstone: there is no replica to resurrect it).
+    async fn write(&self, key: &[u8], op: WriteOp) -> Result<Outcome, NodeError> {
+        if let Some(cluster) = self.cluster() {
+            return cluster.write(key, op).await;
+        }
+        let wall = unix_now();
+        let now = wall.as_secs();
+        let mut outcome = Outcome::Deleted(false);
+        self.store.update(key, now, &mut |current| {
+            let (new, decided) = ops::decide(&op, current, 0);
+            outcome = decided;
+            match new {
+                None => Change::Keep,
+                Some(new) if new.tombstone => Change::Remove,
+                Some(new) => {
+                    let base = current.map(Versions::merged_clock).unwrap_or_default();
+                    let record = ops::version(new, &base, self.id, wall);
+                    if let Outcome::Touched(touched) = &mut outcome {
+                        *touched = Some(record.clone());
+                    }
+                    Change::Put(Versions::one(record))
+                }
+            }
+        });
+        Ok(outcome)
+    }
+
+    /// `get`/`gets`, or with `touch` set `gat`/`gats`. Several items only with siblings
+    /// under `conflict_resolution = "siblings"`.
+    pub async fn get(&self, key: &[u8], touch: Option<i64>) -> Result<Vec<Item>, NodeError> {
         let now = unix_now().as_secs();
         let found = match touch {
-            None => self.store.get(key, now).map(|r| item(&r)),
+            None => {
+                let versions = self.read(key).await?;
+                let mut live: Vec<&Record> = versions.iter().flat_map(|v| v.live()).collect();
+                if self.config().cluster.conflict_resolution == ConflictResolution::LastWriteWins {
+                    live = crate::version::newest(&live).into_iter().copied().collect();
+                }
+                live.into_iter().map(item).collect()
+            }
             Some(exptime) => {
                 self.counters.cmd_touch.add(1);
-                let mut found = None;
-                self.store.update(key, now, &mut |current| match current {
-                    Some(record) => {
-                        let touched = Record {
-                            expires_at: expiry(exptime, now),
-                            ..record.clone()
-                        };
-                        found = Some(item(&touched));
-                        Change::Put(touched)
-                    }
-                    None => Change::Keep,
-                });
+                let op = WriteOp::Touch {
+                    expires_at: expiry(exptime, now),
+                };
+                let touched = match self.write(key, op).await? {
+                    Outcome::Touched(Some(record)) => vec![item(&record)],
+                    _ => Vec::new(),
+                };
                 let (hit, miss) = (&self.counters.touch_hits, &self.counters.touch_misses);
-                (if found.is_some() { hit } else { miss }).add(1);
-                found
+                (if touched.is_empty() { miss } else { hit }).add(1);
+                touched
             }
         };
-        match &found {
-            Some(item) => {
-                self.counters.get_hits.add(1);
-                self.counters.cmd_get.add(1);
-                self.counters.bytes_read.add(item.value.len() as u64);
-            }
-            None => self.counters.get_misses.add(1),
+        if found.is_empty() {
+            self.counters.get_misses.add(1);
+        }
+        for item in &found {
+            self.counters.get_hits.add(1);
+            self.counters.cmd_get.add(1);
+            self.counters.bytes_read.add(item.value.len() as u64);
         }
         Ok(found)
     }
@@ -258,41 +279,15 @@ impl Node {
         exptime: i64,
         data: &[u8],
     ) -> Result<StoreOutcome, NodeError> {
-        let wall = unix_now();
-        let now = wall.as_secs();
-        let expires_at = expiry(exptime, now);
-        let mut outcome = StoreOutcome::NotStored;
-        self.store.update(key, now, &mut |current| {
-            let (value, flags, expires_at) = match (mode, current) {
-                (StoreMode::Add, Some(_)) | (StoreMode::Replace, None) => {
-                    outcome = StoreOutcome::NotStored;
-                    return Change::Keep;
-                }
-                (StoreMode::Append | StoreMode::Prepend, None) => {
-                    outcome = StoreOutcome::NotStored;
-                    return Change::Keep;
-                }
-                (StoreMode::Cas(_), None) => {
-                    outcome = StoreOutcome::NotFound;
-                    return Change::Keep;
-                }
-                (StoreMode::Cas(unique), Some(record)) if cas_unique(record) != unique => {
-                    outcome = StoreOutcome::Exists;
-                    return Change::Keep;
-                }
-                (StoreMode::Append, Some(record)) => {
-                    let value = [&record.value[..], data].concat();
-                    (Bytes::from(value), record.flags, record.expires_at)
-                }
-                (StoreMode::Prepend, Some(record)) => {
-                    let value = [data, &record.value[..]].concat();
-                    (Bytes::from(value), record.flags, record.expires_at)
-                }
-                _ => (Bytes::copy_from_slice(data), flags, expires_at),
-            };
-            outcome = StoreOutcome::Stored;
-            Change::Put(self.new_record(value, flags, expires_at, current, wall))
-        });
+        let op = WriteOp::Store {
+            mode,
+            flags,
+            expires_at: expiry(exptime, unix_now().as_secs()),
+            data: Bytes::copy_from_slice(data),
+        };
+        let Outcome::Store(outcome) = self.write(key, op).await? else {
+            return Err(NodeError("unexpected reply to a store".into()));
+        };
         let counters = &self.counters;
         match (mode, outcome) {
             (StoreMode::Cas(_), StoreOutcome::Stored) => counters.cas_hits.add(1),
@@ -310,18 +305,14 @@ impl Node {
 
     /// Drops `key` after a refused `set`, as memcached does, so a stale value cannot be read.
     pub async fn unlink(&self, key: &[u8]) -> Result<(), NodeError> {
-        self.store
-            .update(key, unix_now().as_secs(), &mut |_| Change::Remove);
-        Ok(())
+        self.write(key, WriteOp::Delete).await.map(|_| ())
     }
 
     pub async fn delete(&self, key: &[u8]) -> Result<bool, NodeError> {
-        let mut found = false;
-        self.store
-            .update(key, unix_now().as_secs(), &mut |current| {
-                found = current.is_some();
-                Change::Remove
-            });
+        let found = matches!(
+            self.write(key, WriteOp::Delete).await?,
+            Outcome::Deleted(true)
+        );
         let (hit, miss) = (&self.counters.delete_hits, &self.counters.delete_misses);
         (if found { hit } else { miss }).add(1);
         Ok(found)
@@ -334,29 +325,9 @@ impl Node {
         incr: bool,
         delta: u64,
     ) -> Result<ArithOutcome, NodeError> {
-        let wall = unix_now();
-        let now = wall.as_secs();
-        let mut outcome = ArithOutcome::NotFound;
-        self.store.update(key, now, &mut |current| {
-            let Some(record) = current else {
-                outcome = ArithOutcome::NotFound;
-                return Change::Keep;
-            };
-            let Some(number) = numeric_value(&record.value) else {
-                outcome = ArithOutcome::NonNumeric;
-                return Change::Keep;
-            };
-            let result = if incr {
-                number.wrapping_add(delta)
-            } else {
-                number.saturating_sub(delta)
-            };
-            outcome = ArithOutcome::Value(result);
-            // memcached rewrites a shorter number in place, padded with spaces to the old length.
-            let text = format!("{result:<width$}", width = record.value.len());
-            let value = Bytes::from(text.into_bytes());
-            Change::Put(self.new_record(value, record.flags, record.expires_at, Some(record), wall))
-        });
+        let Outcome::Arith(outcome) = self.write(key, WriteOp::Arith { incr, delta }).await? else {
+            return Err(NodeError("unexpected reply to incr/decr".into()));
+        };
         let counters = &self.counters;
         let (hit, miss) = if incr {
             (&counters.incr_hits, &counters.incr_misses)
@@ -372,18 +343,10 @@ impl Node {
     }
 
     pub async fn touch(&self, key: &[u8], exptime: i64) -> Result<bool, NodeError> {
-        let now = unix_now().as_secs();
-        let mut found = false;
-        self.store.update(key, now, &mut |current| match current {
-            Some(record) => {
-                found = true;
-                Change::Put(Record {
-                    expires_at: expiry(exptime, now),
-                    ..record.clone()
-                })
-            }
-            None => Change::Keep,
-        });
+        let op = WriteOp::Touch {
+            expires_at: expiry(exptime, unix_now().as_secs()),
+        };
+        let found = matches!(self.write(key, op).await?, Outcome::Touched(Some(_)));
         self.counters.cmd_touch.add(1);
         let (hit, miss) = (&self.counters.touch_hits, &self.counters.touch_misses);
         (if found { hit } else { miss }).add(1);
@@ -394,6 +357,13 @@ impl Node {
     /// a later flush_all replaces a pending one.
     pub fn flush_all(self: &Arc<Self>, delay: i64) {
         self.counters.cmd_flush.add(1);
+        if let Some(cluster) = self.cluster() {
+            cluster.broadcast_flush(delay);
+        }
+        self.flush_local(delay);
+    }
+
+    fn flush_local(self: &Arc<Self>, delay: i64) {
         let generation = self.flush_generation.fetch_add(1, Ordering::SeqCst) + 1;
         let now = unix_now().as_secs();
         let deadline = if delay <= 0 { 0 } else { expiry(delay, now) };
@@ -421,7 +391,22 @@ impl Node {
 
     /// Members seen up, as `host:port`, sorted.
     pub fn members_up(&self) -> Vec<String> {
-        vec![self.address.clone()]
+        match self.cluster.get() {
+            Some(cluster) => (cluster.membership().up().iter())
+                .map(ToString::to_string)
+                .collect(),
+            None => vec![self.address.clone()],
+        }
+    }
+
+    /// Members in the ring, as `host:port`, sorted.
+    pub fn members(&self) -> Vec<String> {
+        match self.cluster.get() {
+            Some(cluster) => (cluster.membership().active().iter())
+                .map(ToString::to_string)
+                .collect(),
+            None => vec![self.address.clone()],
+        }
     }
 
     pub fn stats(&self, section: StatsSection) -> Vec<(&'static str, String)> {
@@ -429,6 +414,7 @@ impl Node {
             StatsSection::General => self.general_stats(),
             StatsSection::Settings => self.settings_stats(),
             StatsSection::Kai => self.kai_stats(),
+            StatsSection::Cluster => self.cluster_stats(),
         }
     }
 
@@ -488,13 +474,36 @@ impl Node {
         out
     }
 
+    /// One `STAT member <host:port> <state> buckets=<owned> hints=<pending> [self]` per member.
+    fn cluster_stats(&self) -> Vec<(&'static str, String)> {
+        match self.cluster.get() {
+            Some(cluster) => cluster
+                .status()
+                .into_iter()
+                .map(|line| ("member", line))
+                .collect(),
+            None => vec![(
+                "member",
+                format!("{} up buckets=0 hints=0 self", self.address),
+            )],
+        }
+    }
+
     fn kai_stats(&self) -> Vec<(&'static str, String)> {
         let config = self.config();
         let q = config.cluster.quorum;
-        let members = self.members_up();
+        let up = self.members_up();
+        let members = self.members();
         let digest = Md5::digest(members.join(" ").as_bytes());
         let ring_digest: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         let c = &self.counters;
+        let (hinted, repairs, hints) = self.cluster.get().map_or((0, 0, 0), |cluster| {
+            (
+                cluster.hinted_handoffs.load(Ordering::Relaxed),
+                cluster.read_repairs.load(Ordering::Relaxed),
+                cluster.hints().total(),
+            )
+        });
         vec![
             ("kai_version", VERSION.to_string()),
             ("kai_node", self.address.clone()),
@@ -505,12 +514,13 @@ impl Node {
                 config.cluster.virtual_nodes.to_string(),
             ),
             ("kai_store", config.store.engine.name().to_string()),
-            ("kai_curr_nodes", members.join(" ")),
+            ("kai_curr_nodes", up.join(" ")),
             ("kai_members", members.len().to_string()),
             ("kai_ring_digest", ring_digest),
             ("kai_unreconciled_get", self.unreconciled.render()),
-            ("kai_hinted_handoffs", c.hinted_handoffs.get().to_string()),
-            ("kai_read_repairs", c.read_repairs.get().to_string()),
+            ("kai_hinted_handoffs", hinted.to_string()),
+            ("kai_pending_hints", hints.to_string()),
+            ("kai_read_repairs", repairs.to_string()),
             ("kai_sync_keys", c.sync_keys.get().to_string()),
         ]
     }
@@ -566,6 +576,26 @@ impl Node {
     }
 }
 
+impl Handler for Node {
+    async fn request(self: Arc<Self>, body: Request) -> Response {
+        match (body, self.cluster.get()) {
+            (Request::Flush { delay }, _) => {
+                self.counters.cmd_flush.add(1);
+                self.flush_local(delay);
+                Response::Done(String::new())
+            }
+            (body, Some(cluster)) => cluster.handle(body).await,
+            (_, None) => Response::Error("the cluster is not started".into()),
+        }
+    }
+
+    fn swim(&self, data: Bytes) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.membership().swim_data(data);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,17 +613,5 @@ mod tests {
             expiry(RELATIVE_EXPTIME_LIMIT + 1, 1000),
             RELATIVE_EXPTIME_LIMIT as u64 + 1
         );
-    }
-
-    #[test]
-    fn numeric_values_as_memcached_reads_them() {
-        assert_eq!(numeric_value(b"12"), Some(12));
-        assert_eq!(numeric_value(b" 12"), Some(12));
-        assert_eq!(numeric_value(b"99 "), Some(99));
-        assert_eq!(numeric_value(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(numeric_value(b"18446744073709551616"), None);
-        for bad in [&b""[..], b"12a", b"-1", b" ", b"a"] {
-            assert_eq!(numeric_value(bad), None, "{bad:?}");
-        }
     }
 }

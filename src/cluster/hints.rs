@@ -1,0 +1,159 @@
+//! Hinted handoff: keys whose owner missed a write, kept until the owner is up again and
+//! has been sent this node's versions. Persisted in data_dir so a restart does not forget
+//! them; bounded so a long outage cannot exhaust memory (past the bound, anti-entropy is
+//! what repairs the owner).
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+pub const MAX_HINTS: usize = 1_000_000;
+
+pub struct Hints {
+    pending: Mutex<BTreeMap<SocketAddr, BTreeSet<Bytes>>>,
+    path: Option<PathBuf>,
+    dirty: AtomicBool,
+    /// Set once the bound was hit, so the warning is logged once per episode.
+    overflowed: AtomicBool,
+}
+
+impl Hints {
+    pub fn load(path: Option<PathBuf>) -> Hints {
+        let mut pending: BTreeMap<SocketAddr, BTreeSet<Bytes>> = BTreeMap::new();
+        if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+            for line in text.lines() {
+                let parsed = line
+                    .split_once(' ')
+                    .and_then(|(owner, key)| Some((owner.parse().ok()?, unhex(key)?)));
+                match parsed {
+                    Some((owner, key)) => {
+                        pending.entry(owner).or_default().insert(key);
+                    }
+                    None => log::warn!("ignoring malformed hint line {line:?}"),
+                }
+            }
+        }
+        Hints {
+            pending: Mutex::new(pending),
+            path,
+            dirty: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<SocketAddr, BTreeSet<Bytes>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add(&self, owner: SocketAddr, key: &[u8]) {
+        let mut pending = self.lock();
+        if pending.values().map(BTreeSet::len).sum::<usize>() >= MAX_HINTS {
+            if !self.overflowed.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "{MAX_HINTS} hints pending: further missed writes are left to anti-entropy"
+                );
+            }
+            return;
+        }
+        if pending
+            .entry(owner)
+            .or_default()
+            .insert(Bytes::copy_from_slice(key))
+        {
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Up to `limit` keys hinted for `owner`.
+    pub fn batch(&self, owner: SocketAddr, limit: usize) -> Vec<Bytes> {
+        (self.lock().get(&owner))
+            .map(|keys| keys.iter().take(limit).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn remove(&self, owner: SocketAddr, key: &Bytes) {
+        let mut pending = self.lock();
+        if let Some(keys) = pending.get_mut(&owner) {
+            keys.remove(key);
+            if keys.is_empty() {
+                pending.remove(&owner);
+            }
+            self.dirty.store(true, Ordering::Release);
+            self.overflowed.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub fn owners(&self) -> Vec<SocketAddr> {
+        self.lock().keys().copied().collect()
+    }
+
+    pub fn count_for(&self, owner: SocketAddr) -> usize {
+        self.lock().get(&owner).map_or(0, BTreeSet::len)
+    }
+
+    pub fn total(&self) -> usize {
+        self.lock().values().map(BTreeSet::len).sum()
+    }
+
+    /// Rewrites the hint file if anything changed since the last call.
+    pub fn persist(&self) {
+        let Some(path) = &self.path else { return };
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut text = String::new();
+        for (owner, keys) in self.lock().iter() {
+            for key in keys {
+                text.push_str(&format!("{owner} {}\n", hex(key)));
+            }
+        }
+        let temporary = path.with_extension("tmp");
+        let written =
+            std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(err) = written {
+            log::warn!("cannot persist hints to {}: {err}", path.display());
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Bytes> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()
+        .map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hints");
+        let owner: SocketAddr = "127.0.0.2:11011".parse().unwrap();
+        let hints = Hints::load(Some(path.clone()));
+        hints.add(owner, b"k\x01 y");
+        hints.add(owner, b"other");
+        hints.persist();
+        let reloaded = Hints::load(Some(path));
+        assert_eq!(reloaded.count_for(owner), 2);
+        reloaded.remove(owner, &Bytes::from_static(b"k\x01 y"));
+        assert_eq!(
+            reloaded.batch(owner, 10),
+            vec![Bytes::from_static(b"other")]
+        );
+        assert_eq!(unhex("zz"), None);
+    }
+}

@@ -1,0 +1,554 @@
+//! Who is in the cluster, and who is up (DESIGN §6 "Membership").
+//!
+//! Two separate things. *Members* make the ring: they change only by join, leave and remove,
+//! are persisted in data_dir (a restarted node rejoins by itself) and spread by push-pull
+//! exchange of member lists, merged by generation. *Liveness* (up/suspect/down) comes from
+//! SWIM failure detection (foca) over the authenticated rpc transport; a down member stays
+//! in the ring, its writes go to fallbacks with hints.
+
+use super::ring::Ring;
+use super::rpc::client::Pool;
+use super::rpc::message::{Request, Response};
+use bytes::Bytes;
+use foca::{Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// One member as every node records it. Of two records for one address, the higher
+/// generation wins; at equal generations, `left` wins (a removal is never undone by a
+/// stale copy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub addr: SocketAddr,
+    pub generation: u64,
+    pub left: bool,
+}
+
+impl MemberRecord {
+    fn supersedes(&self, other: &MemberRecord) -> bool {
+        (self.generation, self.left) > (other.generation, other.left)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Up,
+    Suspect,
+    Down,
+}
+
+impl Liveness {
+    pub fn name(self) -> &'static str {
+        match self {
+            Liveness::Up => "up",
+            Liveness::Suspect => "suspect",
+            Liveness::Down => "down",
+        }
+    }
+}
+
+pub struct RingShape {
+    pub virtual_nodes: u16,
+    pub buckets: u32,
+    pub replicas: usize,
+}
+
+struct View {
+    members: BTreeMap<SocketAddr, MemberRecord>,
+    ring: Arc<Ring>,
+}
+
+pub struct Membership {
+    me: SocketAddr,
+    shape: RingShape,
+    view: RwLock<View>,
+    /// Liveness of the other members as failure detection last reported it.
+    liveness: RwLock<HashMap<SocketAddr, Liveness>>,
+    /// Where the member list is persisted; None when data_dir is not writable.
+    path: Option<PathBuf>,
+    swim: mpsc::UnboundedSender<SwimInput>,
+}
+
+type Swim = Foca<SwimId, PostcardCodec, StdRng, NoCustomBroadcast>;
+
+enum SwimInput {
+    Data(Bytes),
+    Announce(SocketAddr),
+    Leave,
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Membership {
+    /// Loads the persisted member list (if any) and starts failure detection. `path` is the
+    /// member file, or None when nothing can be persisted.
+    pub fn start(
+        me: SocketAddr,
+        shape: RingShape,
+        path: Option<PathBuf>,
+        pool: Arc<Pool>,
+        gossip_interval: Duration,
+    ) -> Arc<Membership> {
+        let mut members = BTreeMap::new();
+        if let Some(path) = &path {
+            match load(path) {
+                Ok(records) => {
+                    for record in records {
+                        members.insert(record.addr, record);
+                    }
+                    if !members.is_empty() {
+                        log::info!("loaded {} members from {}", members.len(), path.display());
+                    }
+                }
+                Err(err) => log::warn!("{}: {err}; starting with no members", path.display()),
+            }
+        }
+        members.entry(me).or_insert(MemberRecord {
+            addr: me,
+            generation: 1,
+            left: false,
+        });
+        let (swim, inputs) = mpsc::unbounded_channel();
+        let ring = Arc::new(build_ring(me, &shape, &members));
+        let membership = Arc::new(Membership {
+            me,
+            shape,
+            view: RwLock::new(View { members, ring }),
+            liveness: RwLock::new(HashMap::new()),
+            path,
+            swim,
+        });
+        membership.persist();
+        let detector = Arc::clone(&membership);
+        tokio::spawn(detector.run_swim(inputs, Arc::clone(&pool), gossip_interval));
+        let gossip = Arc::clone(&membership);
+        tokio::spawn(gossip.run_exchange(pool, gossip_interval));
+        membership
+    }
+
+    pub fn me(&self) -> SocketAddr {
+        self.me
+    }
+
+    pub fn ring(&self) -> Arc<Ring> {
+        Arc::clone(&read_lock(&self.view).ring)
+    }
+
+    pub fn records(&self) -> Vec<MemberRecord> {
+        read_lock(&self.view).members.values().cloned().collect()
+    }
+
+    /// Members in the ring (not left), sorted.
+    pub fn active(&self) -> Vec<SocketAddr> {
+        let view = read_lock(&self.view);
+        (view.members.values())
+            .filter(|r| !r.left)
+            .map(|r| r.addr)
+            .collect()
+    }
+
+    pub fn liveness(&self, addr: SocketAddr) -> Liveness {
+        if addr == self.me {
+            return Liveness::Up;
+        }
+        // Not heard of by failure detection yet (just started): assume reachable; calls
+        // to it fail fast if it is not.
+        (read_lock(&self.liveness).get(&addr).copied()).unwrap_or(Liveness::Suspect)
+    }
+
+    /// Usable as a replica: up, or suspected but not yet declared down.
+    pub fn is_available(&self, addr: SocketAddr) -> bool {
+        self.liveness(addr) != Liveness::Down
+    }
+
+    /// Members seen up (this node included), sorted.
+    pub fn up(&self) -> Vec<SocketAddr> {
+        (self.active().into_iter())
+            .filter(|&a| self.liveness(a) == Liveness::Up)
+            .collect()
+    }
+
+    /// Merges a member list received from a peer; returns true when anything changed.
+    pub fn merge(&self, incoming: &[MemberRecord]) -> bool {
+        let mut added = Vec::new();
+        {
+            let mut view = write_lock(&self.view);
+            let mut changed = false;
+            for record in incoming {
+                let known = view.members.get(&record.addr);
+                if known.is_none_or(|k| record.supersedes(k)) {
+                    match (known, record.left) {
+                        (_, true) => log::warn!(
+                            "member {} left the cluster (generation {})",
+                            record.addr,
+                            record.generation
+                        ),
+                        (None, false) | (Some(MemberRecord { left: true, .. }), false) => {
+                            log::info!("member {} joined the cluster", record.addr);
+                            added.push(record.addr);
+                        }
+                        _ => {}
+                    }
+                    if record.addr == self.me && record.left {
+                        log::warn!(
+                            "this node was removed from the cluster; `kai cluster join` brings it back"
+                        );
+                    }
+                    view.members.insert(record.addr, record.clone());
+                    changed = true;
+                }
+            }
+            if !changed {
+                return false;
+            }
+            view.ring = Arc::new(build_ring(self.me, &self.shape, &view.members));
+        }
+        self.persist();
+        for addr in added.into_iter().filter(|&a| a != self.me) {
+            let _ = self.swim.send(SwimInput::Announce(addr));
+        }
+        true
+    }
+
+    /// Marks `addr` as gone (operator `remove`, or this node's own `leave`).
+    pub fn retire(&self, addr: SocketAddr) -> Result<(), String> {
+        let record = {
+            let view = read_lock(&self.view);
+            let known = view
+                .members
+                .get(&addr)
+                .ok_or_else(|| format!("{addr} is not a member"))?;
+            MemberRecord {
+                addr,
+                generation: known.generation + 1,
+                left: true,
+            }
+        };
+        self.merge(&[record]);
+        if addr == self.me {
+            let _ = self.swim.send(SwimInput::Leave);
+        }
+        Ok(())
+    }
+
+    /// Brings this node (back) into the member list, e.g. after it was removed.
+    pub fn rejoin(&self) {
+        let record = {
+            let view = read_lock(&self.view);
+            let known = view.members.get(&self.me);
+            match known {
+                Some(k) if !k.left => return,
+                _ => MemberRecord {
+                    addr: self.me,
+                    generation: known.map_or(1, |k| k.generation + 1),
+                    left: false,
+                },
+            }
+        };
+        self.merge(&[record]);
+    }
+
+    /// Push-pull with one peer: send our list, merge theirs.
+    pub async fn exchange(&self, pool: &Pool, peer: SocketAddr) -> Result<(), String> {
+        let request = Request::Members {
+            members: self.records(),
+        };
+        match pool.call(peer, request).await.map_err(|e| e.to_string())? {
+            Response::Members(members) => {
+                self.merge(&members);
+                let _ = self.swim.send(SwimInput::Announce(peer));
+                Ok(())
+            }
+            Response::Error(err) => Err(err),
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    }
+
+    pub fn swim_data(&self, data: Bytes) {
+        let _ = self.swim.send(SwimInput::Data(data));
+    }
+
+    fn persist(&self) {
+        let Some(path) = &self.path else { return };
+        let text: String = (read_lock(&self.view).members.values())
+            .map(|r| {
+                let state = if r.left { "left" } else { "active" };
+                format!("{} {} {state}\n", r.addr, r.generation)
+            })
+            .collect();
+        let temporary = path.with_extension("tmp");
+        let written =
+            std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(err) = written {
+            log::warn!(
+                "cannot persist the member list to {}: {err}",
+                path.display()
+            );
+        }
+    }
+
+    /// Periodic member-list exchange with a random other member, plus contacting the
+    /// seeds' replacements: every member we know but failure detection calls down.
+    async fn run_exchange(self: Arc<Self>, pool: Arc<Pool>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let others: Vec<SocketAddr> = (self.active().into_iter())
+                .filter(|&a| a != self.me)
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            let peer = others[rand::rng().random_range(0..others.len())];
+            if let Err(err) = self.exchange(&pool, peer).await {
+                log::debug!("member exchange with {peer}: {err}");
+            }
+        }
+    }
+
+    async fn run_swim(
+        self: Arc<Self>,
+        mut inputs: mpsc::UnboundedReceiver<SwimInput>,
+        pool: Arc<Pool>,
+        interval: Duration,
+    ) {
+        let identity = SwimId {
+            addr: self.me,
+            incarnation: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_micros() as u64),
+        };
+        let mut config = foca::Config::new_lan(NonZeroU32::new(5).expect("non-zero"));
+        config.probe_period = interval;
+        config.probe_rtt = (interval / 2).max(Duration::from_millis(100));
+        config.max_packet_size = NonZeroUsize::new(64 << 10).expect("non-zero");
+        config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: interval * 3,
+            num_members: NonZeroUsize::new(3).expect("non-zero"),
+        });
+        let mut foca: Swim = Foca::new(identity, config, StdRng::from_os_rng(), PostcardCodec);
+        let mut runtime = foca::AccumulatingRuntime::new();
+        let (timers, mut fired) = mpsc::unbounded_channel();
+        for addr in self.active() {
+            if addr != self.me {
+                let _ = foca.announce(SwimId::at(addr), &mut runtime);
+            }
+        }
+        let mut announce = tokio::time::interval(interval * 3);
+        loop {
+            let result = tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(SwimInput::Data(data)) => foca.handle_data(&data, &mut runtime),
+                    Some(SwimInput::Announce(addr)) => foca.announce(SwimId::at(addr), &mut runtime),
+                    Some(SwimInput::Leave) => foca.leave_cluster(&mut runtime),
+                    None => return,
+                },
+                Some(timer) = fired.recv() => foca.handle_timer(timer, &mut runtime),
+                _ = announce.tick() => {
+                    // Members failure detection does not know as up (never met, restarted,
+                    // or on the other side of a healed partition) are greeted again.
+                    let alive: Vec<SocketAddr> = foca.iter_members().map(|m| m.id().addr).collect();
+                    for addr in self.active() {
+                        if addr != self.me && !alive.contains(&addr) {
+                            let _ = foca.announce(SwimId::at(addr), &mut runtime);
+                        }
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(err) = result {
+                log::debug!("swim: {err}");
+            }
+            while let Some((to, data)) = runtime.to_send() {
+                pool.send(to.addr, data);
+            }
+            while let Some((after, timer)) = runtime.to_schedule() {
+                let timers = timers.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = timers.send(timer);
+                });
+            }
+            let mut notified = false;
+            while let Some(notification) = runtime.to_notify() {
+                notified = true;
+                match notification {
+                    OwnedNotification::Defunct => {
+                        log::warn!("failure detection declared this node down; rejoining");
+                        let _ = foca.reuse_down_identity();
+                    }
+                    OwnedNotification::Idle => log::info!("no other member is reachable"),
+                    _ => {}
+                }
+            }
+            if notified || !inputs.is_empty() {
+                self.refresh_liveness(&foca);
+            }
+        }
+    }
+
+    fn refresh_liveness(&self, foca: &Swim) {
+        let mut next = HashMap::new();
+        for member in foca.iter_membership_state() {
+            let state = match member.state() {
+                foca::State::Alive => Liveness::Up,
+                foca::State::Suspect => Liveness::Suspect,
+                foca::State::Down => Liveness::Down,
+            };
+            let id = member.id();
+            // The newest identity of an address wins (a restarted node's old one is down).
+            match next.get(&id.addr) {
+                Some(Liveness::Up) => {}
+                _ => {
+                    next.insert(id.addr, state);
+                }
+            }
+        }
+        next.remove(&self.me);
+        let mut liveness = write_lock(&self.liveness);
+        for (addr, state) in &next {
+            let before = liveness.get(addr).copied();
+            if before != Some(*state) {
+                log::info!("member {addr} is {}", state.name());
+            }
+        }
+        *liveness = next;
+    }
+
+    pub fn shape(&self) -> &RingShape {
+        &self.shape
+    }
+}
+
+fn build_ring(
+    me: SocketAddr,
+    shape: &RingShape,
+    members: &BTreeMap<SocketAddr, MemberRecord>,
+) -> Ring {
+    let mut nodes: Vec<SocketAddr> = (members.values())
+        .filter(|r| !r.left)
+        .map(|r| r.addr)
+        .collect();
+    if nodes.is_empty() {
+        // Removed from every list: serve alone rather than not at all.
+        nodes.push(me);
+    }
+    // Full preference walks: the coordinator needs the fallbacks after the N owners.
+    let walk = nodes.len();
+    Ring::new(&nodes, shape.virtual_nodes, shape.buckets, walk)
+}
+
+fn load(path: &PathBuf) -> Result<Vec<MemberRecord>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err.to_string()),
+    };
+    let mut records = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let parsed = match fields[..] {
+            [addr, generation, state @ ("active" | "left")] => addr
+                .parse()
+                .ok()
+                .zip(generation.parse().ok())
+                .map(|(addr, generation)| MemberRecord {
+                    addr,
+                    generation,
+                    left: state == "left",
+                }),
+            _ => None,
+        };
+        let record =
+            parsed.ok_or_else(|| format!("line {}: malformed member {line:?}", number + 1))?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// A member as failure detection knows it: its address plus an incarnation that grows
+/// with every restart, so a restarted node is a new identity that wins over its old one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct SwimId {
+    addr: SocketAddr,
+    incarnation: u64,
+}
+
+impl SwimId {
+    /// The identity to greet an address whose incarnation we do not know.
+    fn at(addr: SocketAddr) -> Self {
+        SwimId {
+            addr,
+            incarnation: 0,
+        }
+    }
+}
+
+impl Identity for SwimId {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(SwimId {
+            addr: self.addr,
+            incarnation: self.incarnation + 1,
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.incarnation > adversary.incarnation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(port: u16, generation: u64, left: bool) -> MemberRecord {
+        MemberRecord {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            generation,
+            left,
+        }
+    }
+
+    #[test]
+    fn newer_generations_win_and_removal_wins_ties() {
+        assert!(record(1, 2, false).supersedes(&record(1, 1, true)));
+        assert!(record(1, 1, true).supersedes(&record(1, 1, false)));
+        assert!(!record(1, 1, false).supersedes(&record(1, 1, true)));
+        assert!(!record(1, 1, false).supersedes(&record(1, 1, false)));
+    }
+
+    #[test]
+    fn member_file_round_trip_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members");
+        std::fs::write(&path, "127.0.0.1:1 3 active\n127.0.0.1:2 1 left\n").unwrap();
+        assert_eq!(
+            load(&path).unwrap(),
+            vec![record(1, 3, false), record(2, 1, true)]
+        );
+        std::fs::write(&path, "127.0.0.1:1 x active\n").unwrap();
+        assert!(load(&path).unwrap_err().contains("line 1"));
+        assert_eq!(load(&dir.path().join("absent")).unwrap(), vec![]);
+    }
+}

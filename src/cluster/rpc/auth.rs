@@ -1,0 +1,306 @@
+//! The cluster secret and the handshake that proves it (DESIGN §6).
+//!
+//! Both sides send a fresh random nonce and answer the other's with
+//! HMAC-SHA256(secret, role ‖ cluster ‖ their nonce ‖ our nonce). The secret never crosses the
+//! wire, a recorded handshake cannot be replayed (the other side's nonce is new each time),
+//! and the client learns the server knows the secret too.
+
+use super::frame::FrameError;
+use super::message::{Message, Nonce, Proof, PROTOCOL};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// The shared cluster secret. Its Debug output is redacted so it cannot reach a log line.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+
+    /// No secret file on an all-loopback cluster: handshakes still run, keyed by nothing.
+    pub fn none() -> Self {
+        Secret(Vec::new())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Reads the secret file: trailing whitespace is ignored, an empty file, or one that
+    /// other users may read, is refused.
+    pub fn load(path: &Path) -> Result<Secret, String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.permissions().mode() & 0o004 != 0 {
+            return Err(format!(
+                "{}: the cluster secret is world-readable; run chmod 0600 (or 0640 root:kai)",
+                path.display()
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let trimmed = bytes.trim_ascii_end();
+        if trimmed.is_empty() {
+            return Err(format!("{}: the cluster secret is empty", path.display()));
+        }
+        Ok(Secret(trimmed.to_vec()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("peer refused us: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("peer closed the connection during the handshake")]
+    Closed,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+impl HandshakeError {
+    /// A failure that says the two sides disagree on secret or cluster (worth one log
+    /// line per peer), as opposed to a connection that simply broke.
+    pub fn is_authentication(&self) -> bool {
+        matches!(
+            self,
+            HandshakeError::Refused(_) | HandshakeError::Rejected(_)
+        )
+    }
+}
+
+pub fn nonce() -> Nonce {
+    rand::random()
+}
+
+fn mac(secret: &Secret, role: &[u8], cluster: &str, theirs: &Nonce, ours: &Nonce) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC takes any key length");
+    mac.update(role);
+    mac.update(&(cluster.len() as u32).to_be_bytes());
+    mac.update(cluster.as_bytes());
+    mac.update(theirs);
+    mac.update(ours);
+    mac
+}
+
+fn proof(secret: &Secret, role: &[u8], cluster: &str, theirs: &Nonce, ours: &Nonce) -> Proof {
+    mac(secret, role, cluster, theirs, ours)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Constant-time check of a proof the other side sent.
+fn verify(
+    secret: &Secret,
+    role: &[u8],
+    cluster: &str,
+    theirs: &Nonce,
+    ours: &Nonce,
+    claimed: &Proof,
+) -> bool {
+    mac(secret, role, cluster, theirs, ours)
+        .verify_slice(claimed)
+        .is_ok()
+}
+
+const SERVER: &[u8] = b"kai-server";
+const CLIENT: &[u8] = b"kai-client";
+
+/// One step of the handshake as seen by the server, so the transport stays outside.
+pub struct ServerHandshake<'a> {
+    pub secret: &'a Secret,
+    pub cluster: &'a str,
+    nonce: Nonce,
+    client_nonce: Option<Nonce>,
+    pub peer: Option<String>,
+}
+
+impl<'a> ServerHandshake<'a> {
+    pub fn new(secret: &'a Secret, cluster: &'a str) -> Self {
+        ServerHandshake {
+            secret,
+            cluster,
+            nonce: nonce(),
+            client_nonce: None,
+            peer: None,
+        }
+    }
+
+    /// Answers the client's Hello with a Challenge, or an error to send as Refused.
+    pub fn hello(&mut self, message: Message) -> Result<Message, String> {
+        let Message::Hello {
+            protocol,
+            cluster,
+            node,
+            nonce,
+        } = message
+        else {
+            return Err("expected a handshake".into());
+        };
+        if protocol != PROTOCOL {
+            return Err(format!(
+                "protocol {protocol} unsupported (this node speaks {PROTOCOL})"
+            ));
+        }
+        if cluster != self.cluster {
+            return Err(format!("cluster {cluster:?} is not {:?}", self.cluster));
+        }
+        self.peer = Some(node);
+        self.client_nonce = Some(nonce);
+        Ok(Message::Challenge {
+            nonce: self.nonce,
+            proof: proof(self.secret, SERVER, self.cluster, &nonce, &self.nonce),
+        })
+    }
+
+    /// Checks the client's Proof.
+    pub fn proof(&self, message: Message) -> Result<(), String> {
+        let (Message::Proof { proof }, Some(client_nonce)) = (message, self.client_nonce) else {
+            return Err("expected a proof".into());
+        };
+        if verify(
+            self.secret,
+            CLIENT,
+            self.cluster,
+            &self.nonce,
+            &client_nonce,
+            &proof,
+        ) {
+            Ok(())
+        } else {
+            Err("wrong cluster secret".into())
+        }
+    }
+}
+
+/// The client's side: the Hello to send, then the Proof answering the server's Challenge.
+pub struct ClientHandshake<'a> {
+    secret: &'a Secret,
+    cluster: &'a str,
+    nonce: Nonce,
+}
+
+impl<'a> ClientHandshake<'a> {
+    pub fn new(secret: &'a Secret, cluster: &'a str) -> Self {
+        ClientHandshake {
+            secret,
+            cluster,
+            nonce: nonce(),
+        }
+    }
+
+    pub fn hello(&self, node: &str) -> Message {
+        Message::Hello {
+            protocol: PROTOCOL,
+            cluster: self.cluster.to_string(),
+            node: node.to_string(),
+            nonce: self.nonce,
+        }
+    }
+
+    pub fn challenge(&self, message: Message) -> Result<Message, HandshakeError> {
+        match message {
+            Message::Challenge {
+                nonce,
+                proof: claimed,
+            } => {
+                if !verify(
+                    self.secret,
+                    SERVER,
+                    self.cluster,
+                    &self.nonce,
+                    &nonce,
+                    &claimed,
+                ) {
+                    return Err(HandshakeError::Rejected(
+                        "peer does not know the cluster secret".into(),
+                    ));
+                }
+                Ok(Message::Proof {
+                    proof: proof(self.secret, CLIENT, self.cluster, &nonce, &self.nonce),
+                })
+            }
+            Message::Refused { reason } => Err(HandshakeError::Refused(reason)),
+            _ => Err(HandshakeError::Rejected(
+                "unexpected handshake message".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(client_secret: &str, server_secret: &str) -> Result<(), String> {
+        let (cs, ss) = (Secret::new(client_secret), Secret::new(server_secret));
+        let client = ClientHandshake::new(&cs, "kai");
+        let mut server = ServerHandshake::new(&ss, "kai");
+        let challenge = server.hello(client.hello("127.0.0.1:1"))?;
+        let proof = client.challenge(challenge).map_err(|e| e.to_string())?;
+        server.proof(proof)
+    }
+
+    #[test]
+    fn same_secret_passes_and_wrong_secret_fails_on_both_sides() {
+        assert_eq!(run("s3cret", "s3cret"), Ok(()));
+        let err = run("wrong", "s3cret").unwrap_err();
+        assert!(err.contains("does not know the cluster secret"), "{err}");
+    }
+
+    #[test]
+    fn a_recorded_proof_cannot_be_replayed() {
+        let secret = Secret::new("s3cret");
+        let client = ClientHandshake::new(&secret, "kai");
+        let mut first = ServerHandshake::new(&secret, "kai");
+        let challenge = first.hello(client.hello("a")).unwrap();
+        let proof = client.challenge(challenge).unwrap();
+        let Message::Proof { proof: recorded } = proof else {
+            panic!()
+        };
+        // A second connection gets a new server nonce: the old proof is worthless.
+        let mut second = ServerHandshake::new(&secret, "kai");
+        second.hello(client.hello("a")).unwrap();
+        assert!(second.proof(Message::Proof { proof: recorded }).is_err());
+    }
+
+    #[test]
+    fn cluster_name_and_protocol_must_match() {
+        let secret = Secret::new("s");
+        let mut server = ServerHandshake::new(&secret, "prod");
+        let err = server.hello(ClientHandshake::new(&secret, "test").hello("a"));
+        assert!(err.unwrap_err().contains("cluster"));
+        let hello = Message::Hello {
+            protocol: 99,
+            cluster: "prod".into(),
+            node: "a".into(),
+            nonce: [0; 32],
+        };
+        assert!(server.hello(hello).unwrap_err().contains("protocol"));
+    }
+
+    #[test]
+    fn secret_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "abc\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Secret::load(&path).unwrap_err().contains("world-readable"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Secret::load(&path).unwrap().0, b"abc");
+        assert!(!format!("{:?}", Secret::load(&path).unwrap()).contains("abc"));
+        std::fs::write(&path, "\n").unwrap();
+        assert!(Secret::load(&path).unwrap_err().contains("empty"));
+    }
+}

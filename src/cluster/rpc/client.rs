@@ -1,0 +1,221 @@
+//! Outgoing rpc: one authenticated, pipelined connection per peer, opened on first use and
+//! re-opened after it breaks. Every call carries an id and is bounded by `rpc.timeout`.
+
+use super::auth::{ClientHandshake, HandshakeError};
+use super::frame::FrameCodec;
+use super::message::{Message, Request, Response};
+use super::Transport;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("{0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("{0}: {1}")]
+    Unreachable(SocketAddr, String),
+    #[error("{0}: connection lost")]
+    Lost(SocketAddr),
+}
+
+/// After a failed connect, calls to that peer fail at once for this long instead of each
+/// waiting for its own connect to fail.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// Requests queued per peer connection before callers wait.
+const SEND_QUEUE: usize = 4096;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+struct Connection {
+    outgoing: mpsc::Sender<Message>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct PeerSlot {
+    connection: Option<Arc<Connection>>,
+    retry_after: Option<Instant>,
+}
+
+pub struct Pool {
+    transport: Arc<Transport>,
+    peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<PeerSlot>>>>,
+    next_id: AtomicU64,
+    /// Peers whose refusal was logged already (once per peer).
+    refused: Mutex<HashSet<SocketAddr>>,
+}
+
+impl Pool {
+    pub fn new(transport: Arc<Transport>) -> Self {
+        Pool {
+            transport,
+            peers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            refused: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.transport.timeout
+    }
+
+    /// Sends `body` to `peer` and waits for its reply, all within `rpc.timeout`.
+    pub async fn call(&self, peer: SocketAddr, body: Request) -> Result<Response, RpcError> {
+        let timeout = self.transport.timeout;
+        match tokio::time::timeout(timeout, self.call_unbounded(peer, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Timeout(peer)),
+        }
+    }
+
+    async fn call_unbounded(&self, peer: SocketAddr, body: Request) -> Result<Response, RpcError> {
+        let connection = self.connection(peer).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        lock(&connection.pending).insert(id, reply);
+        // Forget the id however this call ends (reply, timeout, or the caller going away).
+        let _forget = Forget(&connection.pending, id);
+        if connection
+            .outgoing
+            .send(Message::Request { id, body })
+            .await
+            .is_err()
+        {
+            return Err(RpcError::Lost(peer));
+        }
+        answer.await.map_err(|_| RpcError::Lost(peer))
+    }
+
+    /// Fire-and-forget (SWIM): dropped if the peer cannot be reached right now.
+    pub fn send(self: &Arc<Self>, peer: SocketAddr, data: Bytes) {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            let timeout = pool.transport.timeout;
+            let _ = tokio::time::timeout(timeout, async {
+                if let Ok(connection) = pool.connection(peer).await {
+                    let _ = connection.outgoing.send(Message::Swim(data)).await;
+                }
+            })
+            .await;
+        });
+    }
+
+    async fn connection(&self, peer: SocketAddr) -> Result<Arc<Connection>, RpcError> {
+        let slot = {
+            let mut peers = lock(&self.peers);
+            Arc::clone(peers.entry(peer).or_default())
+        };
+        // One connect per peer at a time; other callers wait for its result.
+        let mut slot = slot.lock().await;
+        if let Some(connection) = &slot.connection {
+            if connection.alive.load(Ordering::Acquire) {
+                return Ok(Arc::clone(connection));
+            }
+        }
+        if slot.retry_after.is_some_and(|t| Instant::now() < t) {
+            return Err(RpcError::Unreachable(peer, "recently failed".into()));
+        }
+        match self.connect(peer).await {
+            Ok(connection) => {
+                let connection = Arc::new(connection);
+                slot.connection = Some(Arc::clone(&connection));
+                slot.retry_after = None;
+                lock(&self.refused).remove(&peer);
+                Ok(connection)
+            }
+            Err(reason) => {
+                slot.connection = None;
+                slot.retry_after = Some(Instant::now() + RECONNECT_BACKOFF);
+                Err(RpcError::Unreachable(peer, reason))
+            }
+        }
+    }
+
+    async fn connect(&self, peer: SocketAddr) -> Result<Connection, String> {
+        let stream = TcpStream::connect(peer).await.map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
+        if let Err(err) = self.handshake(&mut framed).await {
+            if err.is_authentication() && lock(&self.refused).insert(peer) {
+                log::warn!("rpc: cannot join peer {peer}: {err}");
+            }
+            return Err(err.to_string());
+        }
+        let (mut sink, mut stream) = framed.split();
+        let (outgoing, mut queue) = mpsc::channel::<Message>(SEND_QUEUE);
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        tokio::spawn(async move {
+            while let Some(message) = queue.recv().await {
+                if sink.feed(message).await.is_err() {
+                    return;
+                }
+                while let Ok(message) = queue.try_recv() {
+                    if sink.feed(message).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (reader_pending, reader_alive) = (Arc::clone(&pending), Arc::clone(&alive));
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Response { id, body } = message {
+                    if let Some(reply) = lock(&reader_pending).remove(&id) {
+                        let _ = reply.send(body);
+                    }
+                }
+            }
+            // Broken: later calls reconnect, waiting ones fail now.
+            reader_alive.store(false, Ordering::Release);
+            lock(&reader_pending).clear();
+        });
+        Ok(Connection {
+            outgoing,
+            pending,
+            alive,
+        })
+    }
+
+    async fn handshake(
+        &self,
+        framed: &mut Framed<TcpStream, FrameCodec<Message>>,
+    ) -> Result<(), HandshakeError> {
+        let transport = &self.transport;
+        let handshake = ClientHandshake::new(&transport.secret, &transport.cluster);
+        framed.send(handshake.hello(&transport.node)).await?;
+        let challenge = framed.next().await.ok_or(HandshakeError::Closed)??;
+        framed.send(handshake.challenge(challenge)?).await?;
+        match framed.next().await.ok_or(HandshakeError::Closed)?? {
+            Message::Welcome => Ok(()),
+            Message::Refused { reason } => Err(HandshakeError::Refused(reason)),
+            _ => Err(HandshakeError::Rejected(
+                "unexpected handshake message".into(),
+            )),
+        }
+    }
+}
+
+struct Forget<'a>(&'a Pending, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.0).remove(&self.1);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,95 @@
+//! Everything nodes say to each other. One enum travels in every frame; before the
+//! handshake completes only the handshake variants are accepted.
+
+use crate::cluster::membership::MemberRecord;
+use crate::node::ops::{Outcome, WriteOp};
+use crate::store::Versions;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change of these messages.
+pub const PROTOCOL: u32 = 1;
+
+pub type Nonce = [u8; 32];
+pub type Proof = [u8; 32];
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Message {
+    /// Client → server: who I am, which cluster, and a fresh challenge for the server.
+    Hello {
+        protocol: u32,
+        cluster: String,
+        node: String,
+        nonce: Nonce,
+    },
+    /// Server → client: the server's proof of the secret and a fresh challenge back.
+    Challenge {
+        nonce: Nonce,
+        proof: Proof,
+    },
+    /// Client → server: the client's proof of the secret.
+    Proof {
+        proof: Proof,
+    },
+    Welcome,
+    Refused {
+        reason: String,
+    },
+    Request {
+        id: u64,
+        body: Request,
+    },
+    Response {
+        id: u64,
+        body: Response,
+    },
+    /// SWIM traffic (foca's own encoding); one-way, no reply.
+    Swim(Bytes),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// This node's versions of a key (replica read, and `kai cluster inspect`).
+    Get {
+        key: Bytes,
+    },
+    /// Store these versions as a replica: a write, a read repair or a hinted handoff.
+    Put {
+        key: Bytes,
+        versions: Versions,
+    },
+    /// Coordinate this write (the sender is not one of the key's replicas).
+    Write {
+        key: Bytes,
+        op: WriteOp,
+    },
+    /// `flush_all` seen by another node.
+    Flush {
+        delay: i64,
+    },
+    /// Push-pull exchange of member lists (also how a node joins).
+    Members {
+        members: Vec<MemberRecord>,
+    },
+    /// Operator commands, sent by `kai cluster …` to the local node.
+    AdminJoin {
+        seed: String,
+    },
+    AdminLeave,
+    AdminRemove {
+        node: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Versions(Option<Versions>),
+    /// Put applied; whether a live value was there before.
+    Applied {
+        had_live: bool,
+    },
+    Outcome(Outcome),
+    Members(Vec<MemberRecord>),
+    Done(String),
+    Error(String),
+}

@@ -1,0 +1,155 @@
+//! The rpc listener: authenticates each peer, then serves its pipelined requests
+//! concurrently and answers them in whatever order they finish.
+
+use super::auth::ServerHandshake;
+use super::frame::FrameCodec;
+use super::message::{Message, Request, Response};
+use super::Transport;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::Framed;
+
+/// What a node does with authenticated traffic.
+pub trait Handler: Send + Sync + 'static {
+    fn request(self: Arc<Self>, body: Request) -> impl Future<Output = Response> + Send;
+    /// SWIM datagrams: must not block.
+    fn swim(&self, data: Bytes);
+}
+
+/// Replies queued per connection before the reader stops taking requests.
+const REPLY_QUEUE: usize = 1024;
+
+pub async fn serve<H: Handler>(listener: TcpListener, transport: Arc<Transport>, handler: Arc<H>) {
+    let slots = Arc::new(Semaphore::new(transport.max_connections));
+    let refused_peers = Arc::new(Mutex::new(HashSet::new()));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("rpc accept failed: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let permit = Arc::clone(&slots).try_acquire_owned();
+        let (transport, handler, refused) = (
+            Arc::clone(&transport),
+            Arc::clone(&handler),
+            Arc::clone(&refused_peers),
+        );
+        tokio::spawn(async move {
+            let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
+            let Ok(_permit) = permit else {
+                let reason = "too many rpc connections".to_string();
+                let _ = framed.send(Message::Refused { reason }).await;
+                return;
+            };
+            match tokio::time::timeout(transport.timeout, handshake(&mut framed, &transport)).await
+            {
+                Ok(Ok(_node)) => connection(framed, handler).await,
+                Ok(Err(reason)) => {
+                    // One log line per peer address: a misconfigured node retries forever.
+                    if refused
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(peer.ip())
+                    {
+                        log::warn!("rpc: refused peer {peer}: {reason}");
+                    }
+                }
+                Err(_) => log::debug!("rpc: handshake with {peer} timed out"),
+            }
+        });
+    }
+}
+
+type Connection = Framed<TcpStream, FrameCodec<Message>>;
+
+async fn step(framed: &mut Connection) -> Result<Message, String> {
+    match framed.next().await {
+        Some(Ok(message)) => Ok(message),
+        Some(Err(err)) => Err(err.to_string()),
+        None => Err("closed during the handshake".to_string()),
+    }
+}
+
+async fn handshake(framed: &mut Connection, transport: &Transport) -> Result<String, String> {
+    let mut handshake = ServerHandshake::new(&transport.secret, &transport.cluster);
+    let hello = step(framed).await?;
+    let challenge = match handshake.hello(hello) {
+        Ok(challenge) => challenge,
+        Err(reason) => {
+            let _ = framed
+                .send(Message::Refused {
+                    reason: reason.clone(),
+                })
+                .await;
+            return Err(reason);
+        }
+    };
+    framed.send(challenge).await.map_err(|e| e.to_string())?;
+    let proof = step(framed).await?;
+    if let Err(reason) = handshake.proof(proof) {
+        let _ = framed
+            .send(Message::Refused {
+                reason: reason.clone(),
+            })
+            .await;
+        return Err(format!("{} ({reason})", handshake.peer.unwrap_or_default()));
+    }
+    framed
+        .send(Message::Welcome)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(handshake.peer.unwrap_or_default())
+}
+
+async fn connection<H: Handler>(framed: Connection, handler: Arc<H>) {
+    let (mut sink, mut stream) = framed.split();
+    let (replies, mut queue) = mpsc::channel::<Message>(REPLY_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = queue.recv().await {
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+            // Batch whatever else is ready into the same write.
+            while let Ok(message) = queue.try_recv() {
+                if sink.feed(message).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(Ok(message)) = stream.next().await {
+        match message {
+            Message::Request { id, body } => {
+                let (handler, replies) = (Arc::clone(&handler), replies.clone());
+                // Holding a queue slot before starting bounds the work one peer can queue.
+                let Ok(slot) = replies.reserve_owned().await else {
+                    break;
+                };
+                tokio::spawn(async move {
+                    let body = handler.request(body).await;
+                    slot.send(Message::Response { id, body });
+                });
+            }
+            Message::Swim(data) => handler.swim(data),
+            other => {
+                log::debug!("rpc: unexpected {other:?} after the handshake");
+                break;
+            }
+        }
+    }
+    drop(replies);
+    let _ = writer.await;
+}

@@ -1,0 +1,321 @@
+//! What each memcached write does to a key's versions, as one pure decision shared by the
+//! single-node path (under the store's per-key lock) and the cluster coordinator (between
+//! its quorum read and quorum write). A `WriteOp` is also what a node forwards to a replica.
+
+use crate::memcache::parse::StoreMode;
+use crate::store::{Record, Versions};
+use crate::version::{self, NodeId, VectorClock};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A write as the coordinator sees it: relative times already turned absolute by the node
+/// that received the command, so a forwarded op means the same everywhere.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    Store {
+        mode: StoreMode,
+        flags: u32,
+        expires_at: u64,
+        data: Bytes,
+    },
+    Delete,
+    Arith {
+        incr: bool,
+        delta: u64,
+    },
+    /// touch, and gat/gats (which also want the touched value back).
+    Touch {
+        expires_at: u64,
+    },
+}
+
+impl WriteOp {
+    /// A plain `set` or `delete` needs no quorum read: it supersedes whatever the
+    /// coordinator holds. Everything else decides on the current value.
+    pub fn needs_read(&self) -> bool {
+        !matches!(
+            self,
+            WriteOp::Store {
+                mode: StoreMode::Set,
+                ..
+            } | WriteOp::Delete
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreOutcome {
+    Stored,
+    NotStored,
+    Exists,
+    NotFound,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArithOutcome {
+    Value(u64),
+    NotFound,
+    NonNumeric,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Store(StoreOutcome),
+    /// Whether a live value was there to delete.
+    Deleted(bool),
+    Arith(ArithOutcome),
+    /// The touched value (its cas is that of the new version).
+    Touched(Option<Record>),
+}
+
+/// The content of the version a write creates; the caller adds clock and timestamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewValue {
+    pub value: Bytes,
+    pub flags: u32,
+    pub expires_at: u64,
+    pub tombstone: bool,
+    /// A touch: the version keeps its clock and write time (so its cas stays, as in
+    /// memcached) and only its expiry changes.
+    pub touches: Option<Record>,
+}
+
+/// Decides `op` against the key's current versions: what to write (if anything) and what
+/// to answer. `tombstone_expiry` is when a delete's tombstone may be purged.
+pub fn decide(
+    op: &WriteOp,
+    current: Option<&Versions>,
+    tombstone_expiry: u64,
+) -> (Option<NewValue>, Outcome) {
+    let live: Vec<&Record> = current.map_or_else(Vec::new, |v| v.live().collect());
+    let newest = version::newest(&live).copied();
+    match op {
+        WriteOp::Store {
+            mode,
+            flags,
+            expires_at,
+            data,
+        } => {
+            let refuse = |outcome| (None, Outcome::Store(outcome));
+            let (value, flags, expires_at) = match (mode, newest) {
+                (StoreMode::Add, Some(_)) | (StoreMode::Replace, None) => {
+                    return refuse(StoreOutcome::NotStored)
+                }
+                (StoreMode::Append | StoreMode::Prepend, None) => {
+                    return refuse(StoreOutcome::NotStored)
+                }
+                (StoreMode::Cas(_), None) => return refuse(StoreOutcome::NotFound),
+                // With siblings, a cas taken from any of them may resolve them all.
+                (StoreMode::Cas(unique), Some(_))
+                    if !live.iter().any(|r| cas_unique(r) == *unique) =>
+                {
+                    return refuse(StoreOutcome::Exists)
+                }
+                (StoreMode::Append, Some(record)) => (
+                    Bytes::from([&record.value[..], data].concat()),
+                    record.flags,
+                    record.expires_at,
+                ),
+                (StoreMode::Prepend, Some(record)) => (
+                    Bytes::from([&data[..], &record.value[..]].concat()),
+                    record.flags,
+                    record.expires_at,
+                ),
+                _ => (data.clone(), *flags, *expires_at),
+            };
+            let new = NewValue {
+                value,
+                flags,
+                expires_at,
+                tombstone: false,
+                touches: None,
+            };
+            (Some(new), Outcome::Store(StoreOutcome::Stored))
+        }
+        WriteOp::Delete => {
+            let tombstone = NewValue {
+                value: Bytes::new(),
+                flags: 0,
+                expires_at: tombstone_expiry,
+                tombstone: true,
+                touches: None,
+            };
+            (Some(tombstone), Outcome::Deleted(newest.is_some()))
+        }
+        WriteOp::Arith { incr, delta } => {
+            let Some(record) = newest else {
+                return (None, Outcome::Arith(ArithOutcome::NotFound));
+            };
+            let Some(number) = numeric_value(&record.value) else {
+                return (None, Outcome::Arith(ArithOutcome::NonNumeric));
+            };
+            let result = if *incr {
+                number.wrapping_add(*delta)
+            } else {
+                number.saturating_sub(*delta)
+            };
+            // memcached rewrites a shorter number in place, padded with spaces to the old length.
+            let text = format!("{result:<width$}", width = record.value.len());
+            let new = NewValue {
+                value: Bytes::from(text.into_bytes()),
+                flags: record.flags,
+                expires_at: record.expires_at,
+                tombstone: false,
+                touches: None,
+            };
+            (Some(new), Outcome::Arith(ArithOutcome::Value(result)))
+        }
+        WriteOp::Touch { expires_at } => match newest {
+            None => (None, Outcome::Touched(None)),
+            Some(record) => {
+                let new = NewValue {
+                    value: record.value.clone(),
+                    flags: record.flags,
+                    expires_at: *expires_at,
+                    tombstone: false,
+                    touches: Some(record.clone()),
+                };
+                // The caller fills in the new version's record.
+                (Some(new), Outcome::Touched(None))
+            }
+        },
+    }
+}
+
+/// The version a write creates on `writer`: its clock supersedes `base` (every version the
+/// writer knew of), its timestamp orders it among siblings.
+pub fn version(new: NewValue, base: &VectorClock, writer: NodeId, wall: Duration) -> Record {
+    if let Some(touched) = new.touches {
+        return Record {
+            expires_at: new.expires_at,
+            ..touched
+        };
+    }
+    Record {
+        value: new.value,
+        flags: new.flags,
+        expires_at: new.expires_at,
+        timestamp: wall.as_micros() as u64,
+        clock: base.incremented(writer),
+        tombstone: new.tombstone,
+    }
+}
+
+/// A cas unique: identifies the version (its clock and write time); never 0.
+pub fn cas_unique(record: &Record) -> u64 {
+    let mixed = record.clock.digest() ^ record.timestamp.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    mixed.max(1)
+}
+
+/// Parses an incr/decr operand as memcached does: leading blanks, digits, then blanks or end.
+pub fn numeric_value(value: &[u8]) -> Option<u64> {
+    let start = value.iter().position(|b| !b.is_ascii_whitespace())?;
+    let text = &value[start..];
+    let end = text
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(text.len());
+    if end == 0 || !text[end..].first().is_none_or(u8::is_ascii_whitespace) {
+        return None;
+    }
+    crate::memcache::parse::parse_u64(&text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(value: &str, timestamp: u64, writer: u64) -> Record {
+        Record {
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            flags: 5,
+            expires_at: 0,
+            timestamp,
+            clock: VectorClock::new().incremented(writer),
+            tombstone: false,
+        }
+    }
+
+    fn store(mode: StoreMode, data: &str) -> WriteOp {
+        WriteOp::Store {
+            mode,
+            flags: 1,
+            expires_at: 0,
+            data: Bytes::copy_from_slice(data.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn numeric_values_as_memcached_reads_them() {
+        assert_eq!(numeric_value(b"12"), Some(12));
+        assert_eq!(numeric_value(b" 12"), Some(12));
+        assert_eq!(numeric_value(b"99 "), Some(99));
+        assert_eq!(numeric_value(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(numeric_value(b"18446744073709551616"), None);
+        for bad in [&b""[..], b"12a", b"-1", b" ", b"a"] {
+            assert_eq!(numeric_value(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn storage_modes_against_present_absent_and_deleted_keys() {
+        let present = Versions::one(record("old", 1, 1));
+        let deleted = Versions::one(Record {
+            tombstone: true,
+            ..record("", 2, 1)
+        });
+        let outcome = |op: &WriteOp, current| decide(op, current, 0).1;
+        let stored = Outcome::Store(StoreOutcome::Stored);
+        let not_stored = Outcome::Store(StoreOutcome::NotStored);
+        assert_eq!(
+            outcome(&store(StoreMode::Add, "x"), Some(&present)),
+            not_stored
+        );
+        assert_eq!(outcome(&store(StoreMode::Add, "x"), Some(&deleted)), stored);
+        assert_eq!(
+            outcome(&store(StoreMode::Replace, "x"), Some(&deleted)),
+            not_stored
+        );
+        let (new, _) = decide(&store(StoreMode::Append, "!"), Some(&present), 0);
+        assert_eq!(new.map(|n| (n.value, n.flags)), Some(("old!".into(), 5)));
+        assert_eq!(
+            outcome(&WriteOp::Delete, Some(&deleted)),
+            Outcome::Deleted(false)
+        );
+        assert_eq!(
+            outcome(&WriteOp::Delete, Some(&present)),
+            Outcome::Deleted(true)
+        );
+    }
+
+    #[test]
+    fn cas_and_arith_use_the_newest_sibling() {
+        let older = record("7", 1, 1);
+        let newer = record("41", 2, 2);
+        let siblings = Versions(vec![newer.clone(), older.clone()]);
+        let (new, outcome) = decide(
+            &WriteOp::Arith {
+                incr: true,
+                delta: 1,
+            },
+            Some(&siblings),
+            0,
+        );
+        assert_eq!(outcome, Outcome::Arith(ArithOutcome::Value(42)));
+        assert_eq!(new.unwrap().value, "42");
+        // Either sibling's cas resolves the conflict; a foreign one does not.
+        for unique in [cas_unique(&older), cas_unique(&newer)] {
+            let op = store(StoreMode::Cas(unique), "v");
+            assert_eq!(
+                decide(&op, Some(&siblings), 0).1,
+                Outcome::Store(StoreOutcome::Stored)
+            );
+        }
+        let op = store(StoreMode::Cas(cas_unique(&older) ^ 1), "v");
+        assert_eq!(
+            decide(&op, Some(&siblings), 0).1,
+            Outcome::Store(StoreOutcome::Exists)
+        );
+    }
+}
