@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := target/venv
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 # Test dependencies: the reference memcached and its tools, the packaging toolchain.
-APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc lintian rpm \
+APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc lintian nftables rpm \
                 rpmlint systemd-container
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -79,7 +79,7 @@ package-test: build
 		target/rpmbuild/RPMS/x86_64/kai-$(VERSION)-1.x86_64.rpm
 
 bench: deps
-	$(CARGO) build --release
+	$(CARGO) build --release --bins --examples
 	scripts/bench.sh
 
 # libFuzzer needs a nightly toolchain (rustup toolchain install nightly).

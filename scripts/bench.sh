@@ -59,4 +59,68 @@ for row in get set mix; do
     ratio=$(awk -v a="$kai" -v b="$mc" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
     printf '%-10s %14s %14s %8s\n' "$row" "$mc" "$kai" "$ratio" | tee -a "$OUT/table.txt"
 done
+
+# Second table: exact latency percentiles and failures, with our closed-loop load generator
+# (connection i goes to server i mod n, like a round-robin load balancer), for memcached,
+# one kai node and a 3-node kai cluster (N=3 R=2 W=2, memory engine) on this machine.
+LOADGEN=${LOADGEN:-target/release/examples/loadgen}
+CLUSTER_PORT=$(free_port)
+CLUSTER_RPC=$(free_port)
+CLUSTER_PIDS=()
+for i in 1 2 3; do
+    mkdir -p "$OUT/node$i"
+    cat > "$OUT/node$i.toml" <<TOML
+[node]
+hostname = "127.0.0.1$i"
+data_dir = "$OUT/node$i"
+[memcache]
+listen = "127.0.0.1$i:$CLUSTER_PORT"
+max_connections = 4096
+[rpc]
+listen = "127.0.0.1$i:$CLUSTER_RPC"
+[cluster]
+quorum = { n = 3, r = 2, w = 2 }
+seeds = ["127.0.0.11:$CLUSTER_RPC"]
+[log]
+level = "warn"
+TOML
+    "$KAI" --config "$OUT/node$i.toml" 2> "$OUT/node$i.log" &
+    CLUSTER_PIDS+=($!)
+done
+trap 'kill $MC_PID $KAI_PID "${CLUSTER_PIDS[@]}" 2>/dev/null || true' EXIT
+members_up() { # host port: how many members the node sees up
+    python3 - "$1" "$2" <<'PY' 2>/dev/null || echo 0
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+s.sendall(b"stats\r\n")
+data = b""
+while not data.endswith(b"END\r\n"):
+    data += s.recv(65536)
+for line in data.decode().splitlines():
+    if line.startswith("STAT kai_curr_nodes "):
+        print(len(line.split()) - 2)
+PY
+}
+for _ in $(seq 100); do
+    [ "$(members_up 127.0.0.11 "$CLUSTER_PORT")" = 3 ] && break
+    sleep 0.2
+done
+CLUSTER="127.0.0.11:$CLUSTER_PORT,127.0.0.12:$CLUSTER_PORT,127.0.0.13:$CLUSTER_PORT"
+
+echo | tee -a "$OUT/table.txt"
+printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s\n' target conns row "ops/s" "p50 us" "p99 us" "p99.9 us" errors closed | tee -a "$OUT/table.txt"
+for target in memcached kai kai-3-nodes; do
+    case $target in
+        memcached) servers="127.0.0.1:$MC_PORT" ;;
+        kai) servers="127.0.0.1:$KAI_PORT" ;;
+        *) servers=$CLUSTER ;;
+    esac
+    "$LOADGEN" --servers "$servers" --connections 50 --mix fill > /dev/null
+    for conns in 10 50; do
+        for row in get set mix; do
+            read -r ops p50 p99 p999 errors closed < <("$LOADGEN" --servers "$servers" --connections "$conns" --seconds "$SECONDS_PER_ROW" --mix "$row")
+            printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s\n' "$target" "$conns" "$row" "$ops" "$p50" "$p99" "$p999" "$errors" "$closed" | tee -a "$OUT/table.txt"
+        done
+    done
+done
 echo "kai $(git rev-parse --short HEAD 2>/dev/null || echo unknown); raw output in $OUT" | tee -a "$OUT/table.txt"

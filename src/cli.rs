@@ -66,6 +66,46 @@ pub enum Action {
     /// Nagios/Icinga plugin: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
     #[command(subcommand)]
     Check(CheckAction),
+    /// Cluster membership: status, join, leave, remove, inspect
+    #[command(subcommand)]
+    Cluster(ClusterAction),
+}
+
+#[derive(Subcommand)]
+pub enum ClusterAction {
+    /// Members with up/suspect/down/left, owned buckets and pending hints
+    Status {
+        /// Node to ask, host:port of its memcache listener
+        #[arg(
+            long = "host",
+            short = 'H',
+            value_name = "HOST:PORT",
+            default_value = "127.0.0.1:11211"
+        )]
+        host: String,
+        /// Seconds to wait for the node
+        #[arg(long, short = 't', default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Make the local node (per --config) join the cluster of the node at HOST:PORT (rpc)
+    Join {
+        #[arg(value_name = "HOST:PORT")]
+        seed: String,
+    },
+    /// Take the local node out of the cluster
+    Leave,
+    /// Remove a member (rpc host:port) from the cluster, e.g. a dead machine
+    Remove {
+        #[arg(value_name = "HOST:PORT")]
+        node: String,
+    },
+    /// Show the versions of KEY that one node holds (its own replica, no quorum)
+    Inspect {
+        key: String,
+        /// Node to ask, host:port of its rpc listener [default: the local node]
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +136,9 @@ pub enum CheckAction {
         /// CRITICAL when fewer members are up
         #[arg(long, value_name = "N", default_value_t = 1)]
         expect_members: usize,
+        /// WARNING when more writes than this wait for hinted handoff (all hosts together)
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        warn_hints: u64,
         /// Seconds to wait for each node
         #[arg(short = 't', long, default_value_t = 10)]
         timeout: u64,

@@ -4,7 +4,7 @@
 mod cli;
 
 use clap::Parser;
-use cli::{Action, CheckAction, Cli, ConfigAction};
+use cli::{Action, CheckAction, Cli, ClusterAction, ConfigAction};
 use kai::admin;
 use kai::config;
 use kai::daemon::{detach, notify, pidfile, privileges};
@@ -50,6 +50,40 @@ fn main() -> ExitCode {
             Duration::from_secs(timeout),
         ),
         Some(Action::Check(action)) => check(action),
+        Some(Action::Cluster(action)) => cluster(cli.config, action),
+    }
+}
+
+fn cluster(config_path: Option<PathBuf>, action: ClusterAction) -> ExitCode {
+    use admin::cluster::Command;
+    let (node, command) = match action {
+        ClusterAction::Status { host, timeout } => {
+            return match admin::cluster::status(&host, Duration::from_secs(timeout)) {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            };
+        }
+        ClusterAction::Join { seed } => (None, Command::Join(seed)),
+        ClusterAction::Leave => (None, Command::Leave),
+        ClusterAction::Remove { node } => (None, Command::Remove(node)),
+        ClusterAction::Inspect { key, node } => (node, Command::Inspect(key)),
+    };
+    let config = match config::load(config_path.as_deref()) {
+        Ok(loaded) => loaded.config,
+        Err(e) => {
+            eprintln!("kai: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match admin::cluster::run(&config, node.as_deref(), command) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 
@@ -101,8 +135,14 @@ fn check(action: CheckAction) -> ExitCode {
         CheckAction::Cluster {
             hosts,
             expect_members,
+            warn_hints,
             timeout,
-        } => admin::check::cluster(&hosts, expect_members, Duration::from_secs(timeout)),
+        } => admin::check::cluster(
+            &hosts,
+            expect_members,
+            warn_hints,
+            Duration::from_secs(timeout),
+        ),
     };
     println!("{}", verdict.line);
     ExitCode::from(verdict.status as u8)

@@ -242,6 +242,7 @@ fn start_cluster(
         node: me.to_string(),
         timeout: config.rpc.timeout.0,
         max_connections: config.rpc.max_connections as usize,
+        bind: Some(me.ip()),
     });
     let pool = Arc::new(Pool::new(Arc::clone(&transport)));
     let gossip = config.cluster.gossip_interval.0;
@@ -304,7 +305,10 @@ fn reload(node: &Node, path: Option<&std::path::Path>) {
             let level = loaded.config.log.level;
             let pending = node.reload(loaded.config, loaded.sources);
             crate::logging::set_level(level.filter());
-            log::info!("configuration reloaded (log level, connection and item limits applied)");
+            log::info!(
+                "configuration reloaded (log level, connection and item limits, \
+                 conflict_resolution applied)"
+            );
             if !pending.is_empty() {
                 log::warn!(
                     "changes to {} take effect after a restart",

@@ -113,13 +113,18 @@ fn flags_of(command: &[&str]) -> Vec<String> {
 fn every_flag_and_command_is_documented() {
     let manual = rendered("kai.8");
     assert!(flags_of(&[]).contains(&"--daemon".to_string()));
-    let commands: [&[&str]; 6] = [
+    let commands: [&[&str]; 11] = [
         &[],
         &["serve"],
         &["config", "check"],
         &["stats"],
         &["check", "node"],
         &["check", "cluster"],
+        &["cluster", "status"],
+        &["cluster", "join"],
+        &["cluster", "leave"],
+        &["cluster", "remove"],
+        &["cluster", "inspect"],
     ];
     for command in commands {
         let name = command.join(" ");

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{free_port, process_alive, wait_for_port, Client, Kai, ThrowawayUser, KAI};
+use common::{
+    free_port, process_alive, wait_for_port, wait_until, Client, Kai, ThrowawayUser, KAI,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::net::SocketAddr;
@@ -167,17 +169,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]

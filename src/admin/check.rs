@@ -102,9 +102,14 @@ pub fn node(
     verdict(status, &text, &perfdata)
 }
 
-/// `kai check cluster`: every host answers, all agree on the member list, and at least
-/// `expect_members` members are up.
-pub fn cluster(hosts: &[String], expect_members: usize, timeout: Duration) -> Verdict {
+/// `kai check cluster`: every host answers, all agree on the member list and on who is up,
+/// at least `expect_members` members are up, and no more than `warn_hints` hints wait.
+pub fn cluster(
+    hosts: &[String],
+    expect_members: usize,
+    warn_hints: u64,
+    timeout: Duration,
+) -> Verdict {
     if hosts.is_empty() {
         return unknown("no --host given");
     }
@@ -116,13 +121,37 @@ pub fn cluster(hosts: &[String], expect_members: usize, timeout: Duration) -> Ve
             Err(e) => unreachable.push(e.to_string()),
         }
     }
-    let members = |stats: &super::client::Stats| -> Vec<String> {
-        let list = stat(stats, "kai_curr_nodes").unwrap_or("");
-        list.split_whitespace().map(str::to_string).collect()
+    let members = |stats: &super::client::Stats| -> String {
+        stat(stats, "kai_curr_nodes").unwrap_or("").to_string()
     };
-    let up = views.first().map_or(0, |(_, stats)| members(stats).len());
+    // What a node believes: the member list (digest) and who is up. Nodes that agree have
+    // the same view; an isolated node that still serves clients has another.
+    let view = |stats: &super::client::Stats| {
+        (
+            stat(stats, "kai_ring_digest").unwrap_or("").to_string(),
+            members(stats),
+        )
+    };
+    let mut counts: Vec<((String, String), usize)> = Vec::new();
+    for (_, stats) in &views {
+        let v = view(stats);
+        match counts.iter_mut().find(|(known, _)| *known == v) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((v, 1)),
+        }
+    }
+    let majority = counts
+        .iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(v, _)| v.clone());
+    let up = majority
+        .as_ref()
+        .map_or(0, |(_, m)| m.split_whitespace().count());
+    let hints: u64 = (views.iter())
+        .filter_map(|(_, stats)| stat(stats, "kai_pending_hints")?.parse::<u64>().ok())
+        .sum();
     let perfdata = format!(
-        "members={up};;{expect_members}:;0; reachable={};;;0;{}",
+        "members={up};;{expect_members}:;0; reachable={};;;0;{} hints={hints};{warn_hints};;0;",
         views.len(),
         hosts.len()
     );
@@ -130,29 +159,35 @@ pub fn cluster(hosts: &[String], expect_members: usize, timeout: Duration) -> Ve
         let text = format!("unreachable: {}", unreachable.join("; "));
         return verdict(Status::Critical, &text, &perfdata);
     }
-    let first = &views[0];
-    let digest =
-        |stats: &super::client::Stats| stat(stats, "kai_ring_digest").unwrap_or("").to_string();
-    let disagreeing: Vec<String> = views
-        .iter()
-        .filter(|(_, stats)| digest(stats) != digest(&first.1))
-        .map(|(host, stats)| format!("{host} sees [{}]", members(stats).join(" ")))
+    let majority = majority.expect("at least one view");
+    let outliers: Vec<String> = (views.iter())
+        .filter(|(_, stats)| view(stats) != majority)
+        .map(|(host, stats)| {
+            format!(
+                "{host} ({}) sees [{}]",
+                stat(stats, "kai_node").unwrap_or("?"),
+                members(stats)
+            )
+        })
         .collect();
-    if !disagreeing.is_empty() {
+    if !outliers.is_empty() {
         let text = format!(
-            "nodes disagree on membership (split brain?): {} sees [{}], {}",
-            first.0,
-            members(&first.1).join(" "),
-            disagreeing.join(", ")
+            "nodes disagree on membership (split brain?): {}; the others see [{}]",
+            outliers.join(", "),
+            majority.1
         );
         return verdict(Status::Critical, &text, &perfdata);
     }
     if up < expect_members {
         let text = format!(
             "only {up} of {expect_members} expected members up: {}",
-            members(&first.1).join(" ")
+            majority.1
         );
         return verdict(Status::Critical, &text, &perfdata);
+    }
+    if hints > warn_hints {
+        let text = format!("{hints} writes wait for hinted handoff (more than {warn_hints})");
+        return verdict(Status::Warning, &text, &perfdata);
     }
     let text = format!("{} nodes agree on {up} members up", views.len());
     verdict(Status::Ok, &text, &perfdata)

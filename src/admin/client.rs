@@ -21,6 +21,11 @@ pub enum FetchError {
 
 /// Sends `stats` to `host` ("host:port") and reads the reply, all within `timeout`.
 pub fn fetch_stats(host: &str, timeout: Duration) -> Result<Stats, FetchError> {
+    fetch(host, "stats", timeout)
+}
+
+/// Sends a `stats` command (`stats`, `stats cluster`, …) and reads its STAT lines.
+pub fn fetch(host: &str, command: &str, timeout: Duration) -> Result<Stats, FetchError> {
     let deadline = Instant::now() + timeout;
     let io = |e: std::io::Error| {
         if matches!(
@@ -38,7 +43,9 @@ pub fn fetch_stats(host: &str, timeout: Duration) -> Result<Stats, FetchError> {
     .next()
     .ok_or_else(|| FetchError::Resolve(host.into()))?;
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-    stream.write_all(b"stats\r\n").map_err(io)?;
+    stream
+        .write_all(format!("{command}\r\n").as_bytes())
+        .map_err(io)?;
     let mut reply = Vec::new();
     let mut chunk = [0u8; 8192];
     while !reply.ends_with(b"END\r\n") {

@@ -1,7 +1,8 @@
-//! Operator tools that talk to running nodes over the memcache port: `kai stats` and the
-//! Nagios plugin `kai check`.
+//! Operator tools that talk to running nodes: `kai stats`, the Nagios plugin `kai check`
+//! and `kai cluster …`.
 
 pub mod check;
 pub mod client;
+pub mod cluster;
 pub mod range;
 pub mod stats;

@@ -4,7 +4,8 @@
 //! first N members walking that list that are not down (sloppy quorum). Writes are
 //! coordinated by a replica (forwarded one hop otherwise), stored locally, sent to the
 //! other replicas and acknowledged after W of them; owners that missed the write get a
-//! hint. Reads ask every replica, answer after R replies, and repair stale replicas.
+//! hint. Reads ask every replica, answer after R replies (a miss only after all of them:
+//! the first replies may come from a restarted or new owner), and repair stale replicas.
 
 use super::hints::Hints;
 use super::membership::{Liveness, Membership};
@@ -97,8 +98,7 @@ impl Cluster {
 
     /// False while this node is the ring's only member: then the local store serves all.
     pub fn is_clustered(&self) -> bool {
-        let ring = self.membership.ring();
-        ring.nodes() != [self.me]
+        self.membership.is_clustered()
     }
 
     fn placement(&self, key: &[u8]) -> Placement {
@@ -146,7 +146,11 @@ impl Cluster {
             .collect();
         let mut replies: Vec<(SocketAddr, Option<Versions>)> = Vec::new();
         let mut failures = Vec::new();
-        while replies.len() < needed {
+        // R replies, but a miss waits for the other replicas too: after a restart or a
+        // membership change the first replies may come from nodes that lack the key.
+        let found =
+            |replies: &[(SocketAddr, Option<Versions>)]| replies.iter().any(|(_, v)| v.is_some());
+        while replies.len() < needed || !found(&replies) {
             match pending.next().await {
                 Some((replica, Ok(versions))) => replies.push((replica, versions)),
                 Some((replica, Err(err))) => failures.push(format!("{replica}: {err}")),
@@ -441,19 +445,20 @@ impl Cluster {
             },
             Request::AdminLeave => match self.membership.retire(self.me) {
                 Ok(()) => {
-                    self.push_members().await;
+                    self.push_members(None).await;
                     Response::Done(format!("{} left the cluster", self.me))
                 }
                 Err(err) => Response::Error(err),
             },
             Request::AdminRemove { node } => {
                 let removed = match node.parse::<SocketAddr>() {
-                    Ok(addr) => self.membership.retire(addr),
+                    Ok(addr) => self.membership.retire(addr).map(|()| addr),
                     Err(_) => Err(format!("{node:?} is not a host:port rpc address")),
                 };
                 match removed {
-                    Ok(()) => {
-                        self.push_members().await;
+                    Ok(addr) => {
+                        // The removed node hears it too, if it is still running.
+                        self.push_members(Some(addr)).await;
                         Response::Done(format!("{node} removed from the cluster"))
                     }
                     Err(err) => Response::Error(err),
@@ -470,9 +475,10 @@ impl Cluster {
         self.membership.exchange(&self.pool, addr).await
     }
 
-    /// Tells every member about a membership change right away.
-    async fn push_members(&self) {
+    /// Tells every member (and `also`) about a membership change right away.
+    async fn push_members(&self, also: Option<SocketAddr>) {
         let calls: FuturesUnordered<_> = (self.membership.active().into_iter())
+            .chain(also)
             .filter(|&m| m != self.me)
             .map(|member| async move { self.membership.exchange(&self.pool, member).await })
             .collect();

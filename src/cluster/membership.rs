@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -70,6 +71,9 @@ pub struct Membership {
     me: SocketAddr,
     shape: RingShape,
     view: RwLock<View>,
+    /// More than this node in the ring: read on every client request, so kept apart from
+    /// the view's lock.
+    clustered: AtomicBool,
     /// Liveness of the other members as failure detection last reported it.
     liveness: RwLock<HashMap<SocketAddr, Liveness>>,
     /// Where the member list is persisted; None when data_dir is not writable.
@@ -124,9 +128,11 @@ impl Membership {
         });
         let (swim, inputs) = mpsc::unbounded_channel();
         let ring = Arc::new(build_ring(me, &shape, &members));
+        let clustered = AtomicBool::new(ring.nodes() != [me]);
         let membership = Arc::new(Membership {
             me,
             shape,
+            clustered,
             view: RwLock::new(View { members, ring }),
             liveness: RwLock::new(HashMap::new()),
             path,
@@ -142,6 +148,11 @@ impl Membership {
 
     pub fn me(&self) -> SocketAddr {
         self.me
+    }
+
+    /// False while this node is the ring's only member.
+    pub fn is_clustered(&self) -> bool {
+        self.clustered.load(Ordering::Acquire)
     }
 
     pub fn ring(&self) -> Arc<Ring> {
@@ -216,6 +227,7 @@ impl Membership {
                 return false;
             }
             view.ring = Arc::new(build_ring(self.me, &self.shape, &view.members));
+            (self.clustered).store(view.ring.nodes() != [self.me], Ordering::Release);
         }
         self.persist();
         for addr in added.into_iter().filter(|&a| a != self.me) {
@@ -384,21 +396,22 @@ impl Membership {
                     let _ = timers.send(timer);
                 });
             }
-            let mut notified = false;
             while let Some(notification) = runtime.to_notify() {
-                notified = true;
                 match notification {
                     OwnedNotification::Defunct => {
                         log::warn!("failure detection declared this node down; rejoining");
                         let _ = foca.reuse_down_identity();
                     }
                     OwnedNotification::Idle => log::info!("no other member is reachable"),
+                    OwnedNotification::Rejoin(id) => log::info!(
+                        "failure detection had declared this node down; rejoined as incarnation {}",
+                        id.incarnation
+                    ),
                     _ => {}
                 }
             }
-            if notified || !inputs.is_empty() {
-                self.refresh_liveness(&foca);
-            }
+            // Suspect → alive raises no notification: read the states after every event.
+            self.refresh_liveness(&foca);
         }
     }
 

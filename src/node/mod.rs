@@ -147,6 +147,7 @@ impl Node {
         next.memcache.max_connections = new.memcache.max_connections;
         next.memcache.max_item_size = new.memcache.max_item_size;
         next.memcache.idle_timeout = new.memcache.idle_timeout;
+        next.cluster.conflict_resolution = new.cluster.conflict_resolution;
         let pending = [
             ("node", next.node != new.node),
             ("memcache.listen", next.memcache != new.memcache),

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
@@ -141,7 +141,22 @@ impl Pool {
     }
 
     async fn connect(&self, peer: SocketAddr) -> Result<Connection, String> {
-        let stream = TcpStream::connect(peer).await.map_err(|e| e.to_string())?;
+        let fresh = || match peer {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        };
+        let mut socket = fresh().map_err(|e| e.to_string())?;
+        if let Some(ip) = self
+            .transport
+            .bind
+            .filter(|ip| ip.is_ipv4() == peer.is_ipv4())
+        {
+            // A hostname that is not a local address (NAT): let the kernel choose.
+            if socket.bind(SocketAddr::new(ip, 0)).is_err() {
+                socket = fresh().map_err(|e| e.to_string())?;
+            }
+        }
+        let stream = socket.connect(peer).await.map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
         if let Err(err) = self.handshake(&mut framed).await {

@@ -7,6 +7,7 @@ pub mod frame;
 pub mod message;
 pub mod server;
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// What both ends of a connection need to know.
@@ -18,4 +19,7 @@ pub struct Transport {
     pub node: String,
     pub timeout: Duration,
     pub max_connections: usize,
+    /// Source address of outgoing connections: the node's own address, so peers (and
+    /// firewalls) see connections coming from the node they name.
+    pub bind: Option<IpAddr>,
 }

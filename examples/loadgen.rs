@@ -1,0 +1,196 @@
+//! Load generator for `make bench`: closed-loop memcached-protocol clients spread over one or
+//! more servers like a round-robin load balancer (connection i goes to server i mod n), with
+//! exact latency percentiles and a count of errors and closed connections.
+//!
+//! loadgen --servers H:P[,H:P...] --connections N --seconds S --mix get|set|mix|fill
+//!         [--keys K] [--value BYTES]
+//! Prints: ops/s p50_us p99_us p999_us errors closed
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Options {
+    servers: Vec<String>,
+    connections: usize,
+    seconds: u64,
+    mix: String,
+    keys: u64,
+    value: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        servers: vec!["127.0.0.1:11211".into()],
+        connections: 50,
+        seconds: 10,
+        mix: "mix".into(),
+        keys: 100_000,
+        value: 1024,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).cloned().unwrap_or_default();
+        match pair[0].as_str() {
+            "--servers" => options.servers = value.split(',').map(str::to_string).collect(),
+            "--connections" => options.connections = value.parse().expect("--connections"),
+            "--seconds" => options.seconds = value.parse().expect("--seconds"),
+            "--mix" => options.mix = value,
+            "--keys" => options.keys = value.parse().expect("--keys"),
+            "--value" => options.value = value.parse().expect("--value"),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    options
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    closed: u64,
+}
+
+/// One client connection: issues requests until `stop`, reconnecting after a close. With
+/// `fill`, connection `seed` sets keys seed-1, seed-1+C, … once each and returns.
+fn client(server: String, seed: u64, options: Arc<Options>, stop: Arc<AtomicBool>) -> Tally {
+    let fill = options.mix == "fill";
+    let mut next_fill = seed - 1;
+    let mut tally = Tally::default();
+    let value = vec![b'v'; options.value];
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut connection: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        let (stream, reader) = match &mut connection {
+            Some(c) => c,
+            None => match TcpStream::connect(&server) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let reader = BufReader::new(stream.try_clone().expect("clone"));
+                    connection.insert((stream, reader))
+                }
+                Err(_) => {
+                    tally.closed += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            },
+        };
+        // xorshift: cheap, deterministic per connection.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let key = if fill {
+            if next_fill >= options.keys {
+                break;
+            }
+            next_fill += options.connections as u64;
+            format!("key:{:012}", next_fill - options.connections as u64)
+        } else {
+            format!("key:{:012}", rng % options.keys)
+        };
+        let is_set = match options.mix.as_str() {
+            "set" | "fill" => true,
+            "get" => false,
+            _ => rng % 10 == 0,
+        };
+        let started = Instant::now();
+        let mut request = Vec::with_capacity(value.len() + 64);
+        if is_set {
+            request.extend_from_slice(format!("set {key} 0 0 {}\r\n", value.len()).as_bytes());
+            request.extend_from_slice(&value);
+            request.extend_from_slice(b"\r\n");
+        } else {
+            request.extend_from_slice(format!("get {key}\r\n").as_bytes());
+        }
+        let ok = match stream.write_all(&request) {
+            Ok(()) => read_reply(reader, &mut line, is_set),
+            Err(_) => None,
+        };
+        match ok {
+            Some(true) => {
+                let micros = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                tally.latencies_us.push(micros);
+            }
+            Some(false) => tally.errors += 1,
+            None => {
+                tally.closed += 1;
+                connection = None;
+            }
+        }
+    }
+    tally
+}
+
+/// Some(true) for a good reply, Some(false) for an error reply, None when the connection
+/// broke.
+fn read_reply(reader: &mut BufReader<TcpStream>, line: &mut String, is_set: bool) -> Option<bool> {
+    line.clear();
+    if reader.read_line(line).ok()? == 0 {
+        return None;
+    }
+    if is_set {
+        return Some(line == "STORED\r\n");
+    }
+    loop {
+        if line == "END\r\n" {
+            return Some(true);
+        }
+        if !line.starts_with("VALUE ") {
+            return Some(false);
+        }
+        let length: usize = line.trim_end().rsplit(' ').next()?.parse().ok()?;
+        let mut data = vec![0; length + 2];
+        std::io::Read::read_exact(reader, &mut data).ok()?;
+        line.clear();
+        if reader.read_line(line).ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], fraction: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn main() {
+    let options = Arc::new(options());
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..options.connections)
+        .map(|i| {
+            let server = options.servers[i % options.servers.len()].clone();
+            let (options, stop) = (Arc::clone(&options), Arc::clone(&stop));
+            std::thread::spawn(move || client(server, i as u64 + 1, options, stop))
+        })
+        .collect();
+    let started = Instant::now();
+    if options.mix != "fill" {
+        std::thread::sleep(Duration::from_secs(options.seconds));
+        stop.store(true, Ordering::Relaxed);
+    }
+    let mut total = Tally::default();
+    for thread in threads {
+        let tally = thread.join().expect("client thread");
+        total.latencies_us.extend(tally.latencies_us);
+        total.errors += tally.errors;
+        total.closed += tally.closed;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    total.latencies_us.sort_unstable();
+    println!(
+        "{:.0} {} {} {} {} {}",
+        total.latencies_us.len() as f64 / elapsed,
+        percentile(&total.latencies_us, 0.5),
+        percentile(&total.latencies_us, 0.99),
+        percentile(&total.latencies_us, 0.999),
+        total.errors,
+        total.closed
+    );
+}

@@ -1,0 +1,115 @@
+//! `kai cluster …`: membership status over the memcache port (read-only, like `stats`), and
+//! the operator commands over the authenticated rpc port of the local node (they change
+//! the cluster, so they need the cluster secret, which only the node's host can read).
+
+use super::client::{fetch, FetchError};
+use crate::cluster::coordinator::resolve;
+use crate::cluster::rpc::auth::Secret;
+use crate::cluster::rpc::client::Pool;
+use crate::cluster::rpc::message::{Request, Response};
+use crate::cluster::rpc::Transport;
+use crate::config::Config;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The member table of `kai cluster status`.
+pub fn status(host: &str, timeout: Duration) -> Result<String, FetchError> {
+    let lines = fetch(host, "stats cluster", timeout)?;
+    let mut out = format!(
+        "{:<24} {:<8} {:>8} {:>8}\n",
+        "MEMBER", "STATE", "BUCKETS", "HINTS"
+    );
+    for (_, line) in lines.iter().filter(|(name, _)| name == "member") {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let field = |prefix: &str| {
+            (fields.iter())
+                .find_map(|f| f.strip_prefix(prefix))
+                .unwrap_or("?")
+                .to_string()
+        };
+        let me = if fields.contains(&"self") {
+            "  (this node)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "{:<24} {:<8} {:>8} {:>8}{me}\n",
+            fields.first().unwrap_or(&"?"),
+            fields.get(1).unwrap_or(&"?"),
+            field("buckets="),
+            field("hints="),
+        ));
+    }
+    Ok(out)
+}
+
+/// What an operator asks the local node to do.
+pub enum Command {
+    Join(String),
+    Leave,
+    Remove(String),
+    Inspect(String),
+}
+
+/// Sends `command` to the node configured by `config` (its rpc.listen, authenticated with
+/// its rpc.secret_file) and returns what to print.
+pub fn run(config: &Config, node: Option<&str>, command: Command) -> Result<String, String> {
+    let target = resolve(node.unwrap_or(&config.rpc.listen))?;
+    let secret = if config.rpc.secret_file.exists() {
+        Secret::load(&config.rpc.secret_file).map_err(|e| format!("rpc.secret_file: {e}"))?
+    } else {
+        Secret::none()
+    };
+    let transport = Arc::new(Transport {
+        secret,
+        cluster: config.cluster.name.clone(),
+        node: format!("admin@{}", std::process::id()),
+        timeout: config.rpc.timeout.0.max(Duration::from_secs(10)),
+        max_connections: 1,
+        bind: None,
+    });
+    let request = match &command {
+        Command::Join(seed) => Request::AdminJoin { seed: seed.clone() },
+        Command::Leave => Request::AdminLeave,
+        Command::Remove(node) => Request::AdminRemove { node: node.clone() },
+        Command::Inspect(key) => Request::Get {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let reply = runtime.block_on(async {
+        let pool = Pool::new(transport);
+        pool.call(target, request).await
+    });
+    match reply.map_err(|e| e.to_string())? {
+        Response::Done(text) => Ok(format!("{text}\n")),
+        Response::Error(err) => Err(err),
+        Response::Versions(None) => Ok(format!("{target}: no version of this key\n")),
+        Response::Versions(Some(versions)) => {
+            let mut out = String::new();
+            for record in versions.0 {
+                let clock: Vec<String> = (record.clock.entries().iter())
+                    .map(|(node, counter)| format!("{node:016x}:{counter}"))
+                    .collect();
+                let what = if record.tombstone {
+                    "tombstone".to_string()
+                } else {
+                    format!("value {:?}", String::from_utf8_lossy(&record.value))
+                };
+                out.push_str(&format!(
+                    "{what} flags={} expires_at={} timestamp={} clock=[{}]\n",
+                    record.flags,
+                    record.expires_at,
+                    record.timestamp,
+                    clock.join(" ")
+                ));
+            }
+            Ok(out)
+        }
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
