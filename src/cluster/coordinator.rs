@@ -138,19 +138,34 @@ impl Cluster {
             )));
         }
         let key = Bytes::copy_from_slice(key);
-        let mut pending: FuturesUnordered<_> = (placement.replicas.iter())
-            .map(|&replica| {
-                let (cluster, key) = (Arc::clone(self), key.clone());
-                async move { (replica, cluster.replica_get(replica, key).await) }
-            })
-            .collect();
+        // Ask R replicas (this node first: its answer is free), and one more for every
+        // failure; a miss asks the rest too, since after a restart or a membership change
+        // the first replies may come from nodes that lack the key.
+        let mut order = placement.replicas.clone();
+        if let Some(at) = order.iter().position(|&r| r == self.me) {
+            order[..=at].rotate_right(1);
+        }
+        let mut unasked = order.into_iter();
+        let ask = |replica: SocketAddr| {
+            let (cluster, key) = (Arc::clone(self), key.clone());
+            async move { (replica, cluster.replica_get(replica, key).await) }
+        };
+        let mut pending: FuturesUnordered<_> = unasked.by_ref().take(needed).map(ask).collect();
         let mut replies: Vec<(SocketAddr, Option<Versions>)> = Vec::new();
         let mut failures = Vec::new();
-        // R replies, but a miss waits for the other replicas too: after a restart or a
-        // membership change the first replies may come from nodes that lack the key.
         let found =
             |replies: &[(SocketAddr, Option<Versions>)]| replies.iter().any(|(_, v)| v.is_some());
         while replies.len() < needed || !found(&replies) {
+            if pending.len() + replies.len() < needed || (pending.is_empty() && !found(&replies)) {
+                match unasked.next() {
+                    Some(replica) => {
+                        pending.push(ask(replica));
+                        continue;
+                    }
+                    None if pending.is_empty() => break,
+                    None => {}
+                }
+            }
             match pending.next().await {
                 Some((replica, Ok(versions))) => replies.push((replica, versions)),
                 Some((replica, Err(err))) => failures.push(format!("{replica}: {err}")),
@@ -423,13 +438,26 @@ impl Cluster {
         }
     }
 
+    /// Replica reads and writes: answered on the connection's own task.
+    pub fn handle_now(&self, request: Request) -> Result<Response, Request> {
+        match request {
+            Request::Get { key } => Ok(Response::Versions(self.store.get(&key, now().as_secs()))),
+            Request::Put { key, versions } => Ok(Response::Applied {
+                had_live: self.apply(&key, versions),
+            }),
+            other => Err(other),
+        }
+    }
+
     /// Answers a request from another node (or from `kai cluster …`).
     pub async fn handle(self: &Arc<Self>, request: Request) -> Response {
+        let request = match self.handle_now(request) {
+            Ok(response) => return response,
+            Err(request) => request,
+        };
         match request {
-            Request::Get { key } => Response::Versions(self.store.get(&key, now().as_secs())),
-            Request::Put { key, versions } => Response::Applied {
-                had_live: self.apply(&key, versions),
-            },
+            // handle_now answered these already.
+            Request::Get { .. } | Request::Put { .. } => Response::Error("misrouted".into()),
             // Forwarded once already: coordinate here whatever this node's view says.
             Request::Write { key, op } => match self.coordinate(&key, op).await {
                 Ok(outcome) => Response::Outcome(outcome),

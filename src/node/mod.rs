@@ -578,6 +578,13 @@ impl Node {
 }
 
 impl Handler for Node {
+    fn immediate(&self, body: Request) -> Result<Response, Request> {
+        match self.cluster.get() {
+            Some(cluster) => cluster.handle_now(body),
+            None => Err(body),
+        }
+    }
+
     async fn request(self: Arc<Self>, body: Request) -> Response {
         match (body, self.cluster.get()) {
             (Request::Flush { delay }, _) => {

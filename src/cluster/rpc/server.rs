@@ -16,6 +16,9 @@ use tokio_util::codec::Framed;
 
 /// What a node does with authenticated traffic.
 pub trait Handler: Send + Sync + 'static {
+    /// Answers at once what needs no waiting (replica reads and writes): no task spawned.
+    /// Gives the request back when it must run as a task.
+    fn immediate(&self, body: Request) -> Result<Response, Request>;
     fn request(self: Arc<Self>, body: Request) -> impl Future<Output = Response> + Send;
     /// SWIM datagrams: must not block.
     fn swim(&self, data: Bytes);
@@ -137,6 +140,13 @@ async fn connection<H: Handler>(framed: Connection, handler: Arc<H>) {
                 // Holding a queue slot before starting bounds the work one peer can queue.
                 let Ok(slot) = replies.reserve_owned().await else {
                     break;
+                };
+                let body = match handler.immediate(body) {
+                    Ok(body) => {
+                        slot.send(Message::Response { id, body });
+                        continue;
+                    }
+                    Err(body) => body,
                 };
                 tokio::spawn(async move {
                     let body = handler.request(body).await;
