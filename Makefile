@@ -34,6 +34,8 @@ lint:
 test: deps lint
 	$(CARGO) build --release
 	$(CARGO) test --release
+	# The protocol and client suites again, against the disk engine.
+	KAI_TEST_ENGINE=disk $(CARGO) test --release --test differential --test clients --test limits
 	$(MAKE) package-test
 
 # Installs the node the way the packages lay it out; never overwrites an existing config.

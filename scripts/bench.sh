@@ -109,10 +109,31 @@ CLUSTER="127.0.0.11:$CLUSTER_PORT,127.0.0.12:$CLUSTER_PORT,127.0.0.13:$CLUSTER_P
 
 echo | tee -a "$OUT/table.txt"
 printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s\n' target conns row "ops/s" "p50 us" "p99 us" "p99.9 us" errors closed | tee -a "$OUT/table.txt"
-for target in memcached kai kai-3-nodes; do
+DISK_PORT=$(free_port)
+mkdir -p "$OUT/disk"
+cat > "$OUT/disk.toml" <<TOML
+[node]
+data_dir = "$OUT/disk"
+[memcache]
+listen = "127.0.0.1:$DISK_PORT"
+max_connections = 4096
+[rpc]
+listen = "127.0.0.1:0"
+[store]
+engine = "disk"
+[log]
+level = "warn"
+TOML
+"$KAI" --config "$OUT/disk.toml" 2> "$OUT/disk.log" &
+DISK_PID=$!
+trap 'kill $MC_PID $KAI_PID $DISK_PID "${CLUSTER_PIDS[@]}" 2>/dev/null || true' EXIT
+wait_port "$DISK_PORT"
+
+for target in memcached kai kai-disk kai-3-nodes; do
     case $target in
         memcached) servers="127.0.0.1:$MC_PORT" ;;
         kai) servers="127.0.0.1:$KAI_PORT" ;;
+        kai-disk) servers="127.0.0.1:$DISK_PORT" ;;
         *) servers=$CLUSTER ;;
     esac
     "$LOADGEN" --servers "$servers" --connections 50 --mix fill > /dev/null
@@ -123,4 +144,32 @@ for target in memcached kai kai-3-nodes; do
         done
     done
 done
+kill "$DISK_PID" "${CLUSTER_PIDS[@]}" 2>/dev/null || true
+wait "$DISK_PID" 2>/dev/null || true
+
+# Third: the seed's production size on the disk engine (BENCH_ITEMS items of 2 KiB,
+# 1.5 M ≈ 3 GB by default), then a restart: time to accepting clients, and RSS after start.
+ITEMS=${BENCH_ITEMS:-1500000}
+rm -rf "$OUT/disk"; mkdir -p "$OUT/disk"
+"$KAI" --config "$OUT/disk.toml" 2> "$OUT/disk.log" &
+DISK_PID=$!
+wait_port "$DISK_PORT"
+load_started=$(date +%s.%N)
+read -r load_rate _ < <("$LOADGEN" --servers "127.0.0.1:$DISK_PORT" --connections 50 --mix fill --keys "$ITEMS" --value 2048)
+load_seconds=$(awk -v a="$load_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
+kill -TERM "$DISK_PID"; wait "$DISK_PID" 2>/dev/null || true
+db_bytes=$(stat -c %s "$OUT/disk/kai.redb")
+start=$(date +%s.%N)
+"$KAI" --config "$OUT/disk.toml" 2> "$OUT/disk-restart.log" &
+DISK_PID=$!
+wait_port "$DISK_PORT"
+ready_ms=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+rss_kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$DISK_PID/status")
+{
+    echo
+    echo "disk engine at production size: $ITEMS items of 2 KiB loaded in ${load_seconds}s (${load_rate} durable sets/s, 50 connections)"
+    echo "  database file $((db_bytes / 1048576)) MiB; restart to accepting clients ${ready_ms} ms; RSS after restart $((rss_kib / 1024)) MiB ($(awk -v r="$rss_kib" -v d="$db_bytes" 'BEGIN { printf "%.1f", r * 1024 * 100 / d }')% of the data)"
+} | tee -a "$OUT/table.txt"
+kill "$DISK_PID" 2>/dev/null || true
+rm -rf "$OUT/disk"
 echo "kai $(git rev-parse --short HEAD 2>/dev/null || echo unknown); raw output in $OUT" | tee -a "$OUT/table.txt"

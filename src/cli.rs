@@ -69,6 +69,25 @@ pub enum Action {
     /// Cluster membership: status, join, leave, remove, inspect
     #[command(subcommand)]
     Cluster(ClusterAction),
+    /// Disk store maintenance, on a stopped node's data_dir
+    #[command(subcommand)]
+    Store(StoreAction),
+}
+
+#[derive(Subcommand)]
+pub enum StoreAction {
+    /// Verify the database (checksums, records decodable) and print its counts
+    Check {
+        /// Data directory [default: node.data_dir of the configuration]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Reclaim free space in the database file
+    Compact {
+        /// Data directory [default: node.data_dir of the configuration]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

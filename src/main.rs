@@ -4,7 +4,7 @@
 mod cli;
 
 use clap::Parser;
-use cli::{Action, CheckAction, Cli, ClusterAction, ConfigAction};
+use cli::{Action, CheckAction, Cli, ClusterAction, ConfigAction, StoreAction};
 use kai::admin;
 use kai::config;
 use kai::daemon::{detach, notify, pidfile, privileges};
@@ -51,6 +51,34 @@ fn main() -> ExitCode {
         ),
         Some(Action::Check(action)) => check(action),
         Some(Action::Cluster(action)) => cluster(cli.config, action),
+        Some(Action::Store(action)) => store(cli.config, action),
+    }
+}
+
+fn store(config_path: Option<PathBuf>, action: StoreAction) -> ExitCode {
+    let (StoreAction::Check { data_dir } | StoreAction::Compact { data_dir }) = &action;
+    let dir = match data_dir {
+        Some(dir) => dir.clone(),
+        None => match config::load(config_path.as_deref()) {
+            Ok(loaded) => loaded.config.node.data_dir,
+            Err(e) => {
+                eprintln!("kai: configuration error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    use kai::store::disk::DiskStore;
+    let result = match action {
+        StoreAction::Check { .. } => DiskStore::check(&dir),
+        StoreAction::Compact { .. } => DiskStore::compact(&dir)
+            .map(|(before, after)| format!("compacted: {before} bytes before, {after} after\n")),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 
@@ -210,6 +238,13 @@ fn serve(
             None => return fail(e),
         },
     };
+    let store = match kai::serve::open_store(&prepared) {
+        Ok(store) => store,
+        Err(e) => match report {
+            Some(report) => report.fail(&format!("{e:#}")),
+            None => return fail(format!("{e:#}")),
+        },
+    };
     if let Some(report) = report {
         if let Err(e) = detach::settle() {
             report.fail(&format!("cannot detach from the terminal: {e}"));
@@ -222,7 +257,7 @@ fn serve(
     if switched_user {
         log::info!("running as user {user}");
     }
-    let result = kai::serve::run(prepared);
+    let result = kai::serve::run(prepared, store);
     drop(pid_file);
     match result {
         Ok(()) => ExitCode::SUCCESS,

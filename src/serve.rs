@@ -13,6 +13,9 @@ use crate::config::{self, Config, Engine, Loaded};
 use crate::daemon::notify;
 use crate::memcache::listener;
 use crate::node::{Node, VERSION};
+use crate::store::disk::DiskStore;
+use crate::store::memory::MemoryStore;
+use crate::store::Store;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,11 +37,15 @@ const RESERVED_FILES: u64 = 64;
 
 /// A node whose sockets are bound and store is open, not yet serving.
 pub struct Prepared {
-    node: Arc<Node>,
+    config: Config,
+    sources: Vec<PathBuf>,
     memcache: std::net::TcpListener,
     rpc: std::net::TcpListener,
     /// This node's identity: the resolved hostname and the rpc port.
     me: SocketAddr,
+    /// rpc.listen asked for port 0: the identity changes on every start, so no member
+    /// list is persisted (it would name a node that can never come back).
+    ephemeral: bool,
     secret: Secret,
     /// The Prometheus listener, when `[metrics] listen` is set.
     metrics: Option<std::net::TcpListener>,
@@ -70,6 +77,7 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
         .with_context(|| format!("cannot listen on rpc.listen {rpc_listen}"))?;
     rpc.set_nonblocking(true)?;
     let rpc_port = rpc.local_addr()?.port();
+    let ephemeral = matches!(config.rpc.listen.rsplit_once(':'), Some((_, "0")));
     if let Some((host, "0")) = config.rpc.listen.rsplit_once(':') {
         // An ephemeral port (tests): the identity is the port actually bound.
         config.rpc.listen = format!("{host}:{rpc_port}");
@@ -86,11 +94,10 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
             Some(listener)
         }
     };
-    if config.store.engine == Engine::Disk {
-        log::warn!("store.engine = \"disk\" is not available yet; serving from memory");
-    }
     let data_dir = &config.node.data_dir;
-    if nix::unistd::access(data_dir, nix::unistd::AccessFlags::W_OK).is_err() {
+    if config.store.engine == Engine::Memory
+        && nix::unistd::access(data_dir, nix::unistd::AccessFlags::W_OK).is_err()
+    {
         // The memory engine runs anyway (so the embedded defaults work as any user).
         log::warn!(
             "node.data_dir {} is not writable: nothing will be persisted",
@@ -98,12 +105,13 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
         );
     }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let node = Arc::new(Node::new(config, sources, threads));
     Ok(Prepared {
-        node,
+        config,
+        sources,
         memcache,
         rpc,
         me,
+        ephemeral,
         secret,
         metrics,
         config_path,
@@ -111,28 +119,54 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
     })
 }
 
+/// Opens the store. Runs after daemonizing and dropping privileges: the disk engine starts
+/// a committer thread (which a fork would lose) and creates files the service user owns.
+pub fn open_store(prepared: &Prepared) -> anyhow::Result<Arc<dyn Store>> {
+    let config = &prepared.config;
+    let data_dir = &config.node.data_dir;
+    Ok(match config.store.engine {
+        Engine::Memory => Arc::new(MemoryStore::new(config.store.memory_limit.0)),
+        Engine::Disk => {
+            let started = std::time::Instant::now();
+            let (durability, flush) = (config.store.durability, config.store.flush_interval.0);
+            let store =
+                DiskStore::open(data_dir, durability, flush).context("store.engine = \"disk\"")?;
+            log::info!(
+                "disk store {} opened in {} ms ({} items)",
+                data_dir.join(crate::store::disk::FILE_NAME).display(),
+                started.elapsed().as_millis(),
+                store.stats().items
+            );
+            Arc::new(store)
+        }
+    })
+}
+
 /// Builds the runtime and serves until SIGTERM or SIGINT.
-pub fn run(prepared: Prepared) -> anyhow::Result<()> {
+pub fn run(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(prepared.threads)
         .thread_name("kai-worker")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(prepared))
+    runtime.block_on(serve(prepared, store))
 }
 
-async fn serve(prepared: Prepared) -> anyhow::Result<()> {
+async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let Prepared {
-        node,
+        config,
+        sources,
+        threads,
         memcache,
         rpc,
         me,
+        ephemeral,
         secret,
         metrics,
         config_path,
-        ..
     } = prepared;
+    let node = Arc::new(Node::new(config, sources, threads, store));
     // Handlers first: a signal that arrives once the node is up must never hit the default
     // disposition (which would kill the process without a clean shutdown).
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -151,7 +185,7 @@ async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         std::process::id(),
     );
 
-    start_cluster(&node, rpc, me, secret)?;
+    start_cluster(&node, rpc, me, ephemeral, secret)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Some(metrics) = metrics {
         let metrics = tokio::net::TcpListener::from_std(metrics)?;
@@ -227,6 +261,7 @@ fn start_cluster(
     node: &Arc<Node>,
     rpc: std::net::TcpListener,
     me: SocketAddr,
+    ephemeral: bool,
     secret: Secret,
 ) -> anyhow::Result<()> {
     let config = node.config();
@@ -254,7 +289,7 @@ fn start_cluster(
     let membership = Membership::start(
         me,
         shape,
-        data_file(&config, "members"),
+        data_file(&config, "members").filter(|_| !ephemeral),
         Arc::clone(&pool),
         gossip,
     );

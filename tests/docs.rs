@@ -113,7 +113,7 @@ fn flags_of(command: &[&str]) -> Vec<String> {
 fn every_flag_and_command_is_documented() {
     let manual = rendered("kai.8");
     assert!(flags_of(&[]).contains(&"--daemon".to_string()));
-    let commands: [&[&str]; 11] = [
+    let commands: [&[&str]; 13] = [
         &[],
         &["serve"],
         &["config", "check"],
@@ -125,6 +125,8 @@ fn every_flag_and_command_is_documented() {
         &["cluster", "leave"],
         &["cluster", "remove"],
         &["cluster", "inspect"],
+        &["store", "check"],
+        &["store", "compact"],
     ];
     for command in commands {
         let name = command.join(" ");

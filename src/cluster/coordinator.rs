@@ -11,10 +11,11 @@ use super::hints::Hints;
 use super::membership::{Liveness, Membership};
 use super::rpc::client::Pool;
 use super::rpc::message::{Request, Response};
+use super::rpc::server::Immediate;
 use crate::config::Quorum;
 use crate::node::ops::{self, Outcome, WriteOp};
 use crate::node::NodeError;
-use crate::store::{Change, Record, Store, Versions};
+use crate::store::{Change, Commit, Record, Store, Versions};
 use crate::version::{self, NodeId};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -236,7 +237,9 @@ impl Cluster {
         versions: Versions,
     ) -> Result<bool, String> {
         if replica == self.me {
-            return Ok(self.apply(&key, versions));
+            let (had_live, commit) = self.apply(&key, versions);
+            commit.wait().await?;
+            return Ok(had_live);
         }
         match self
             .pool
@@ -251,9 +254,9 @@ impl Cluster {
 
     /// Stores versions received as a replica: dominated local versions go, concurrent ones
     /// stay as siblings. Returns whether a live value was there before.
-    pub fn apply(&self, key: &[u8], incoming: Versions) -> bool {
+    pub fn apply(&self, key: &[u8], incoming: Versions) -> (bool, Commit) {
         let mut had_live = false;
-        self.store.update(key, now().as_secs(), &mut |current| {
+        let commit = self.store.update(key, now().as_secs(), &mut |current| {
             had_live = current.is_some_and(Versions::has_live);
             let mut kept = current.map(|v| v.0.clone()).unwrap_or_default();
             let before = kept.clone();
@@ -280,7 +283,7 @@ impl Cluster {
                 Change::Put(Versions(kept))
             }
         });
-        had_live
+        (had_live, commit)
     }
 
     /// A write from a client of this node: coordinated here if this node is a replica,
@@ -347,7 +350,7 @@ impl Cluster {
                 self.hints.add(owner, &key);
             }
         }
-        let mut had_live = self.apply(&key, versions.clone());
+        let (mut had_live, local_commit) = self.apply(&key, versions.clone());
         let needed = self.needed(self.quorum.w);
         let mut acks = 1;
         let (done, mut results) = tokio::sync::mpsc::channel(placement.replicas.len().max(1));
@@ -368,6 +371,10 @@ impl Cluster {
             });
         }
         drop(done);
+        local_commit
+            .wait()
+            .await
+            .map_err(|e| NodeError(format!("store: {e}")))?;
         let mut failures = Vec::new();
         while acks < needed {
             match results.recv().await {
@@ -439,21 +446,35 @@ impl Cluster {
     }
 
     /// Replica reads and writes: answered on the connection's own task.
-    pub fn handle_now(&self, request: Request) -> Result<Response, Request> {
+    pub fn handle_now(&self, request: Request) -> Immediate {
         match request {
-            Request::Get { key } => Ok(Response::Versions(self.store.get(&key, now().as_secs()))),
-            Request::Put { key, versions } => Ok(Response::Applied {
-                had_live: self.apply(&key, versions),
-            }),
-            other => Err(other),
+            Request::Get { key } => {
+                Immediate::Reply(Response::Versions(self.store.get(&key, now().as_secs())))
+            }
+            Request::Put { key, versions } => {
+                let (had_live, commit) = self.apply(&key, versions);
+                let reply = Response::Applied { had_live };
+                if commit.is_done() {
+                    Immediate::Reply(reply)
+                } else {
+                    Immediate::AfterCommit(reply, commit)
+                }
+            }
+            other => Immediate::Task(other),
         }
     }
 
     /// Answers a request from another node (or from `kai cluster …`).
     pub async fn handle(self: &Arc<Self>, request: Request) -> Response {
         let request = match self.handle_now(request) {
-            Ok(response) => return response,
-            Err(request) => request,
+            Immediate::Reply(response) => return response,
+            Immediate::AfterCommit(response, commit) => {
+                return match commit.wait().await {
+                    Ok(()) => response,
+                    Err(err) => Response::Error(format!("store: {err}")),
+                }
+            }
+            Immediate::Task(request) => request,
         };
         match request {
             // handle_now answered these already.

@@ -9,11 +9,11 @@ pub mod ops;
 
 use crate::cluster::coordinator::Cluster;
 use crate::cluster::rpc::message::{Request, Response};
-use crate::cluster::rpc::server::Handler;
-use crate::config::{Config, ConflictResolution, Engine};
+use crate::cluster::rpc::server::{Handler, Immediate};
+use crate::config::{Config, ConflictResolution};
 use crate::memcache::parse::{StatsSection, StoreMode, RELATIVE_EXPTIME_LIMIT};
 use crate::stats::{self, Counters, Unreconciled};
-use crate::store::{memory::MemoryStore, Change, Record, Store, Versions};
+use crate::store::{Change, Record, Store, Versions};
 use crate::version::NodeId;
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -87,7 +87,13 @@ fn item(record: &Record) -> Item {
 }
 
 impl Node {
-    pub fn new(config: Config, config_sources: Vec<PathBuf>, worker_threads: usize) -> Self {
+    /// A node over `store` (opened by the caller, which knows how to report its errors).
+    pub fn new(
+        config: Config,
+        config_sources: Vec<PathBuf>,
+        worker_threads: usize,
+        store: Arc<dyn Store>,
+    ) -> Self {
         let port = config
             .rpc
             .listen
@@ -99,12 +105,6 @@ impl Node {
                 .try_into()
                 .expect("md5 is 16 bytes"),
         );
-        let store: Arc<dyn Store> = match config.store.engine {
-            // The disk engine lands with its own issue; until then both run in memory.
-            Engine::Memory | Engine::Disk => {
-                Arc::new(MemoryStore::new(config.store.memory_limit.0))
-            }
-        };
         Node {
             id,
             address,
@@ -214,7 +214,7 @@ impl Node {
         let wall = unix_now();
         let now = wall.as_secs();
         let mut outcome = Outcome::Deleted(false);
-        self.store.update(key, now, &mut |current| {
+        let commit = self.store.update(key, now, &mut |current| {
             let (new, decided) = ops::decide(&op, current, 0);
             outcome = decided;
             match new {
@@ -230,6 +230,10 @@ impl Node {
                 }
             }
         });
+        commit
+            .wait()
+            .await
+            .map_err(|e| NodeError(format!("store: {e}")))?;
         Ok(outcome)
     }
 
@@ -578,10 +582,10 @@ impl Node {
 }
 
 impl Handler for Node {
-    fn immediate(&self, body: Request) -> Result<Response, Request> {
+    fn immediate(&self, body: Request) -> Immediate {
         match self.cluster.get() {
             Some(cluster) => cluster.handle_now(body),
-            None => Err(body),
+            None => Immediate::Task(body),
         }
     }
 

@@ -4,7 +4,7 @@
 //! lock. With a `memory_limit`, a write that takes the total over the limit evicts the least
 //! recently used records, first from its own shard, then from the others.
 
-use super::{Change, Store, StoreStats, Versions};
+use super::{Change, Commit, Store, StoreStats, Versions};
 use lru::LruCache;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -170,7 +170,7 @@ impl Store for MemoryStore {
         key: &[u8],
         now_secs: u64,
         decide: &mut dyn FnMut(Option<&Versions>) -> Change,
-    ) {
+    ) -> Commit {
         let index = self.shard_of(key);
         let mut guard = self.lock(index);
         let shard = &mut *guard;
@@ -215,6 +215,7 @@ impl Store for MemoryStore {
             drop(guard);
             self.evict_elsewhere(index);
         }
+        Commit::done()
     }
 
     fn clear(&self) {
@@ -282,7 +283,7 @@ mod tests {
     }
 
     fn put(store: &MemoryStore, key: &str, value: &str, expires_at: u64) {
-        store.update(key.as_bytes(), 100, &mut |_| {
+        let _ = store.update(key.as_bytes(), 100, &mut |_| {
             Change::Put(Versions::one(record(value, expires_at)))
         });
     }
@@ -298,7 +299,7 @@ mod tests {
             (stats.items, stats.bytes),
             (1, (1 + 2 + super::super::RECORD_OVERHEAD) as u64)
         );
-        store.update(b"a", 100, &mut |_| Change::Remove);
+        let _ = store.update(b"a", 100, &mut |_| Change::Remove);
         assert_eq!(store.get(b"a", 100), None);
         assert_eq!(store.stats().bytes, 0);
     }
@@ -315,7 +316,7 @@ mod tests {
         assert_eq!(store.purge_expired(151), 1);
         assert_eq!(store.stats().items, 1);
         let mut seen = None;
-        store.update(b"short2", 151, &mut |r| {
+        let _ = store.update(b"short2", 151, &mut |r| {
             seen = Some(r.is_some());
             Change::Keep
         });
@@ -347,13 +348,13 @@ mod tests {
             tombstone: true,
             ..record("", 200)
         };
-        store.update(b"k", 100, &mut |_| {
+        let _ = store.update(b"k", 100, &mut |_| {
             Change::Put(Versions(vec![record("a", 0), record("b", 150)]))
         });
         assert_eq!(store.stats().items, 1);
         // One sibling expires; the other stays.
         assert_eq!(store.get(b"k", 160).unwrap().0.len(), 1);
-        store.update(b"k", 160, &mut |_| {
+        let _ = store.update(b"k", 160, &mut |_| {
             Change::Put(Versions::one(tombstone.clone()))
         });
         assert_eq!(store.stats().items, 0);

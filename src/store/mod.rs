@@ -1,6 +1,7 @@
 //! Storage engines behind one trait. The store knows keys, records and memory; it knows
 //! nothing of the cluster or the protocol (DESIGN §2).
 
+pub mod disk;
 pub mod memory;
 
 use crate::version::VectorClock;
@@ -86,6 +87,33 @@ impl Versions {
     }
 }
 
+/// Resolves once a write is durable (disk engine); the memory engine's are done at once.
+#[must_use = "a write is acknowledged only after its commit"]
+pub struct Commit(Option<tokio::sync::oneshot::Receiver<Result<(), String>>>);
+
+impl Commit {
+    pub fn done() -> Self {
+        Commit(None)
+    }
+
+    pub fn pending(receiver: tokio::sync::oneshot::Receiver<Result<(), String>>) -> Self {
+        Commit(Some(receiver))
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub async fn wait(self) -> Result<(), String> {
+        match self.0 {
+            None => Ok(()),
+            Some(receiver) => receiver
+                .await
+                .unwrap_or_else(|_| Err("the store stopped before the write was durable".into())),
+        }
+    }
+}
+
 /// What a read-modify-write decides to do with a key.
 pub enum Change {
     Keep,
@@ -106,13 +134,14 @@ pub trait Store: Send + Sync {
     /// The unexpired versions of `key` (tombstones included), if any.
     fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions>;
 
-    /// Reads `key`'s unexpired versions and applies `decide`'s change, atomically.
+    /// Reads `key`'s unexpired versions and applies `decide`'s change, atomically: later
+    /// reads see it at once; the returned `Commit` says when it is durable.
     fn update(
         &self,
         key: &[u8],
         now_secs: u64,
         decide: &mut dyn FnMut(Option<&Versions>) -> Change,
-    );
+    ) -> Commit;
 
     /// Drops every record.
     fn clear(&self);

@@ -31,8 +31,13 @@ impl Kai {
         } else {
             "[rpc]\nlisten = \"127.0.0.1:0\"\n"
         };
+        // KAI_TEST_ENGINE=disk reruns a suite against the disk engine (make test does).
+        let engine = match std::env::var("KAI_TEST_ENGINE") {
+            Ok(engine) if !extra.contains("[store]") => format!("[store]\nengine = \"{engine}\"\n"),
+            _ => String::new(),
+        };
         let config = format!(
-            "[node]\ndata_dir = \"{}\"\n{rpc}[memcache]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            "[node]\ndata_dir = \"{}\"\n{rpc}[memcache]\nlisten = \"127.0.0.1:0\"\n{extra}{engine}",
             dir.path().display()
         );
         Kai::start_with_config(dir, &config, &[])

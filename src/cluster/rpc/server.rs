@@ -5,6 +5,7 @@ use super::auth::ServerHandshake;
 use super::frame::FrameCodec;
 use super::message::{Message, Request, Response};
 use super::Transport;
+use crate::store::Commit;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashSet;
@@ -14,11 +15,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Framed;
 
+/// How a request is answered without a task of its own.
+pub enum Immediate {
+    Reply(Response),
+    /// Reply once the write is durable.
+    AfterCommit(Response, Commit),
+    /// Needs a task (it waits on other nodes).
+    Task(Request),
+}
+
 /// What a node does with authenticated traffic.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers at once what needs no waiting (replica reads and writes): no task spawned.
-    /// Gives the request back when it must run as a task.
-    fn immediate(&self, body: Request) -> Result<Response, Request>;
+    /// Answers at once what needs no waiting on other nodes (replica reads and writes).
+    fn immediate(&self, body: Request) -> Immediate;
     fn request(self: Arc<Self>, body: Request) -> impl Future<Output = Response> + Send;
     /// SWIM datagrams: must not block.
     fn swim(&self, data: Bytes);
@@ -142,11 +151,21 @@ async fn connection<H: Handler>(framed: Connection, handler: Arc<H>) {
                     break;
                 };
                 let body = match handler.immediate(body) {
-                    Ok(body) => {
+                    Immediate::Reply(body) => {
                         slot.send(Message::Response { id, body });
                         continue;
                     }
-                    Err(body) => body,
+                    Immediate::AfterCommit(body, commit) => {
+                        tokio::spawn(async move {
+                            let body = match commit.wait().await {
+                                Ok(()) => body,
+                                Err(err) => Response::Error(format!("store: {err}")),
+                            };
+                            slot.send(Message::Response { id, body });
+                        });
+                        continue;
+                    }
+                    Immediate::Task(body) => body,
                 };
                 tokio::spawn(async move {
                     let body = handler.request(body).await;

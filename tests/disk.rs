@@ -1,0 +1,219 @@
+//! The disk engine through the real binary: acknowledged writes survive SIGKILL at random
+//! moments, data survives a restart, a data_dir is used by one node at a time, and the
+//! offline `kai store` tools work.
+
+mod common;
+
+use common::{Client, Kai, KAI};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A disk-engine node over `data`, which outlives the process.
+fn start(data: &std::path::Path) -> Kai {
+    let config = format!(
+        "[node]\ndata_dir = \"{}\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n[rpc]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"disk\"\n",
+        data.display()
+    );
+    Kai::start_with_config(tempfile::tempdir().unwrap(), &config, &[])
+}
+
+/// What a client was told about a key: its value, or deleted; keys with an unanswered
+/// request are forgotten (either outcome is correct for them).
+type Acknowledged = Arc<Mutex<HashMap<String, Option<String>>>>;
+
+/// Sets (and deletes every third) unique keys until `stop` or until the node dies; the
+/// test client panics on a closed connection, which ends this writer.
+fn writer(
+    addr: std::net::SocketAddr,
+    round: usize,
+    thread: usize,
+    acked: Acknowledged,
+    stop: Arc<AtomicBool>,
+) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        write_until_stopped(addr, round, thread, &acked, &stop)
+    }));
+}
+
+fn write_until_stopped(
+    addr: std::net::SocketAddr,
+    round: usize,
+    thread: usize,
+    acked: &Acknowledged,
+    stop: &AtomicBool,
+) {
+    let mut client = Client::connect(addr);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = format!("r{round}t{thread}n{n}");
+        let value = format!("value-{round}-{thread}-{n}");
+        let request = format!("set {key} 0 0 {}\r\n{value}\r\n", value.len());
+        if client.call(&request) != "STORED\r\n" {
+            return;
+        }
+        acked.lock().unwrap().insert(key.clone(), Some(value));
+        if n % 3 == 0 {
+            // Delete every third key once its set was acknowledged.
+            acked.lock().unwrap().remove(&key);
+            if client.call(&format!("delete {key}\r\n")) != "DELETED\r\n" {
+                return;
+            }
+            acked.lock().unwrap().insert(key, None);
+        }
+    }
+}
+
+#[test]
+fn acknowledged_writes_and_deletes_survive_kill_9() {
+    let data = tempfile::tempdir().unwrap();
+    let acked: Acknowledged = Arc::default();
+    let mut total_checked = 0;
+    for round in 0..20 {
+        let kai = start(data.path());
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..8)
+            .map(|thread| {
+                let (acked, stop, addr) = (Arc::clone(&acked), Arc::clone(&stop), kai.addr);
+                std::thread::spawn(move || writer(addr, round, thread, acked, stop))
+            })
+            .collect();
+        // A different moment every round: 100 to 480 ms into the load.
+        std::thread::sleep(Duration::from_millis(100 + (round as u64 * 97) % 380));
+        let mut kai = kai;
+        kai.child.kill().unwrap(); // SIGKILL
+        kai.child.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for thread in threads {
+            let _ = thread.join();
+        }
+        let kai = start(data.path());
+        let mut client = kai.client();
+        let expected = acked.lock().unwrap().clone();
+        for (key, value) in &expected {
+            let found = client.get(key).map(|v| String::from_utf8(v).unwrap());
+            assert_eq!(&found, value, "round {round}: {key} after kill -9");
+        }
+        total_checked = expected.len();
+        drop(kai);
+    }
+    assert!(
+        total_checked > 1000,
+        "only {total_checked} acknowledged operations checked"
+    );
+}
+
+#[test]
+fn data_survives_a_restart_and_a_data_dir_serves_one_node() {
+    let data = tempfile::tempdir().unwrap();
+    let mut kai = start(data.path());
+    let mut client = kai.client();
+    for i in 0..500 {
+        client.set(&format!("key{i}"), format!("value{i}").as_bytes());
+    }
+    assert_eq!(client.call("set gone 0 0 1\r\nx\r\n"), "STORED\r\n");
+    assert_eq!(client.call("delete gone\r\n"), "DELETED\r\n");
+    assert_eq!(client.call("set brief 0 1 1\r\nx\r\n"), "STORED\r\n");
+    assert_eq!(kai.stats()["curr_items"], "501");
+    // A second node on the same data_dir is refused with a clear error.
+    let config = format!(
+        "[node]\ndata_dir = \"{}\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n[rpc]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"disk\"\n",
+        data.path().display()
+    );
+    let path = data.path().join("second.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(KAI)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("kai.redb: in use by another process"),
+        "{stderr}"
+    );
+
+    kai.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(kai.wait(Duration::from_secs(10)).unwrap().code(), Some(0));
+    std::thread::sleep(Duration::from_secs(2));
+    let kai = start(data.path());
+    assert!(kai.log().contains("disk store"), "{}", kai.log());
+    let mut client = kai.client();
+    for i in (0..500).step_by(37) {
+        assert_eq!(
+            client.get(&format!("key{i}")).as_deref(),
+            Some(format!("value{i}").as_bytes())
+        );
+    }
+    assert_eq!(client.get("gone"), None);
+    assert_eq!(client.get("brief"), None, "expired while the node was down");
+    let stats = kai.stats();
+    assert_eq!(stats["kai_store"], "disk");
+    assert!(
+        ["500", "501"].contains(&stats["curr_items"].as_str()),
+        "{}",
+        stats["curr_items"]
+    );
+    drop(client);
+    drop(kai);
+
+    // Offline tools on the stopped node's data_dir.
+    let dir = data.path().to_str().unwrap();
+    let out = std::process::Command::new(KAI)
+        .args(["store", "check", "--data-dir", dir])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("consistent") && text.contains("0 undecodable"),
+        "{text}"
+    );
+    let out = std::process::Command::new(KAI)
+        .args(["store", "compact", "--data-dir", dir])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_foreign_file_in_data_dir_stops_the_node_and_stays_untouched() {
+    let data = tempfile::tempdir().unwrap();
+    let foreign = data.path().join("kai.redb");
+    std::fs::write(&foreign, b"DETS file from the Erlang Kai, not ours\n").unwrap();
+    let config = data.path().join("kai.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ndata_dir = \"{}\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n[rpc]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"dets\"\n",
+            data.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(KAI)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&foreign.display().to_string()) && stderr.contains("left untouched"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&foreign).unwrap(),
+        b"DETS file from the Erlang Kai, not ours\n"
+    );
+}
