@@ -157,7 +157,12 @@ pub fn apply<V: Versioned>(local: Vec<V>, incoming: V, max_siblings: usize) -> (
 /// last-write-wins: the sibling with the latest timestamp (the clock digest breaks ties, so
 /// every node picks the same one).
 pub fn newest<V: Versioned>(siblings: &[V]) -> Option<&V> {
-    siblings.iter().max_by_key(|v| order_key(*v))
+    newest_of(siblings.iter())
+}
+
+/// `newest` over any iterator of versions (no collecting on the read path).
+pub fn newest_of<V: Versioned>(siblings: impl Iterator<Item = V>) -> Option<V> {
+    siblings.max_by_key(|v| order_key(v))
 }
 
 fn order_key<V: Versioned>(version: &V) -> (u64, u64) {

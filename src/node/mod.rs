@@ -19,7 +19,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 pub use ops::{ArithOutcome, Outcome, StoreOutcome, WriteOp};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -59,6 +59,8 @@ pub struct Node {
     started: Instant,
     /// Bumped by every `flush_all`, so a delayed flush superseded by a newer one does nothing.
     flush_generation: AtomicU64,
+    /// conflict_resolution = "siblings", read by every get without touching the config lock.
+    siblings_mode: AtomicBool,
 }
 
 fn unix_now() -> std::time::Duration {
@@ -105,6 +107,7 @@ impl Node {
                 .try_into()
                 .expect("md5 is 16 bytes"),
         );
+        let siblings = config.cluster.conflict_resolution == ConflictResolution::Siblings;
         Node {
             id,
             address,
@@ -118,6 +121,7 @@ impl Node {
             counters: Counters::default(),
             started: Instant::now(),
             flush_generation: AtomicU64::new(0),
+            siblings_mode: AtomicBool::new(siblings),
         }
     }
 
@@ -148,6 +152,10 @@ impl Node {
         next.memcache.max_item_size = new.memcache.max_item_size;
         next.memcache.idle_timeout = new.memcache.idle_timeout;
         next.cluster.conflict_resolution = new.cluster.conflict_resolution;
+        self.siblings_mode.store(
+            new.cluster.conflict_resolution == ConflictResolution::Siblings,
+            Ordering::Relaxed,
+        );
         let pending = [
             ("node", next.node != new.node),
             ("memcache.listen", next.memcache != new.memcache),
@@ -244,11 +252,15 @@ impl Node {
         let found = match touch {
             None => {
                 let versions = self.read(key).await?;
-                let mut live: Vec<&Record> = versions.iter().flat_map(|v| v.live()).collect();
-                if self.config().cluster.conflict_resolution == ConflictResolution::LastWriteWins {
-                    live = crate::version::newest(&live).into_iter().copied().collect();
+                let live = versions.iter().flat_map(|v| v.live());
+                if self.siblings_mode.load(Ordering::Relaxed) {
+                    live.map(item).collect()
+                } else {
+                    crate::version::newest_of(live)
+                        .map(item)
+                        .into_iter()
+                        .collect()
                 }
-                live.into_iter().map(item).collect()
             }
             Some(exptime) => {
                 self.counters.cmd_touch.add(1);
