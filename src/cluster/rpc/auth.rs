@@ -13,9 +13,12 @@ use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// The shared cluster secret. Its Debug output is redacted so it cannot reach a log line.
+/// The shared cluster secret: the first line of the secret file proves this node; every line
+/// is accepted from peers, so a new secret can be rolled out without downtime (add it as a
+/// second line everywhere, then make it the first, then drop the old one). Its Debug output
+/// is redacted so it cannot reach a log line.
 #[derive(Clone)]
-pub struct Secret(Vec<u8>);
+pub struct Secret(Vec<Vec<u8>>);
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -25,16 +28,20 @@ impl fmt::Debug for Secret {
 
 impl Secret {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into())
+        Secret(vec![bytes.into()])
     }
 
     /// No secret file on an all-loopback cluster: handshakes still run, keyed by nothing.
     pub fn none() -> Self {
-        Secret(Vec::new())
+        Secret(vec![Vec::new()])
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.iter().all(Vec::is_empty)
+    }
+
+    fn current(&self) -> &[u8] {
+        &self.0[0]
     }
 
     /// Reads the secret file: trailing whitespace is ignored, an empty file, or one that
@@ -48,11 +55,14 @@ impl Secret {
             ));
         }
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let trimmed = bytes.trim_ascii_end();
-        if trimmed.is_empty() {
+        let lines: Vec<Vec<u8>> = (bytes.split(|&b| b == b'\n'))
+            .map(|line| line.trim_ascii().to_vec())
+            .filter(|line| !line.is_empty())
+            .collect();
+        if lines.is_empty() {
             return Err(format!("{}: the cluster secret is empty", path.display()));
         }
-        Ok(Secret(trimmed.to_vec()))
+        Ok(Secret(lines))
     }
 }
 
@@ -83,8 +93,8 @@ pub fn nonce() -> Nonce {
     rand::random()
 }
 
-fn mac(secret: &Secret, role: &[u8], cluster: &str, theirs: &Nonce, ours: &Nonce) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC takes any key length");
+fn mac(key: &[u8], role: &[u8], cluster: &str, theirs: &Nonce, ours: &Nonce) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(role);
     mac.update(&(cluster.len() as u32).to_be_bytes());
     mac.update(cluster.as_bytes());
@@ -94,13 +104,13 @@ fn mac(secret: &Secret, role: &[u8], cluster: &str, theirs: &Nonce, ours: &Nonce
 }
 
 fn proof(secret: &Secret, role: &[u8], cluster: &str, theirs: &Nonce, ours: &Nonce) -> Proof {
-    mac(secret, role, cluster, theirs, ours)
+    mac(secret.current(), role, cluster, theirs, ours)
         .finalize()
         .into_bytes()
         .into()
 }
 
-/// Constant-time check of a proof the other side sent.
+/// Constant-time check of a proof the other side sent, against every accepted secret.
 fn verify(
     secret: &Secret,
     role: &[u8],
@@ -109,9 +119,11 @@ fn verify(
     ours: &Nonce,
     claimed: &Proof,
 ) -> bool {
-    mac(secret, role, cluster, theirs, ours)
-        .verify_slice(claimed)
-        .is_ok()
+    (secret.0.iter()).any(|key| {
+        mac(key, role, cluster, theirs, ours)
+            .verify_slice(claimed)
+            .is_ok()
+    })
 }
 
 const SERVER: &[u8] = b"kai-server";
@@ -260,6 +272,37 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_accepts_old_and_new_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            Secret::load(&path).unwrap()
+        };
+        let handshake = |client: &Secret, server: &Secret| {
+            let hello = ClientHandshake::new(client, "kai");
+            let mut accept = ServerHandshake::new(server, "kai");
+            let challenge = accept.hello(hello.hello("a"))?;
+            let proof = hello.challenge(challenge).map_err(|e| e.to_string())?;
+            accept.proof(proof)
+        };
+        // The rotation's steps, one node at a time: old; old + new accepted; new + old
+        // accepted; new. Nodes one step apart always get in, both ways.
+        let steps = [
+            file("0", "old\n"),
+            file("1", "old\nnew\n"),
+            file("2", "new\nold\n"),
+            file("3", "new\n"),
+        ];
+        for pair in steps.windows(2) {
+            assert_eq!(handshake(&pair[0], &pair[1]), Ok(()));
+            assert_eq!(handshake(&pair[1], &pair[0]), Ok(()));
+        }
+        assert!(handshake(&steps[0], &steps[3]).is_err());
+    }
+
+    #[test]
     fn a_recorded_proof_cannot_be_replayed() {
         let secret = Secret::new("s3cret");
         let client = ClientHandshake::new(&secret, "kai");
@@ -298,7 +341,7 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(Secret::load(&path).unwrap_err().contains("world-readable"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(Secret::load(&path).unwrap().0, b"abc");
+        assert_eq!(Secret::load(&path).unwrap().0, vec![b"abc".to_vec()]);
         assert!(!format!("{:?}", Secret::load(&path).unwrap()).contains("abc"));
         std::fs::write(&path, "\n").unwrap();
         assert!(Secret::load(&path).unwrap_err().contains("empty"));
