@@ -87,7 +87,9 @@ bench: deps
 # libFuzzer needs a nightly toolchain (rustup toolchain install nightly).
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
-	cd fuzz && $(CARGO) +nightly fuzz run parse -- -max_total_time=$${FUZZ_SECONDS:-60}
+	cd fuzz && for target in parse rpc_frame handshake config; do \
+		$(CARGO) +nightly fuzz run $$target -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -251,6 +251,21 @@ impl<'a> ClientHandshake<'a> {
     }
 }
 
+/// Plays `data` as the Hello and Proof of a peer that does not know the secret; true if the
+/// server accepted it (which must never happen: its nonce is fresh). For the fuzz target and
+/// its regression test.
+pub fn forged_handshake_accepted(data: &[u8]) -> bool {
+    let secret = Secret::new("a secret the peer does not know");
+    let mut server = ServerHandshake::new(&secret, "kai");
+    let Ok((hello, rest)) = postcard::take_from_bytes::<Message>(data) else {
+        return false;
+    };
+    if server.hello(hello).is_err() {
+        return false;
+    }
+    postcard::from_bytes::<Message>(rest).is_ok_and(|proof| server.proof(proof).is_ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,29 @@ impl<M: Serialize> Encoder<M> for FrameCodec<M> {
     }
 }
 
+/// Decodes a stream delivered in `parts`, the way a connection reads it: the messages (as
+/// Debug text) and whether the stream ended in an error. The fuzz target and its
+/// regression test check that a split stream decodes exactly as the whole.
+pub fn replay<M: DeserializeOwned + std::fmt::Debug>(
+    parts: &[&[u8]],
+    max_frame: usize,
+) -> (Vec<String>, bool) {
+    let mut codec = FrameCodec::<M>::new(max_frame);
+    let mut buffer = BytesMut::new();
+    let mut messages = Vec::new();
+    for part in parts {
+        buffer.extend_from_slice(part);
+        loop {
+            match codec.decode(&mut buffer) {
+                Ok(Some(message)) => messages.push(format!("{message:?}")),
+                Ok(None) => break,
+                Err(_) => return (messages, true),
+            }
+        }
+    }
+    (messages, false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
