@@ -447,3 +447,39 @@ fn five_nodes_keep_three_replicas_use_fallbacks_and_survive_a_removal() {
         }
     }
 }
+
+#[test]
+fn operators_join_and_leave_with_the_cluster_commands() {
+    let mut cluster = Cluster::start(37, 1, "quorum = { n = 2, r = 1, w = 1 }\n");
+    // A second node started without seeds stays alone until an operator joins it.
+    let second = cluster.add_member();
+    cluster.start_node(second, false);
+    assert!(cluster.wait_converged(&[1], CONVERGE));
+    assert_eq!(cluster.stats(1)["kai_members"], "1");
+    let config = cluster.config_file(1);
+    let path = config.path().to_str().unwrap().to_string();
+    let seed = cluster.members[0].rpc.to_string();
+    let (code, text) = cluster.kai(&["--config", &path, "cluster", "join", &seed]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        cluster.wait_converged(&[0, 1], CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    cluster.client(1).set("shared", b"both");
+    assert_eq!(
+        cluster.client(0).get("shared").as_deref(),
+        Some(&b"both"[..])
+    );
+    // It leaves again: the first node's ring shrinks back to itself.
+    let (code, text) = cluster.kai(&["--config", &path, "cluster", "leave"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(common::wait_until(CONVERGE, || {
+        cluster.stats(0)["kai_members"] == "1"
+    }));
+    // A join through a node that is not there fails with a message, not a hang.
+    let nowhere = format!("127.0.37.9:{}", cluster.members[0].rpc.port());
+    let (code, text) = cluster.kai(&["--config", &path, "cluster", "join", &nowhere]);
+    assert_ne!(code, 0);
+    assert!(text.contains("127.0.37.9"), "{text}");
+}

@@ -16,13 +16,13 @@ use crate::config::Quorum;
 use crate::node::ops::{self, Outcome, WriteOp};
 use crate::node::NodeError;
 use crate::store::{Change, Commit, Record, Store, Versions};
-use crate::version::{self, NodeId};
+use crate::version::{self, unix_now, NodeId};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub struct Cluster {
     me: SocketAddr,
@@ -50,12 +50,6 @@ pub struct Read {
 struct Placement {
     owners: Vec<SocketAddr>,
     replicas: Vec<SocketAddr>,
-}
-
-fn now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 impl Cluster {
@@ -200,7 +194,7 @@ impl Cluster {
         key: Bytes,
     ) -> Result<Option<Versions>, String> {
         if replica == self.me {
-            return Ok(self.store.get(&key, now().as_secs()));
+            return Ok(self.store.get(&key, unix_now().as_secs()));
         }
         match self.pool.call(replica, Request::Get { key }).await {
             Ok(Response::Versions(versions)) => Ok(versions),
@@ -256,33 +250,35 @@ impl Cluster {
     /// stay as siblings. Returns whether a live value was there before.
     pub fn apply(&self, key: &[u8], incoming: Versions) -> (bool, Commit) {
         let mut had_live = false;
-        let commit = self.store.update(key, now().as_secs(), &mut |current| {
-            had_live = current.is_some_and(Versions::has_live);
-            let mut kept = current.map(|v| v.0.clone()).unwrap_or_default();
-            let before = kept.clone();
-            for version in &incoming.0 {
-                // The same version with another expiry: a touch, which keeps clock and cas.
-                let same =
-                    |k: &Record| k.clock == version.clock && k.timestamp == version.timestamp;
-                if let Some(held) = kept.iter_mut().find(|k| same(k)) {
-                    held.expires_at = version.expires_at;
-                    continue;
+        let commit = self
+            .store
+            .update(key, unix_now().as_secs(), &mut |current| {
+                had_live = current.is_some_and(Versions::has_live);
+                let mut kept = current.map(|v| v.0.clone()).unwrap_or_default();
+                let before = kept.clone();
+                for version in &incoming.0 {
+                    // The same version with another expiry: a touch, which keeps clock and cas.
+                    let same =
+                        |k: &Record| k.clock == version.clock && k.timestamp == version.timestamp;
+                    if let Some(held) = kept.iter_mut().find(|k| same(k)) {
+                        held.expires_at = version.expires_at;
+                        continue;
+                    }
+                    let (next, dropped) = version::apply(kept, version.clone(), self.max_siblings);
+                    if dropped > 0 {
+                        log::info!(
+                            "key {:?}: dropped {dropped} oldest siblings over max_siblings",
+                            String::from_utf8_lossy(key)
+                        );
+                    }
+                    kept = next;
                 }
-                let (next, dropped) = version::apply(kept, version.clone(), self.max_siblings);
-                if dropped > 0 {
-                    log::info!(
-                        "key {:?}: dropped {dropped} oldest siblings over max_siblings",
-                        String::from_utf8_lossy(key)
-                    );
+                if kept == before {
+                    Change::Keep
+                } else {
+                    Change::Put(Versions(kept))
                 }
-                kept = next;
-            }
-            if kept == before {
-                Change::Keep
-            } else {
-                Change::Put(Versions(kept))
-            }
-        });
+            });
         (had_live, commit)
     }
 
@@ -315,7 +311,7 @@ impl Cluster {
         key: &[u8],
         op: WriteOp,
     ) -> Result<Outcome, NodeError> {
-        let wall = now();
+        let wall = unix_now();
         let local = self.store.get(key, wall.as_secs());
         let current = if op.needs_read() {
             let read = self.read(key).await?;
@@ -423,7 +419,7 @@ impl Cluster {
                     continue;
                 }
                 for key in self.hints.batch(owner, 512) {
-                    let versions = self.store.get(&key, now().as_secs());
+                    let versions = self.store.get(&key, unix_now().as_secs());
                     let Some(versions) = versions else {
                         // Expired or purged here: nothing left to hand over.
                         self.hints.remove(owner, &key);
@@ -448,9 +444,9 @@ impl Cluster {
     /// Replica reads and writes: answered on the connection's own task.
     pub fn handle_now(&self, request: Request) -> Immediate {
         match request {
-            Request::Get { key } => {
-                Immediate::Reply(Response::Versions(self.store.get(&key, now().as_secs())))
-            }
+            Request::Get { key } => Immediate::Reply(Response::Versions(
+                self.store.get(&key, unix_now().as_secs()),
+            )),
             Request::Put { key, versions } => {
                 let (had_live, commit) = self.apply(&key, versions);
                 let reply = Response::Applied { had_live };

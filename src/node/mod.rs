@@ -14,14 +14,14 @@ use crate::config::{Config, ConflictResolution};
 use crate::memcache::parse::{StatsSection, StoreMode, RELATIVE_EXPTIME_LIMIT};
 use crate::stats::{self, Counters, Unreconciled};
 use crate::store::{Change, Record, Store, Versions};
-use crate::version::NodeId;
+use crate::version::{unix_now, NodeId};
 use bytes::Bytes;
 use md5::{Digest, Md5};
 pub use ops::{ArithOutcome, Outcome, StoreOutcome, WriteOp};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What `version` and the `version` stat report: the memcached release whose protocol kai
@@ -61,12 +61,6 @@ pub struct Node {
     flush_generation: AtomicU64,
     /// conflict_resolution = "siblings", read by every get without touching the config lock.
     siblings_mode: AtomicBool,
-}
-
-fn unix_now() -> std::time::Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 /// memcached's exptime rule: 0 never expires, negative is already expired, up to 30 days is

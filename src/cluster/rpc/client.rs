@@ -165,25 +165,11 @@ impl Pool {
             }
             return Err(err.to_string());
         }
-        let (mut sink, mut stream) = framed.split();
-        let (outgoing, mut queue) = mpsc::channel::<Message>(SEND_QUEUE);
+        let (sink, mut stream) = framed.split();
+        let (outgoing, queue) = mpsc::channel::<Message>(SEND_QUEUE);
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
-        tokio::spawn(async move {
-            while let Some(message) = queue.recv().await {
-                if sink.feed(message).await.is_err() {
-                    return;
-                }
-                while let Ok(message) = queue.try_recv() {
-                    if sink.feed(message).await.is_err() {
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(super::write_batched(sink, queue));
         let (reader_pending, reader_alive) = (Arc::clone(&pending), Arc::clone(&alive));
         tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {

@@ -7,8 +7,10 @@ pub mod frame;
 pub mod message;
 pub mod server;
 
+use futures_util::{Sink, SinkExt};
 use std::net::IpAddr;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// What both ends of a connection need to know.
 #[derive(Debug)]
@@ -22,4 +24,26 @@ pub struct Transport {
     /// Source address of outgoing connections: the node's own address, so peers (and
     /// firewalls) see connections coming from the node they name.
     pub bind: Option<IpAddr>,
+}
+
+/// Writes what `queue` delivers to `sink`, batching whatever is ready into one flush (one
+/// syscall under load). Ends when the queue closes or the connection fails. Both the
+/// client pool and the server run one per connection.
+async fn write_batched<S>(mut sink: S, mut queue: mpsc::Receiver<message::Message>)
+where
+    S: Sink<message::Message> + Unpin,
+{
+    while let Some(message) = queue.recv().await {
+        if sink.feed(message).await.is_err() {
+            return;
+        }
+        while let Ok(message) = queue.try_recv() {
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
 }

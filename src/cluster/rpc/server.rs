@@ -124,24 +124,9 @@ async fn handshake(framed: &mut Connection, transport: &Transport) -> Result<Str
 }
 
 async fn connection<H: Handler>(framed: Connection, handler: Arc<H>) {
-    let (mut sink, mut stream) = framed.split();
-    let (replies, mut queue) = mpsc::channel::<Message>(REPLY_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(message) = queue.recv().await {
-            if sink.feed(message).await.is_err() {
-                return;
-            }
-            // Batch whatever else is ready into the same write.
-            while let Ok(message) = queue.try_recv() {
-                if sink.feed(message).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let (sink, mut stream) = framed.split();
+    let (replies, queue) = mpsc::channel::<Message>(REPLY_QUEUE);
+    let writer = tokio::spawn(super::write_batched(sink, queue));
     while let Some(Ok(message)) = stream.next().await {
         match message {
             Message::Request { id, body } => {
