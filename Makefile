@@ -36,6 +36,9 @@ test: deps lint
 	$(CARGO) test --release
 	# The protocol and client suites again, against the disk engine.
 	KAI_TEST_ENGINE=disk $(CARGO) test --release --test differential --test clients --test limits
+	# The fault suite's summary (tests/faults.rs; docs/fault-tests.md keeps a copy).
+	@printf '| scenario | writes acknowledged | lost | keys with siblings | time to converge |\n|---|---|---|---|---|\n'
+	@cat target/tmp/fault-summary/*.row
 	$(MAKE) package-test
 
 # Installs the node the way the packages lay it out; never overwrites an existing config.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     /// Configuration file [default: /etc/kai/kai.toml if present, else embedded defaults]
-    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Detach and run in the background (SysV init); the parent exits 0 once kai serves
@@ -125,6 +125,13 @@ pub enum ClusterAction {
         #[arg(long, value_name = "HOST:PORT")]
         node: Option<String>,
     },
+    /// Show the anti-entropy digest of every bucket one node owns (replicas that agree
+    /// print the same digest for a bucket)
+    Digests {
+        /// Node to ask, host:port of its rpc listener [default: the local node]
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,4 +178,15 @@ pub enum ConfigAction {
         /// File to check [default: --config, else /etc/kai/kai.toml]
         file: Option<PathBuf>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks option clashes (a global `-c` against `kai check -c`) only when asked.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

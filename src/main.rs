@@ -98,6 +98,7 @@ fn cluster(config_path: Option<PathBuf>, action: ClusterAction) -> ExitCode {
         ClusterAction::Leave => (None, Command::Leave),
         ClusterAction::Remove { node } => (None, Command::Remove(node)),
         ClusterAction::Inspect { key, node } => (node, Command::Inspect(key)),
+        ClusterAction::Digests { node } => (node, Command::Digests),
     };
     let config = match config::load(config_path.as_deref()) {
         Ok(loaded) => loaded.config,

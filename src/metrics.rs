@@ -47,6 +47,14 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     ("kai_read_repairs", "Replicas repaired by reads"),
     ("kai_sync_keys", "Keys exchanged by anti-entropy"),
+    (
+        "kai_sync_bytes",
+        "Key and value bytes exchanged by anti-entropy",
+    ),
+    (
+        "kai_purged_tombstones",
+        "Tombstones purged once every replica held them",
+    ),
 ];
 
 /// Stats that go up and down, exported as gauges under the given name.
@@ -79,6 +87,11 @@ const GAUGES: &[(&str, &str, &str)] = &[
         "kai_pending_hints",
         "kai_pending_hints",
         "Keys waiting for hinted handoff to their owner",
+    ),
+    (
+        "kai_sync_pending_buckets",
+        "kai_sync_pending_buckets",
+        "Buckets that differ from a replica or wait to move to their owners",
     ),
     (
         "runtime_tasks",

@@ -9,6 +9,7 @@ use crate::cluster::rpc::auth::Secret;
 use crate::cluster::rpc::client::Pool;
 use crate::cluster::rpc::server as rpc_server;
 use crate::cluster::rpc::Transport;
+use crate::cluster::sync::Sync;
 use crate::config::{self, Config, Engine, Loaded};
 use crate::daemon::notify;
 use crate::memcache::listener;
@@ -124,13 +125,14 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
 pub fn open_store(prepared: &Prepared) -> anyhow::Result<Arc<dyn Store>> {
     let config = &prepared.config;
     let data_dir = &config.node.data_dir;
+    let buckets = config.cluster.buckets;
     Ok(match config.store.engine {
-        Engine::Memory => Arc::new(MemoryStore::new(config.store.memory_limit.0)),
+        Engine::Memory => Arc::new(MemoryStore::new(config.store.memory_limit.0, buckets)),
         Engine::Disk => {
             let started = std::time::Instant::now();
             let (durability, flush) = (config.store.durability, config.store.flush_interval.0);
-            let store =
-                DiskStore::open(data_dir, durability, flush).context("store.engine = \"disk\"")?;
+            let store = DiskStore::open(data_dir, durability, flush, buckets)
+                .context("store.engine = \"disk\"")?;
             log::info!(
                 "disk store {} opened in {} ms ({} items)",
                 data_dir.join(crate::store::disk::FILE_NAME).display(),
@@ -306,6 +308,12 @@ fn start_cluster(
     node.attach_cluster(Arc::clone(&cluster));
     tokio::spawn(rpc_server::serve(rpc, transport, Arc::clone(node)));
     tokio::spawn(Arc::clone(&cluster).run_handoff(HANDOFF_INTERVAL));
+    let sync = Sync::new(
+        Arc::clone(&cluster),
+        node.store_handle(),
+        config.cluster.sync_rate.0,
+    );
+    tokio::spawn(sync.run(config.cluster.sync_interval.0));
     for seed in config.cluster.seeds.clone() {
         if resolve(&seed).is_ok_and(|a| a == me) {
             continue;

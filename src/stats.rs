@@ -79,7 +79,6 @@ counters!(
     total_items,
     bytes_read,
     bytes_write,
-    sync_keys,
 );
 
 /// Kai's `kai_unreconciled_get`: for reads that met 2, 3, … versions, how many were left

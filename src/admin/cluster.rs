@@ -41,6 +41,19 @@ pub fn status(host: &str, timeout: Duration) -> Result<String, FetchError> {
             field("hints="),
         ));
     }
+    let stats = fetch(host, "stats", timeout)?;
+    let stat = |name: &str| {
+        (stats.iter())
+            .find(|(n, _)| n == name)
+            .map_or("?", |(_, v)| v.as_str())
+            .to_string()
+    };
+    out.push_str(&format!(
+        "transfers (this node): {} buckets pending, {} keys and {} bytes moved by anti-entropy\n",
+        stat("kai_sync_pending_buckets"),
+        stat("kai_sync_keys"),
+        stat("kai_sync_bytes"),
+    ));
     Ok(out)
 }
 
@@ -50,6 +63,7 @@ pub enum Command {
     Leave,
     Remove(String),
     Inspect(String),
+    Digests,
 }
 
 /// Sends `command` to the node configured by `config` (its rpc.listen, authenticated with
@@ -76,6 +90,7 @@ pub fn run(config: &Config, node: Option<&str>, command: Command) -> Result<Stri
         Command::Inspect(key) => Request::Get {
             key: Bytes::copy_from_slice(key.as_bytes()),
         },
+        Command::Digests => Request::AdminDigests,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

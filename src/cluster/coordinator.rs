@@ -12,6 +12,7 @@ use super::membership::{Liveness, Membership};
 use super::rpc::client::Pool;
 use super::rpc::message::{Request, Response};
 use super::rpc::server::Immediate;
+use super::sync::SyncStats;
 use crate::config::Quorum;
 use crate::node::ops::{self, Outcome, WriteOp};
 use crate::node::NodeError;
@@ -36,7 +37,12 @@ pub struct Cluster {
     hints: Hints,
     pub read_repairs: AtomicU64,
     pub hinted_handoffs: AtomicU64,
+    pub sync_stats: SyncStats,
 }
+
+/// How long after a ring change reads that miss also ask the next nodes of the preference
+/// list: the previous owners, which may not have handed the key over yet.
+const MOVE_WINDOW: Duration = Duration::from_secs(300);
 
 /// What a quorum read found.
 pub struct Read {
@@ -50,6 +56,8 @@ pub struct Read {
 struct Placement {
     owners: Vec<SocketAddr>,
     replicas: Vec<SocketAddr>,
+    /// Up to two available nodes after the replicas in the preference list.
+    next: Vec<SocketAddr>,
 }
 
 impl Cluster {
@@ -76,6 +84,7 @@ impl Cluster {
             hints,
             read_repairs: AtomicU64::new(0),
             hinted_handoffs: AtomicU64::new(0),
+            sync_stats: SyncStats::default(),
         })
     }
 
@@ -91,6 +100,17 @@ impl Cluster {
         &self.hints
     }
 
+    /// N: how many owners each bucket has.
+    pub fn replicas(&self) -> usize {
+        self.quorum.n as usize
+    }
+
+    /// Buckets may be between owners: the ring changed lately or this node still moves some.
+    fn moving(&self) -> bool {
+        self.membership.ring_age() < MOVE_WINDOW
+            || self.sync_stats.pending_buckets.load(Ordering::Relaxed) > 0
+    }
+
     /// False while this node is the ring's only member: then the local store serves all.
     pub fn is_clustered(&self) -> bool {
         self.membership.is_clustered()
@@ -102,18 +122,27 @@ impl Cluster {
         let walk = ring.nodes_for(key);
         let mut owners = Vec::with_capacity(n);
         let mut replicas = Vec::with_capacity(n);
+        let mut next = Vec::new();
         for (position, node) in walk.enumerate() {
             if position < n {
                 owners.push(node);
             }
-            if replicas.len() < n && self.membership.is_available(node) {
-                replicas.push(node);
+            if self.membership.is_available(node) {
+                if replicas.len() < n {
+                    replicas.push(node);
+                } else if next.len() < 2 {
+                    next.push(node);
+                }
             }
-            if position >= n && replicas.len() == n {
+            if position >= n && next.len() == 2 {
                 break;
             }
         }
-        Placement { owners, replicas }
+        Placement {
+            owners,
+            replicas,
+            next,
+        }
     }
 
     /// R and W are capped at the member count, so small clusters still work.
@@ -139,6 +168,10 @@ impl Cluster {
         let mut order = placement.replicas.clone();
         if let Some(at) = order.iter().position(|&r| r == self.me) {
             order[..=at].rotate_right(1);
+        }
+        // While buckets move, a key may still be only with its previous owners.
+        if self.moving() {
+            order.extend(&placement.next);
         }
         let mut unasked = order.into_iter();
         let ask = |replica: SocketAddr| {
@@ -282,6 +315,38 @@ impl Cluster {
         (had_live, commit)
     }
 
+    /// Only tombstones whose grace has passed: once every replica held them, safe to forget.
+    pub fn only_due_tombstones(&self, versions: &Versions) -> bool {
+        let due = unix_now().saturating_sub(self.tombstone_grace).as_micros() as u64;
+        versions.0.iter().all(|r| r.tombstone && r.timestamp <= due)
+    }
+
+    /// Drops the tombstones of `key` whose grace has passed (siblings with values stay).
+    pub fn forget_due_tombstones(&self, key: &[u8]) {
+        let due = unix_now().saturating_sub(self.tombstone_grace).as_micros() as u64;
+        let mut dropped = 0;
+        let commit = self
+            .store
+            .update(key, unix_now().as_secs(), &mut |current| {
+                let Some(current) = current else {
+                    return Change::Keep;
+                };
+                let kept: Vec<_> = (current.0.iter())
+                    .filter(|r| !(r.tombstone && r.timestamp <= due))
+                    .cloned()
+                    .collect();
+                dropped = current.0.len() - kept.len();
+                match (dropped, kept.is_empty()) {
+                    (0, _) => Change::Keep,
+                    (_, true) => Change::Remove,
+                    (_, false) => Change::Put(Versions(kept)),
+                }
+            });
+        // Need not wait for durability: a purge lost in a crash is redone by a later round.
+        drop(commit);
+        (self.sync_stats.purged_tombstones).fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+
     /// A write from a client of this node: coordinated here if this node is a replica,
     /// else forwarded to one (one hop).
     pub async fn write(self: &Arc<Self>, key: &[u8], op: WriteOp) -> Result<Outcome, NodeError> {
@@ -324,8 +389,7 @@ impl Cluster {
         } else {
             local
         };
-        let tombstone_expiry = wall.as_secs() + self.tombstone_grace.as_secs();
-        let (new, mut outcome) = ops::decide(&op, current.as_ref(), tombstone_expiry);
+        let (new, mut outcome) = ops::decide(&op, current.as_ref());
         let Some(new) = new else {
             return Ok(outcome);
         };
@@ -510,6 +574,22 @@ impl Cluster {
                 }
             }
             Request::Flush { .. } => Response::Error("flush is handled by the node".into()),
+            Request::SyncDigests => Response::Digests(self.store.digests().all()),
+            Request::SyncForget { keys } => {
+                for key in &keys {
+                    self.forget_due_tombstones(key);
+                }
+                Response::Done(String::new())
+            }
+            Request::AdminDigests => Response::Done(self.digest_report()),
+            Request::SyncKeys { bucket } => {
+                let digests = self.store.digests();
+                if bucket >= digests.buckets() {
+                    return Response::Error(format!("no bucket {bucket}"));
+                }
+                let (low, high) = digests.hash_range(bucket);
+                Response::Keys(self.store.keys_in(low, high))
+            }
         }
     }
 
@@ -528,6 +608,24 @@ impl Cluster {
             .map(|member| async move { self.membership.exchange(&self.pool, member).await })
             .collect();
         let _: Vec<_> = calls.collect().await;
+    }
+
+    /// `kai cluster digests`: "bucket digest keys" for every bucket this node owns.
+    fn digest_report(&self) -> String {
+        let ring = self.membership.ring();
+        let digests = self.store.digests();
+        let mut out = Vec::new();
+        for bucket in 0..ring.buckets().min(digests.buckets()) {
+            if ring
+                .preference_list(bucket)
+                .take(self.replicas())
+                .any(|o| o == self.me)
+            {
+                let summary = digests.summary(bucket);
+                out.push(format!("{bucket} {:016x} {}", summary.digest, summary.keys));
+            }
+        }
+        out.join("\n")
     }
 
     /// `kai cluster status`: each member, its liveness, owned buckets and pending hints.

@@ -79,6 +79,8 @@ pub struct Membership {
     /// Where the member list is persisted; None when data_dir is not writable.
     path: Option<PathBuf>,
     swim: mpsc::UnboundedSender<SwimInput>,
+    /// When the ring last changed (or the node started).
+    ring_changed: RwLock<std::time::Instant>,
 }
 
 type Swim = Foca<SwimId, PostcardCodec, StdRng, NoCustomBroadcast>;
@@ -137,6 +139,7 @@ impl Membership {
             liveness: RwLock::new(HashMap::new()),
             path,
             swim,
+            ring_changed: RwLock::new(std::time::Instant::now()),
         });
         membership.persist();
         let detector = Arc::clone(&membership);
@@ -153,6 +156,11 @@ impl Membership {
     /// False while this node is the ring's only member.
     pub fn is_clustered(&self) -> bool {
         self.clustered.load(Ordering::Acquire)
+    }
+
+    /// Time since the ring last changed.
+    pub fn ring_age(&self) -> Duration {
+        read_lock(&self.ring_changed).elapsed()
     }
 
     pub fn ring(&self) -> Arc<Ring> {
@@ -228,6 +236,7 @@ impl Membership {
             }
             view.ring = Arc::new(build_ring(self.me, &self.shape, &view.members));
             (self.clustered).store(view.ring.nodes() != [self.me], Ordering::Release);
+            *write_lock(&self.ring_changed) = std::time::Instant::now();
         }
         self.persist();
         for addr in added.into_iter().filter(|&a| a != self.me) {

@@ -217,7 +217,7 @@ impl Node {
         let now = wall.as_secs();
         let mut outcome = Outcome::Deleted(false);
         let commit = self.store.update(key, now, &mut |current| {
-            let (new, decided) = ops::decide(&op, current, 0);
+            let (new, decided) = ops::decide(&op, current);
             outcome = decided;
             match new {
                 None => Change::Keep,
@@ -507,7 +507,6 @@ impl Node {
         let members = self.members();
         let digest = Md5::digest(members.join(" ").as_bytes());
         let ring_digest: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let c = &self.counters;
         let (hinted, repairs, hints) = self.cluster.get().map_or((0, 0, 0), |cluster| {
             (
                 cluster.hinted_handoffs.load(Ordering::Relaxed),
@@ -515,6 +514,13 @@ impl Node {
                 cluster.hints().total(),
             )
         });
+        let sync = |read: fn(&crate::cluster::sync::SyncStats) -> &AtomicU64| {
+            (self.cluster.get())
+                .map_or(0, |cluster| {
+                    read(&cluster.sync_stats).load(Ordering::Relaxed)
+                })
+                .to_string()
+        };
         vec![
             ("kai_version", VERSION.to_string()),
             ("kai_node", self.address.clone()),
@@ -532,7 +538,10 @@ impl Node {
             ("kai_hinted_handoffs", hinted.to_string()),
             ("kai_pending_hints", hints.to_string()),
             ("kai_read_repairs", repairs.to_string()),
-            ("kai_sync_keys", c.sync_keys.get().to_string()),
+            ("kai_sync_keys", sync(|s| &s.keys)),
+            ("kai_sync_bytes", sync(|s| &s.bytes)),
+            ("kai_sync_pending_buckets", sync(|s| &s.pending_buckets)),
+            ("kai_purged_tombstones", sync(|s| &s.purged_tombstones)),
         ]
     }
 

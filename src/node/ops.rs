@@ -82,12 +82,9 @@ pub struct NewValue {
 }
 
 /// Decides `op` against the key's current versions: what to write (if anything) and what
-/// to answer. `tombstone_expiry` is when a delete's tombstone may be purged.
-pub fn decide(
-    op: &WriteOp,
-    current: Option<&Versions>,
-    tombstone_expiry: u64,
-) -> (Option<NewValue>, Outcome) {
+/// to answer. A delete's tombstone never expires: anti-entropy purges it once every
+/// replica holds it and `tombstone_grace` has passed since its timestamp.
+pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Outcome) {
     let live: Vec<&Record> = current.map_or_else(Vec::new, |v| v.live().collect());
     let newest = version::newest(&live).copied();
     match op {
@@ -137,7 +134,7 @@ pub fn decide(
             let tombstone = NewValue {
                 value: Bytes::new(),
                 flags: 0,
-                expires_at: tombstone_expiry,
+                expires_at: 0,
                 tombstone: true,
                 touches: None,
             };
@@ -265,7 +262,7 @@ mod tests {
             tombstone: true,
             ..record("", 2, 1)
         });
-        let outcome = |op: &WriteOp, current| decide(op, current, 0).1;
+        let outcome = |op: &WriteOp, current| decide(op, current).1;
         let stored = Outcome::Store(StoreOutcome::Stored);
         let not_stored = Outcome::Store(StoreOutcome::NotStored);
         assert_eq!(
@@ -277,7 +274,7 @@ mod tests {
             outcome(&store(StoreMode::Replace, "x"), Some(&deleted)),
             not_stored
         );
-        let (new, _) = decide(&store(StoreMode::Append, "!"), Some(&present), 0);
+        let (new, _) = decide(&store(StoreMode::Append, "!"), Some(&present));
         assert_eq!(new.map(|n| (n.value, n.flags)), Some(("old!".into(), 5)));
         assert_eq!(
             outcome(&WriteOp::Delete, Some(&deleted)),
@@ -300,7 +297,6 @@ mod tests {
                 delta: 1,
             },
             Some(&siblings),
-            0,
         );
         assert_eq!(outcome, Outcome::Arith(ArithOutcome::Value(42)));
         assert_eq!(new.unwrap().value, "42");
@@ -308,13 +304,13 @@ mod tests {
         for unique in [cas_unique(&older), cas_unique(&newer)] {
             let op = store(StoreMode::Cas(unique), "v");
             assert_eq!(
-                decide(&op, Some(&siblings), 0).1,
+                decide(&op, Some(&siblings)).1,
                 Outcome::Store(StoreOutcome::Stored)
             );
         }
         let op = store(StoreMode::Cas(cas_unique(&older) ^ 1), "v");
         assert_eq!(
-            decide(&op, Some(&siblings), 0).1,
+            decide(&op, Some(&siblings)).1,
             Outcome::Store(StoreOutcome::Exists)
         );
     }

@@ -7,10 +7,13 @@
 //! resolves each writer's `Commit`: a client hears STORED only once its write is durable.
 //! Records are keyed by (ring hash, key), so one bucket is one contiguous range; an expiry
 //! index lets the purge find expired records without scanning; item and byte counts are
-//! kept in the same transactions, so `stats` and startup never count.
+//! kept in the same transactions, so `stats` and startup never count; so are the per-bucket
+//! digests anti-entropy compares.
 
+use super::digest::{self, Delta, Digests, Summary};
 use super::{Change, Commit, Store, StoreStats, Versions};
 use crate::config::Durability;
+use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,8 @@ const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 /// expires_at (8 bytes BE) ‖ record key → ().
 const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// bucket → its digest summary (16 bytes); meta "digest_buckets" says for which bucket count.
+const DIGESTS: TableDefinition<u32, &[u8]> = TableDefinition::new("digests");
 const SHARDS: usize = 64;
 /// Writes one commit takes at most, so a burst cannot grow one transaction without bound.
 const MAX_BATCH: usize = 4096;
@@ -47,6 +52,7 @@ struct Op {
     old_expiries: Vec<u64>,
     items_delta: i64,
     bytes_delta: i64,
+    digest: Delta,
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -72,6 +78,7 @@ pub struct DiskStore {
     committer: Option<std::thread::JoinHandle<()>>,
     items: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
+    digests: Digests,
 }
 
 fn record_key(key: &[u8]) -> Vec<u8> {
@@ -114,6 +121,7 @@ impl DiskStore {
         dir: &Path,
         durability: Durability,
         flush_interval: Duration,
+        buckets: u32,
     ) -> Result<DiskStore, OpenError> {
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|e| match e {
@@ -127,6 +135,7 @@ impl DiskStore {
             let counts = {
                 txn.open_table(RECORDS).map_err(|e| unusable(&e))?;
                 txn.open_table(EXPIRY).map_err(|e| unusable(&e))?;
+                txn.open_table(DIGESTS).map_err(|e| unusable(&e))?;
                 let meta = txn.open_table(META).map_err(|e| unusable(&e))?;
                 let get = |name| meta.get(name).ok().flatten().map_or(0, |v| v.value());
                 (get("items"), get("bytes"))
@@ -134,6 +143,7 @@ impl DiskStore {
             txn.commit().map_err(|e| unusable(&e))?;
             counts
         };
+        let digests = load_digests(&db, buckets).map_err(|e| unusable(&e))?;
         let db = Arc::new(db);
         let shards: Arc<Vec<Mutex<Shard>>> =
             Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
@@ -157,6 +167,7 @@ impl DiskStore {
             committer: Some(committer),
             items: Arc::new(AtomicU64::new(items)),
             bytes: Arc::new(AtomicU64::new(bytes)),
+            digests,
         })
     }
 
@@ -234,6 +245,13 @@ impl DiskStore {
         };
         let (old_items, old_bytes) = counts(stored.as_ref(), record_key);
         let (new_items, new_bytes) = counts(new.as_ref(), record_key);
+        let digest = self.digests.delta(
+            record_hash(record_key),
+            &record_key[4..],
+            stored.as_ref(),
+            new.as_ref(),
+        );
+        self.digests.record(&digest);
         shard.seq += 1;
         let seq = shard.seq;
         shard
@@ -251,6 +269,7 @@ impl DiskStore {
             old_expiries: stored.as_ref().map(expiries).unwrap_or_default(),
             items_delta: new_items - old_items,
             bytes_delta: new_bytes - old_bytes,
+            digest,
             done: Some(done),
         }));
         Commit::pending(commit)
@@ -312,6 +331,57 @@ impl Drop for DiskStore {
     }
 }
 
+fn record_hash(record_key: &[u8]) -> u32 {
+    u32::from_be_bytes(record_key[..4].try_into().expect("hash prefix"))
+}
+
+/// The kept digests, or (first start, or another bucket count) digests rebuilt by one scan.
+fn load_digests(db: &Database, buckets: u32) -> Result<Digests, String> {
+    let digests = Digests::new(buckets);
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        let mut table = txn.open_table(DIGESTS).map_err(|e| e.to_string())?;
+        let kept_for = meta.get("digest_buckets").map_err(|e| e.to_string())?;
+        if kept_for.map(|v| v.value()) == Some(u64::from(digests.buckets())) {
+            for entry in table.iter().map_err(|e| e.to_string())? {
+                let (bucket, summary) = entry.map_err(|e| e.to_string())?;
+                if let Some(summary) = Summary::decode(summary.value()) {
+                    if bucket.value() < digests.buckets() {
+                        digests.set(bucket.value(), summary);
+                    }
+                }
+            }
+            return Ok(digests);
+        }
+        let records = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
+        for entry in records.iter().map_err(|e| e.to_string())? {
+            let (key, value) = entry.map_err(|e| e.to_string())?;
+            let record_key = key.value();
+            let versions = decode(value.value());
+            digests.change(
+                record_hash(record_key),
+                &record_key[4..],
+                None,
+                versions.as_ref(),
+            );
+        }
+        table.retain(|_, _| false).map_err(|e| e.to_string())?;
+        for bucket in 0..digests.buckets() {
+            let summary = digests.summary(bucket);
+            if summary != Summary::default() {
+                table
+                    .insert(bucket, summary.encode().as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        meta.insert("digest_buckets", u64::from(digests.buckets()))
+            .map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(digests)
+}
+
 fn counts(versions: Option<&Versions>, record_key: &[u8]) -> (i64, i64) {
     let key = &record_key[4..];
     versions.map_or((0, 0), |v| {
@@ -357,6 +427,7 @@ impl Store for DiskStore {
         self.send(Work::Clear(done));
         self.items.store(0, Ordering::Relaxed);
         self.bytes.store(0, Ordering::Relaxed);
+        self.digests.clear();
     }
 
     fn purge_expired(&self, now_secs: u64) -> u64 {
@@ -378,6 +449,63 @@ impl Store for DiskStore {
             // Let the committer catch up before the index is read again.
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn digests(&self) -> &Digests {
+        &self.digests
+    }
+
+    fn keys_in(&self, low: u32, high: u32) -> Vec<(Bytes, u64)> {
+        let mut found: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
+        let mut cleared = false;
+        // Committed records first, then the overlay's newer state on top.
+        let committed = || -> Result<Vec<(Vec<u8>, u64)>, String> {
+            let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+            let table = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
+            let start = low.to_be_bytes();
+            let range = match high.checked_add(1) {
+                Some(end) => table.range::<&[u8]>(&start[..]..&end.to_be_bytes()[..]),
+                None => table.range::<&[u8]>(&start[..]..),
+            }
+            .map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for entry in range {
+                let (key, value) = entry.map_err(|e| e.to_string())?;
+                let record_key = key.value().to_vec();
+                let versions = decode(value.value());
+                out.push((
+                    record_key.clone(),
+                    digest::fingerprint(&record_key[4..], versions.as_ref()),
+                ));
+            }
+            Ok(out)
+        };
+        for shard in self.shards.iter() {
+            cleared |= lock(shard).clears_pending > 0;
+        }
+        if !cleared {
+            match committed() {
+                Ok(records) => found.extend(records),
+                Err(err) => log::error!("disk store scan failed: {err}"),
+            }
+        }
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for (record_key, (_, versions)) in &shard.pending {
+                if (low..=high).contains(&record_hash(record_key)) {
+                    match versions {
+                        Some(v) => {
+                            let print = digest::fingerprint(&record_key[4..], Some(v));
+                            found.insert(record_key.clone(), print)
+                        }
+                        None => found.remove(record_key),
+                    };
+                }
+            }
+        }
+        (found.into_iter())
+            .map(|(record_key, print)| (Bytes::copy_from_slice(&record_key[4..]), print))
+            .collect()
     }
 
     fn stats(&self) -> StoreStats {
@@ -453,7 +581,9 @@ impl Committer {
             redb::Durability::Eventual
         });
         let (mut items, mut bytes) = (self.items as i64, self.bytes as i64);
+        let mut digest_deltas: HashMap<u32, Vec<Delta>> = HashMap::new();
         {
+            let mut digests = txn.open_table(DIGESTS).map_err(|e| e.to_string())?;
             let mut records = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
             let mut expiry = txn.open_table(EXPIRY).map_err(|e| e.to_string())?;
             for work in batch.iter() {
@@ -461,6 +591,8 @@ impl Committer {
                     Work::Clear(_) => {
                         records.retain(|_, _| false).map_err(|e| e.to_string())?;
                         expiry.retain(|_, _| false).map_err(|e| e.to_string())?;
+                        digests.retain(|_, _| false).map_err(|e| e.to_string())?;
+                        digest_deltas.clear();
                         (items, bytes) = (0, 0);
                     }
                     Work::Write(op) => {
@@ -490,8 +622,26 @@ impl Committer {
                         }
                         items += op.items_delta;
                         bytes += op.bytes_delta;
+                        if !op.digest.is_empty() {
+                            digest_deltas
+                                .entry(op.digest.bucket)
+                                .or_default()
+                                .push(op.digest);
+                        }
                     }
                 }
+            }
+            for (bucket, deltas) in digest_deltas {
+                let kept = digests.get(bucket).map_err(|e| e.to_string())?;
+                let mut summary = kept
+                    .and_then(|v| Summary::decode(v.value()))
+                    .unwrap_or_default();
+                for delta in &deltas {
+                    digest::apply_to(&mut summary, delta);
+                }
+                digests
+                    .insert(bucket, summary.encode().as_slice())
+                    .map_err(|e| e.to_string())?;
             }
             let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
             meta.insert("items", items.max(0) as u64)
@@ -571,14 +721,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store =
-                DiskStore::open(dir.path(), Durability::Fsync, Duration::from_secs(1)).unwrap();
+                DiskStore::open(dir.path(), Durability::Fsync, Duration::from_secs(1), 1024)
+                    .unwrap();
             block(put(&store, "a", "one", 0));
             block(put(&store, "b", "two", 0));
             block(store.update(b"a", 100, &mut |_| Change::Remove));
             assert_eq!(store.stats().items, 1);
             assert_eq!(store.get(b"b", 100).unwrap().0[0].value, "two");
         }
-        let store = DiskStore::open(dir.path(), Durability::Fsync, Duration::from_secs(1)).unwrap();
+        let store =
+            DiskStore::open(dir.path(), Durability::Fsync, Duration::from_secs(1), 1024).unwrap();
         assert_eq!(store.get(b"a", 100), None);
         assert_eq!(store.get(b"b", 100).unwrap().0[0].flags, 3);
         let stats = store.stats();
@@ -591,7 +743,8 @@ mod tests {
     #[test]
     fn expired_records_are_purged_through_the_index() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DiskStore::open(dir.path(), Durability::Fsync, Duration::from_secs(1)).unwrap();
+        let store =
+            DiskStore::open(dir.path(), Durability::Fsync, Duration::from_secs(1), 1024).unwrap();
         block(put(&store, "short", "x", 150));
         block(put(&store, "long", "x", 0));
         assert!(store.get(b"short", 149).is_some());
@@ -606,8 +759,8 @@ mod tests {
     fn a_second_opener_and_a_foreign_file_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _first =
-            DiskStore::open(dir.path(), Durability::Fsync, Duration::from_secs(1)).unwrap();
-        let err = DiskStore::open(dir.path(), Durability::Fsync, Duration::from_secs(1))
+            DiskStore::open(dir.path(), Durability::Fsync, Duration::from_secs(1), 1024).unwrap();
+        let err = DiskStore::open(dir.path(), Durability::Fsync, Duration::from_secs(1), 1024)
             .err()
             .unwrap();
         assert!(err.to_string().contains("in use"), "{err}");
@@ -617,9 +770,14 @@ mod tests {
             b"not a database at all, just text",
         )
         .unwrap();
-        let err = DiskStore::open(other.path(), Durability::Fsync, Duration::from_secs(1))
-            .err()
-            .unwrap();
+        let err = DiskStore::open(
+            other.path(),
+            Durability::Fsync,
+            Duration::from_secs(1),
+            1024,
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("left untouched"), "{err}");
         assert_eq!(
             std::fs::read(other.path().join(FILE_NAME)).unwrap(),

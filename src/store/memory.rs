@@ -1,15 +1,20 @@
 //! The memory engine (Kai's "ets"): a sharded map with per-shard LRU order.
 //!
-//! Keys hash to one of `SHARDS` mutex-guarded shards, so concurrent clients rarely meet on a
-//! lock. With a `memory_limit`, a write that takes the total over the limit evicts the least
+//! Keys go to one of `SHARDS` mutex-guarded shards by the top bits of their ring hash, so
+//! concurrent clients rarely meet on a lock and one bucket's keys sit in one shard (what
+//! anti-entropy lists). With a `memory_limit`, a write that takes the total over the limit evicts the least
 //! recently used records, first from its own shard, then from the others.
 
+use super::digest::Digests;
 use super::{Change, Commit, Store, StoreStats, Versions};
+use crate::cluster::ring::key_hash;
+use bytes::Bytes;
 use lru::LruCache;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 const SHARDS: usize = 64;
+const SHARD_SHIFT: u32 = 32 - SHARDS.trailing_zeros();
 
 /// One lock's worth of the store. Its byte count lives under the same lock, so the request
 /// path touches no shared counter.
@@ -28,11 +33,12 @@ pub struct MemoryStore {
     evictions: AtomicU64,
     /// Where the next cross-shard eviction starts, so no shard is always the victim.
     eviction_cursor: AtomicUsize,
+    digests: Digests,
 }
 
 impl MemoryStore {
-    /// `limit_bytes` = 0 means unlimited.
-    pub fn new(limit_bytes: u64) -> Self {
+    /// `limit_bytes` = 0 means unlimited; `buckets` is the ring's bucket count (digests).
+    pub fn new(limit_bytes: u64, buckets: u32) -> Self {
         MemoryStore {
             shards: (0..SHARDS)
                 .map(|_| {
@@ -47,22 +53,12 @@ impl MemoryStore {
             limited_bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             eviction_cursor: AtomicUsize::new(0),
+            digests: Digests::new(buckets),
         }
     }
 
-    /// Spreads keys over shards. Not collision-resistant on purpose: a client that aims many
-    /// keys at one shard only slows itself on that lock; each shard's map is DoS-resistant.
     fn shard_of(&self, key: &[u8]) -> usize {
-        let mut hash: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut chunks = key.chunks_exact(8);
-        for chunk in &mut chunks {
-            let word = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
-            hash = (hash ^ word).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
-        }
-        for &byte in chunks.remainder() {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-        ((hash ^ (hash >> 32)) as usize) % SHARDS
+        (key_hash(key) >> SHARD_SHIFT) as usize
     }
 
     fn lock(&self, index: usize) -> MutexGuard<'_, Shard> {
@@ -84,6 +80,7 @@ impl MemoryStore {
         let bytes = |v: Option<&Versions>| v.map_or(0, |v| v.footprint(key) as u64);
         let live = |v: Option<&Versions>| u64::from(v.is_some_and(Versions::has_live));
         shard.live_keys = shard.live_keys + live(added) - live(removed);
+        self.digests.change(key_hash(key), key, removed, added);
         self.charge_bytes(shard, bytes(added), bytes(removed));
     }
 
@@ -187,6 +184,8 @@ impl Store for MemoryStore {
                     // Replace in place: no second lookup, no LRU relink.
                     let (added, added_live) = (versions.footprint(key), versions.has_live());
                     let old = std::mem::replace(slot, versions);
+                    self.digests
+                        .change(key_hash(key), key, Some(&old), Some(slot));
                     shard.live_keys =
                         shard.live_keys + u64::from(added_live) - u64::from(old.has_live());
                     self.charge_bytes(shard, added as u64, old.footprint(key) as u64);
@@ -226,6 +225,7 @@ impl Store for MemoryStore {
             shard.live_keys = 0;
             shard.records.clear();
         }
+        self.digests.clear();
     }
 
     fn purge_expired(&self, now_secs: u64) -> u64 {
@@ -246,6 +246,24 @@ impl Store for MemoryStore {
             }
         }
         purged
+    }
+
+    fn digests(&self) -> &Digests {
+        &self.digests
+    }
+
+    fn keys_in(&self, low: u32, high: u32) -> Vec<(Bytes, u64)> {
+        let mut out = Vec::new();
+        for index in (low >> SHARD_SHIFT)..=(high >> SHARD_SHIFT) {
+            let shard = self.lock(index as usize);
+            for (key, versions) in shard.records.iter() {
+                if (low..=high).contains(&key_hash(key)) {
+                    let fingerprint = super::digest::fingerprint(key, Some(versions));
+                    out.push((Bytes::copy_from_slice(key), fingerprint));
+                }
+            }
+        }
+        out
     }
 
     fn stats(&self) -> StoreStats {
@@ -290,7 +308,7 @@ mod tests {
 
     #[test]
     fn put_get_remove_and_accounting() {
-        let store = MemoryStore::new(0);
+        let store = MemoryStore::new(0, 1024);
         put(&store, "a", "hello", 0);
         put(&store, "a", "hi", 0);
         assert_eq!(store.get(b"a", 100).unwrap().0[0].value, "hi");
@@ -306,7 +324,7 @@ mod tests {
 
     #[test]
     fn expiry_is_lazy_and_purged() {
-        let store = MemoryStore::new(0);
+        let store = MemoryStore::new(0, 1024);
         put(&store, "short", "x", 150);
         put(&store, "long", "x", 0);
         assert!(store.get(b"short", 149).is_some());
@@ -327,7 +345,7 @@ mod tests {
     fn lru_eviction_keeps_the_limit_and_recent_keys() {
         let value = "v".repeat(100);
         let limit = 2000 * (100 + 4 + super::super::RECORD_OVERHEAD) as u64;
-        let store = MemoryStore::new(limit);
+        let store = MemoryStore::new(limit, 1024);
         for i in 0..5000 {
             put(&store, &format!("{i:04}"), &value, 0);
             // Keep "0000" hot: it must survive every eviction.
@@ -343,7 +361,7 @@ mod tests {
 
     #[test]
     fn tombstones_and_siblings_are_kept_but_not_counted_as_items() {
-        let store = MemoryStore::new(0);
+        let store = MemoryStore::new(0, 1024);
         let tombstone = Record {
             tombstone: true,
             ..record("", 200)
@@ -365,7 +383,7 @@ mod tests {
 
     #[test]
     fn clear_empties_everything() {
-        let store = MemoryStore::new(0);
+        let store = MemoryStore::new(0, 1024);
         for i in 0..100 {
             put(&store, &i.to_string(), "x", 0);
         }

@@ -1,11 +1,13 @@
 //! Storage engines behind one trait. The store knows keys, records and memory; it knows
 //! nothing of the cluster or the protocol (DESIGN §2).
 
+pub mod digest;
 pub mod disk;
 pub mod memory;
 
 use crate::version::VectorClock;
 use bytes::Bytes;
+use digest::Digests;
 
 /// One stored version of a key.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -151,4 +153,10 @@ pub trait Store: Send + Sync {
 
     /// `items` counts keys with at least one live version.
     fn stats(&self) -> StoreStats;
+
+    /// Per-bucket digests of what this store holds (anti-entropy).
+    fn digests(&self) -> &Digests;
+
+    /// Every key whose ring hash lies in `low..=high`, with its fingerprint.
+    fn keys_in(&self, low: u32, high: u32) -> Vec<(Bytes, u64)>;
 }

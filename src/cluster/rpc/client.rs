@@ -78,6 +78,7 @@ impl Pool {
     }
 
     async fn call_unbounded(&self, peer: SocketAddr, body: Request) -> Result<Response, RpcError> {
+        let deadline_ms = (crate::version::unix_now() + self.transport.timeout).as_millis() as u64;
         let connection = self.connection(peer).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -86,7 +87,11 @@ impl Pool {
         let _forget = Forget(&connection.pending, id);
         if connection
             .outgoing
-            .send(Message::Request { id, body })
+            .send(Message::Request {
+                id,
+                deadline_ms,
+                body,
+            })
             .await
             .is_err()
         {

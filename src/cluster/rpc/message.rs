@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change of these messages.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 pub type Nonce = [u8; 32];
 pub type Proof = [u8; 32];
@@ -37,6 +37,10 @@ pub enum Message {
     },
     Request {
         id: u64,
+        /// Unix milliseconds (sender's clock) after which the sender has given up: a request
+        /// held up by a partition and delivered late by TCP must not run (a late forwarded
+        /// write would supersede writes acknowledged since).
+        deadline_ms: u64,
         body: Request,
     },
     Response {
@@ -63,6 +67,16 @@ pub enum Request {
         key: Bytes,
         op: WriteOp,
     },
+    /// Anti-entropy: the digest of every bucket this node holds.
+    SyncDigests,
+    /// Anti-entropy: every key this node holds in `bucket`, with its fingerprint.
+    SyncKeys {
+        bucket: u32,
+    },
+    /// Anti-entropy: the sender purged these keys' tombstones; drop them if due here too.
+    SyncForget {
+        keys: Vec<Bytes>,
+    },
     /// `flush_all` seen by another node.
     Flush {
         delay: i64,
@@ -76,6 +90,8 @@ pub enum Request {
         seed: String,
     },
     AdminLeave,
+    /// `kai cluster digests`: the digest of each bucket this node owns.
+    AdminDigests,
     AdminRemove {
         node: String,
     },
@@ -90,6 +106,8 @@ pub enum Response {
     },
     Outcome(Outcome),
     Members(Vec<MemberRecord>),
+    Digests(Vec<u64>),
+    Keys(Vec<(Bytes, u64)>),
     Done(String),
     Error(String),
 }

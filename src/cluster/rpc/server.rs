@@ -35,6 +35,9 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Replies queued per connection before the reader stops taking requests.
 const REPLY_QUEUE: usize = 1024;
+/// How far peers' clocks may disagree before requests count as late (last-write-wins
+/// assumes synchronised clocks anyway).
+const CLOCK_SKEW_MS: u64 = 1000;
 
 pub async fn serve<H: Handler>(listener: TcpListener, transport: Arc<Transport>, handler: Arc<H>) {
     let slots = Arc::new(Semaphore::new(transport.max_connections));
@@ -129,12 +132,26 @@ async fn connection<H: Handler>(framed: Connection, handler: Arc<H>) {
     let writer = tokio::spawn(super::write_batched(sink, queue));
     while let Some(Ok(message)) = stream.next().await {
         match message {
-            Message::Request { id, body } => {
+            Message::Request {
+                id,
+                deadline_ms,
+                body,
+            } => {
                 let (handler, replies) = (Arc::clone(&handler), replies.clone());
                 // Holding a queue slot before starting bounds the work one peer can queue.
                 let Ok(slot) = replies.reserve_owned().await else {
                     break;
                 };
+                let now_ms = crate::version::unix_now().as_millis() as u64;
+                if now_ms > deadline_ms.saturating_add(CLOCK_SKEW_MS) {
+                    let late = now_ms - deadline_ms;
+                    log::debug!("rpc: dropped a request that arrived {late} ms after its deadline");
+                    let body = Response::Error(format!(
+                        "request arrived {late} ms after its deadline; not run"
+                    ));
+                    slot.send(Message::Response { id, body });
+                    continue;
+                }
                 let body = match handler.immediate(body) {
                     Immediate::Reply(body) => {
                         slot.send(Message::Response { id, body });
