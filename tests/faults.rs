@@ -562,9 +562,9 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
         "{}",
         cluster.logs()
     );
-    let value = "x".repeat(1024);
+    let value = "x".repeat(8192);
     let mut balancer = Balancer::new(cluster.members.iter().map(|m| m.memcache).collect());
-    let keys: Vec<String> = (0..1500).map(|i| format!("moving{i}")).collect();
+    let keys: Vec<String> = (0..600).map(|i| format!("moving{i}")).collect();
     for (i, key) in keys.iter().enumerate() {
         assert!(balancer.set(i % 3, key, &value), "{key}");
     }
@@ -599,10 +599,12 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
             .map(|&i| cluster.stats(i)["kai_sync_bytes"].parse::<u64>().unwrap())
             .collect::<Vec<_>>()
     };
+    // Moved: no node has a bucket left to repair or hand off, twice in a row.
     let wait_moved =
         |cluster: &Cluster, running: &[usize], samples: &mut Vec<(Instant, Vec<u64>)>| {
             let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
+            let mut settled = 0;
+            while settled < 2 {
                 samples.push((Instant::now(), sample(cluster, &[0, 1, 2])));
                 let pending: u64 = (running.iter())
                     .map(|&i| {
@@ -611,15 +613,13 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
                             .unwrap()
                     })
                     .sum();
-                if pending == 0 && digests_agree_now(cluster, running) {
-                    return;
-                }
+                settled = if pending == 0 { settled + 1 } else { 0 };
                 assert!(
                     Instant::now() < deadline,
                     "buckets never settled:\n{}",
                     cluster.logs()
                 );
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(Duration::from_millis(1000));
             }
         };
     for _ in 0..2 {
@@ -650,6 +650,7 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
     let ledger = workload.finish();
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
+    wait_digests_agree(&cluster, &remaining);
     cluster.kill(3);
     // Every key, through every remaining node, after the moves.
     let mut balancer = Balancer::new(cluster.members.iter().map(|m| m.memcache).collect());
@@ -663,12 +664,12 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
         }
     }
     let verdict = verify(&cluster, &remaining, &ledger, true);
-    // The transfer rate of each original node, over every window of 3 s or more.
+    // The transfer rate of each original node, over every window of 2 s or more.
     let mut fastest = 0.0f64;
     for (a, (t0, b0)) in samples.iter().enumerate() {
         for (t1, b1) in &samples[a + 1..] {
             let secs = t1.duration_since(*t0).as_secs_f64();
-            if secs >= 3.0 {
+            if secs >= 2.0 {
                 for (x, y) in b0.iter().zip(b1) {
                     fastest = fastest.max((y - x) as f64 / secs);
                 }
@@ -685,7 +686,7 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
         moved,
     );
     eprintln!(
-        "{} reads during the moves; {total} bytes moved by the original nodes; fastest 3 s window {:.0} B/s (sync_rate {RATE})",
+        "{} reads during the moves; {total} bytes moved by the original nodes; fastest 2 s window {:.0} B/s (sync_rate {RATE})",
         reads.load(Ordering::Relaxed),
         fastest
     );
@@ -697,16 +698,11 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
         &misses[..misses.len().min(10)]
     );
     assert!(verdict.lost.is_empty(), "{}", verdict.lost.join("\n"));
-    assert!(total > 1_000_000, "only {total} bytes moved");
+    assert!(total > 3_000_000, "only {total} bytes moved");
+    // Slack for the pacer's 100 ms of banked credit and for sampling over the stats port;
+    // the same moves unpaced run at about 1.5 times this rate.
     assert!(
-        fastest <= RATE as f64 * 1.15,
+        fastest <= RATE as f64 * 1.25,
         "transfer at {fastest:.0} B/s over sync_rate {RATE}"
     );
-}
-
-fn digests_agree_now(cluster: &Cluster, running: &[usize]) -> bool {
-    let report = digests(cluster, running);
-    report.len() == 1024
-        && (report.values())
-            .all(|owners| owners.len() == 3 && owners.iter().all(|(_, d)| *d == owners[0].1))
 }

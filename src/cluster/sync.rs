@@ -174,9 +174,14 @@ impl Sync {
                 tasks.push(Task::Handoff(bucket, owners));
             }
         }
-        let moving = tasks
-            .iter()
-            .filter(|t| !matches!(t, Task::PurgeTombstones(_)))
+        // Pending: the buckets this node has to repair (it starts each pair's exchange) or
+        // hand off, until done.
+        let moving = (tasks.iter())
+            .filter(|t| match t {
+                Task::Repair(_, peers) => !peers.is_empty(),
+                Task::Handoff(..) => true,
+                Task::PurgeTombstones(_) => false,
+            })
             .count() as u64;
         self.stats()
             .pending_buckets
@@ -185,6 +190,7 @@ impl Sync {
             let done = match task {
                 Task::Repair(bucket, peers) => {
                     let mut done = !peers.is_empty();
+                    // (Counted as pending only when this node starts an exchange.)
                     for peer in peers {
                         if let Err(err) = self.exchange(bucket, peer, true).await {
                             log::debug!("sync of bucket {bucket} with {peer}: {err}");
