@@ -216,3 +216,92 @@ fn deep_pipelines_are_answered_in_order() {
     sender.join().unwrap();
     assert!(received == expected, "replies out of order");
 }
+
+#[test]
+fn a_multi_get_names_at_most_10000_keys() {
+    let kai = Kai::start("");
+    let mut client = kai.client();
+    client.set("k", b"v");
+    let keys = |n: usize| vec!["k"; n].join(" ");
+    client.send(format!("get {}\r\n", keys(10_000)).as_bytes());
+    let reply = client.read_until(b"END\r\n");
+    assert_eq!(reply.len(), 10_000 * "VALUE k 0 1\r\nv\r\n".len() + 5);
+    assert_eq!(
+        client.call(&format!("get {}\r\n", keys(10_001))),
+        "CLIENT_ERROR too many keys (at most 10000 per request)\r\n"
+    );
+    // The connection goes on.
+    assert_eq!(client.get("k").as_deref(), Some(&b"v"[..]));
+}
+
+/// A client that asks for gigabytes of replies and never reads them holds a few socket
+/// buffers' worth of memory, not the replies.
+#[test]
+fn a_client_that_does_not_read_its_replies_is_held_back_not_buffered() {
+    let kai = Kai::start("");
+    let mut client = kai.client();
+    client.set("big", &vec![b'b'; 1 << 20]);
+    let before = kai.rss_kib();
+    let mut hogs = Vec::new();
+    // One line naming a 1 MiB value 5000 times (5 GiB of reply), and 3000 pipelined gets.
+    let mut one_line = TcpStream::connect(kai.addr).unwrap();
+    one_line
+        .write_all(format!("get {}\r\n", vec!["big"; 5000].join(" ")).as_bytes())
+        .unwrap();
+    hogs.push(one_line);
+    let mut pipelined = TcpStream::connect(kai.addr).unwrap();
+    pipelined
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    // The server stops reading once its replies back up, so this write may not finish.
+    let _ = pipelined.write_all("get big\r\n".repeat(3000).as_bytes());
+    hogs.push(pipelined);
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = kai.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 48 * 1024,
+        "RSS grew by {grown} KiB for unread replies"
+    );
+    assert_still_serving(&kai);
+    drop(hogs);
+}
+
+/// Slowloris: a request trickled a byte at a time is cut off after request_timeout, while
+/// an idle client (nothing half-sent) stays connected.
+#[test]
+fn a_request_trickled_byte_by_byte_is_cut_off() {
+    let kai = Kai::start("request_timeout = \"1s\"\n");
+    let mut idle = kai.client();
+    let mut slow = TcpStream::connect(kai.addr).unwrap();
+    let started = Instant::now();
+    let mut cut_after = None;
+    for byte in b"set k 0 0 5\r\nhello\r\n".iter().cycle().take(40) {
+        std::thread::sleep(Duration::from_millis(200));
+        if slow.write_all(&[*byte]).is_err() {
+            cut_after = Some(started.elapsed());
+            break;
+        }
+        slow.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        match slow.read(&mut buf) {
+            Ok(0) => {
+                cut_after = Some(started.elapsed());
+                break;
+            }
+            Ok(n) => panic!("a reply to a trickled request: {:?}", &buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                cut_after = Some(started.elapsed());
+                break;
+            }
+        }
+        slow.set_nonblocking(false).unwrap();
+    }
+    let cut_after = cut_after.expect("the trickling client was never cut off");
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "cut off after {cut_after:?}"
+    );
+    // Idle for as long, but with nothing half-sent: still served.
+    assert!(idle.call("version\r\n").starts_with("VERSION"));
+}

@@ -44,6 +44,7 @@ pub struct MemcacheSection {
     pub max_connections: u32,
     pub max_item_size: ByteSize,
     pub idle_timeout: Span,
+    pub request_timeout: Span,
 }
 
 impl Default for MemcacheSection {
@@ -53,6 +54,7 @@ impl Default for MemcacheSection {
             max_connections: 1024,
             max_item_size: ByteSize(1 << 20),
             idle_timeout: Span(Duration::ZERO),
+            request_timeout: Span(Duration::from_secs(30)),
         }
     }
 }

@@ -9,13 +9,13 @@ use crate::node::Node;
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Replies are flushed once this much is queued, bounding memory for huge multi-gets.
-const FLUSH_THRESHOLD: usize = 256 * 1024;
+pub const FLUSH_THRESHOLD: usize = 256 * 1024;
 /// A read buffer this large is released once drained (after a big value went through).
 const KEEP_BUFFER: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
@@ -29,8 +29,11 @@ pub struct Connection {
     swallow: u64,
     max_item_size: usize,
     idle_timeout: Option<Duration>,
-    /// The node configuration generation the two limits above were read from.
+    request_timeout: Option<Duration>,
+    /// The node configuration generation the limits above were read from.
     limits_generation: u64,
+    /// When the first byte of the request still incomplete arrived.
+    partial_since: Option<Instant>,
 }
 
 impl Connection {
@@ -43,7 +46,9 @@ impl Connection {
             swallow: 0,
             max_item_size: 0,
             idle_timeout: None,
+            request_timeout: None,
             limits_generation: u64::MAX,
+            partial_since: None,
         };
         connection.refresh_limits();
         connection
@@ -56,9 +61,13 @@ impl Connection {
             return;
         }
         let config = self.node.config();
-        let idle = config.memcache.idle_timeout.0;
+        let (idle, request) = (
+            config.memcache.idle_timeout.0,
+            config.memcache.request_timeout.0,
+        );
         self.max_item_size = config.memcache.max_item_size.0 as usize;
         self.idle_timeout = (!idle.is_zero()).then_some(idle);
+        self.request_timeout = (!request.is_zero()).then_some(request);
         self.limits_generation = generation;
     }
 
@@ -77,6 +86,10 @@ impl Connection {
             if flow == Flow::Close || (draining && idle) {
                 return Ok(());
             }
+            self.partial_since = match (idle, self.partial_since) {
+                (true, _) => None,
+                (false, since) => Some(since.unwrap_or_else(Instant::now)),
+            };
             if self.input.is_empty() && self.input.capacity() > KEEP_BUFFER {
                 self.input = BytesMut::new();
             }
@@ -99,12 +112,21 @@ impl Connection {
         }
     }
 
+    /// Waits for input, within the idle timeout (nothing buffered) or what is left of the
+    /// request timeout (part of a request buffered).
     async fn readable(&self) -> io::Result<()> {
-        match self.idle_timeout {
+        let (limit, what) = match self.partial_since {
+            Some(since) => (
+                (self.request_timeout).map(|limit| limit.saturating_sub(since.elapsed())),
+                "request timeout",
+            ),
+            None => (self.idle_timeout, "idle timeout"),
+        };
+        match limit {
             None => self.stream.readable().await,
             Some(limit) => tokio::time::timeout(limit, self.stream.readable())
                 .await
-                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))),
+                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, what))),
         }
     }
 
@@ -138,7 +160,13 @@ impl Connection {
             match parse(&self.input, self.max_item_size) {
                 Parsed::Frame(frame) => {
                     let (consumed, swallow) = (frame.consumed, frame.swallow);
-                    let flow = execute(frame.command, &self.node, &mut self.output).await;
+                    let flow = execute(
+                        frame.command,
+                        &self.node,
+                        &mut self.output,
+                        &mut self.stream,
+                    )
+                    .await;
                     self.input.advance(consumed);
                     self.swallow = swallow;
                     if flow == Flow::Close {

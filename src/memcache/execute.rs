@@ -1,9 +1,11 @@
 //! Runs one parsed command against the node and encodes its reply.
 
-use super::parse::Command;
+use super::connection::FLUSH_THRESHOLD;
+use super::parse::{Command, Keys};
 use super::reply;
 use crate::node::{ArithOutcome, Node, NodeError, StoreOutcome};
 use std::sync::Arc;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Whether the connection continues after a command.
 #[derive(Debug, PartialEq, Eq)]
@@ -12,7 +14,22 @@ pub enum Flow {
     Close,
 }
 
-pub async fn execute(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Flow {
+/// Runs `command`, appending its reply to `out`. A multi-get writes `out` to `stream`
+/// whenever a quarter MiB is queued, so a huge one never sits in memory whole.
+pub async fn execute<W: AsyncWrite + Unpin>(
+    command: Command<'_>,
+    node: &Arc<Node>,
+    out: &mut Vec<u8>,
+    stream: &mut W,
+) -> Flow {
+    if let Command::Retrieve {
+        keys,
+        with_cas,
+        touch,
+    } = command
+    {
+        return retrieve(keys, with_cas, touch, node, out, stream).await;
+    }
     let start = out.len();
     match run(command, node, out).await {
         Ok(flow) => flow,
@@ -26,20 +43,50 @@ pub async fn execute(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) 
     }
 }
 
-async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Result<Flow, NodeError> {
-    match command {
-        Command::Retrieve {
-            keys,
-            with_cas,
-            touch,
-        } => {
-            for key in keys.iter() {
-                for item in node.get(key, touch).await? {
+async fn retrieve<W: AsyncWrite + Unpin>(
+    keys: Keys<'_>,
+    with_cas: bool,
+    touch: Option<i64>,
+    node: &Arc<Node>,
+    out: &mut Vec<u8>,
+    stream: &mut W,
+) -> Flow {
+    let start = out.len();
+    let mut streamed = false;
+    for key in keys.iter() {
+        match node.get(key, touch).await {
+            Ok(items) => {
+                for item in items {
                     reply::value(out, key, &item, with_cas);
                 }
             }
-            reply::line(out, "END");
+            Err(error) if !streamed => {
+                // Nothing sent yet: discard the partial reply, keep the connection.
+                out.truncate(start);
+                reply::line(out, &format!("SERVER_ERROR {error}"));
+                return Flow::Continue;
+            }
+            Err(error) => {
+                // Part of the reply is on the wire: the client cannot tell where it ends.
+                reply::line(out, &format!("SERVER_ERROR {error}"));
+                return Flow::Close;
+            }
         }
+        if out.len() >= FLUSH_THRESHOLD {
+            if stream.write_all(out).await.is_err() {
+                return Flow::Close;
+            }
+            out.clear();
+            streamed = true;
+        }
+    }
+    reply::line(out, "END");
+    Flow::Continue
+}
+
+async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Result<Flow, NodeError> {
+    match command {
+        Command::Retrieve { .. } => unreachable!("retrievals stream through retrieve()"),
         Command::Store {
             mode,
             key,

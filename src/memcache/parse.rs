@@ -16,6 +16,9 @@ pub const MAX_KEY_LEN: usize = 250;
 pub const MAX_LINE: usize = 2048;
 /// Longest retrieval line (`get k1 k2 …`): about a thousand maximum-length keys.
 pub const MAX_GET_LINE: usize = 256 * 1024;
+/// Most keys one retrieval may name: bounds the work (a quorum read each, clustered) one
+/// line can ask for.
+pub const MAX_GET_KEYS: usize = 10_000;
 /// Exptimes above this many seconds are absolute Unix times (memcached's REALTIME_MAXDELTA).
 pub const RELATIVE_EXPTIME_LIMIT: i64 = 30 * 24 * 60 * 60;
 
@@ -25,6 +28,7 @@ pub const BAD_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument";
 pub const BAD_EXPTIME: &str = "CLIENT_ERROR invalid exptime argument";
 pub const BAD_DELETE: &str = "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]";
 pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
+pub const TOO_MANY_KEYS: &str = "CLIENT_ERROR too many keys (at most 10000 per request)";
 pub const LINE_TOO_LONG: &str = "CLIENT_ERROR line too long";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -225,11 +229,15 @@ fn retrieval<'a>(
         true => &line[words.offset(first_key)..],
         false => &[],
     };
-    if keys
-        .split(|&b| b == b' ')
-        .any(|key| !key.is_empty() && !valid_key(key))
-    {
-        return Command::Reply(Some(BAD_FORMAT));
+    let mut count = 0;
+    for key in keys.split(|&b| b == b' ').filter(|key| !key.is_empty()) {
+        if !valid_key(key) {
+            return Command::Reply(Some(BAD_FORMAT));
+        }
+        count += 1;
+    }
+    if count > MAX_GET_KEYS {
+        return Command::Reply(Some(TOO_MANY_KEYS));
     }
     Command::Retrieve {
         keys: Keys(keys),
