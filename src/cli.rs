@@ -165,6 +165,10 @@ pub enum CheckAction {
         /// WARNING when more writes than this wait for hinted handoff (all hosts together)
         #[arg(long, value_name = "N", default_value_t = 1000)]
         warn_hints: u64,
+        /// WARNING when more buckets than this wait for anti-entropy or an ownership move
+        /// (all hosts together)
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        warn_sync: u64,
         /// Seconds to wait for each node
         #[arg(short = 't', long, default_value_t = 10)]
         timeout: u64,

@@ -165,11 +165,15 @@ fn check(action: CheckAction) -> ExitCode {
             hosts,
             expect_members,
             warn_hints,
+            warn_sync,
             timeout,
         } => admin::check::cluster(
             &hosts,
-            expect_members,
-            warn_hints,
+            &admin::check::ClusterLimits {
+                expect_members,
+                warn_hints,
+                warn_sync,
+            },
             Duration::from_secs(timeout),
         ),
     };

@@ -600,7 +600,23 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
             .collect::<Vec<_>>()
     };
     // Moved: no node has a bucket left to repair or hand off, twice in a row.
-    let wait_moved =
+    // `kai check cluster` over the running nodes: exit code and status line.
+    let check = |cluster: &Cluster, running: &[usize]| {
+        let mut args = vec![
+            "check".to_string(),
+            "cluster".into(),
+            "--warn-sync".into(),
+            "0".into(),
+        ];
+        for &i in running {
+            args.extend(["--host".into(), cluster.members[i].memcache.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster.kai(&args)
+    };
+    let mut warned = false;
+    // Moved: no node has a bucket left to repair or hand off, twice in a row.
+    let mut wait_moved =
         |cluster: &Cluster, running: &[usize], samples: &mut Vec<(Instant, Vec<u64>)>| {
             let deadline = Instant::now() + Duration::from_secs(120);
             let mut settled = 0;
@@ -613,6 +629,11 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
                             .unwrap()
                     })
                     .sum();
+                if pending > 0 {
+                    // The sync backlog shows in the Nagios check while it lasts.
+                    let (code, text) = check(cluster, running);
+                    warned |= code == 1 && text.contains("buckets wait for anti-entropy");
+                }
                 settled = if pending == 0 { settled + 1 } else { 0 };
                 assert!(
                     Instant::now() < deadline,
@@ -647,10 +668,16 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
     );
     wait_moved(&cluster, &remaining, &mut samples);
     let moved = started.elapsed();
+    assert!(
+        warned,
+        "kai check cluster never warned about the sync backlog"
+    );
     let ledger = workload.finish();
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
     wait_digests_agree(&cluster, &remaining);
+    let (code, text) = check(&cluster, &remaining);
+    assert_eq!(code, 0, "{text}");
     cluster.kill(3);
     // Every key, through every remaining node, after the moves.
     let mut balancer = Balancer::new(cluster.members.iter().map(|m| m.memcache).collect());

@@ -102,14 +102,24 @@ pub fn node(
     verdict(status, &text, &perfdata)
 }
 
+/// What `kai check cluster` alerts on.
+pub struct ClusterLimits {
+    /// CRITICAL below this many members up.
+    pub expect_members: usize,
+    /// WARNING above this many writes waiting for hinted handoff (all hosts together).
+    pub warn_hints: u64,
+    /// WARNING above this many buckets waiting for anti-entropy or a move (all hosts).
+    pub warn_sync: u64,
+}
+
 /// `kai check cluster`: every host answers, all agree on the member list and on who is up,
-/// at least `expect_members` members are up, and no more than `warn_hints` hints wait.
-pub fn cluster(
-    hosts: &[String],
-    expect_members: usize,
-    warn_hints: u64,
-    timeout: Duration,
-) -> Verdict {
+/// enough members are up, and the hint and sync backlogs stay under their thresholds.
+pub fn cluster(hosts: &[String], limits: &ClusterLimits, timeout: Duration) -> Verdict {
+    let ClusterLimits {
+        expect_members,
+        warn_hints,
+        warn_sync,
+    } = *limits;
     if hosts.is_empty() {
         return unknown("no --host given");
     }
@@ -147,11 +157,15 @@ pub fn cluster(
     let up = majority
         .as_ref()
         .map_or(0, |(_, m)| m.split_whitespace().count());
-    let hints: u64 = (views.iter())
-        .filter_map(|(_, stats)| stat(stats, "kai_pending_hints")?.parse::<u64>().ok())
-        .sum();
+    let total = |name: &str| -> u64 {
+        (views.iter())
+            .filter_map(|(_, stats)| stat(stats, name)?.parse::<u64>().ok())
+            .sum()
+    };
+    let hints = total("kai_pending_hints");
+    let sync = total("kai_sync_pending_buckets");
     let perfdata = format!(
-        "members={up};;{expect_members}:;0; reachable={};;;0;{} hints={hints};{warn_hints};;0;",
+        "members={up};;{expect_members}:;0; reachable={};;;0;{} hints={hints};{warn_hints};;0; sync_buckets={sync};{warn_sync};;0;",
         views.len(),
         hosts.len()
     );
@@ -187,6 +201,12 @@ pub fn cluster(
     }
     if hints > warn_hints {
         let text = format!("{hints} writes wait for hinted handoff (more than {warn_hints})");
+        return verdict(Status::Warning, &text, &perfdata);
+    }
+    if sync > warn_sync {
+        let text = format!(
+            "{sync} buckets wait for anti-entropy or an ownership move (more than {warn_sync})"
+        );
         return verdict(Status::Warning, &text, &perfdata);
     }
     let text = format!("{} nodes agree on {up} members up", views.len());
