@@ -393,3 +393,93 @@ fn contrib_scripts_work() {
     assert_eq!(code, 0, "{text}");
     assert_plugin_output(&text, "OK");
 }
+
+/// The cacti templates are what their generator writes, reference only objects they define
+/// (or Cacti's stock "Normal" GPRINT and default profile), and name exactly the fields the
+/// data input script prints, sizes as GAUGE and counters as DERIVE.
+#[test]
+fn cacti_templates_match_the_script_and_hold_together() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/cacti");
+    let xml = std::fs::read_to_string(format!("{dir}/cacti_kai_templates.xml")).unwrap();
+    let generated = std::process::Command::new("python3")
+        .arg(format!("{dir}/generate-templates.py"))
+        .output()
+        .expect("python3");
+    assert!(generated.status.success());
+    assert_eq!(
+        String::from_utf8(generated.stdout).unwrap(),
+        xml,
+        "cacti_kai_templates.xml is stale: regenerate it with generate-templates.py"
+    );
+    // Every element opened is closed, in order.
+    let mut open: Vec<&str> = Vec::new();
+    for tag in xml.split('<').skip(1).map(|t| t.split('>').next().unwrap()) {
+        match tag.strip_prefix('/') {
+            Some(name) => assert_eq!(open.pop(), Some(name), "unbalanced </{name}>"),
+            None => open.push(tag),
+        }
+    }
+    assert!(open.is_empty());
+    let stock = [
+        "hash_060103e9c43831e54eca8069317a2ce8c6f751",
+        "hash_200103d62c52891f4f9688729a5bc9fad91b18",
+    ];
+    let value_of = |tag: &str| -> Vec<String> {
+        (xml.split(&format!("<{tag}>")).skip(1))
+            .map(|rest| rest.split('<').next().unwrap().to_string())
+            .collect()
+    };
+    for tag in [
+        "task_item_id",
+        "data_input_id",
+        "data_input_field_id",
+        "gprint_id",
+        "data_source_profile_id",
+    ] {
+        for reference in value_of(tag) {
+            assert!(
+                stock.contains(&reference.as_str()) || xml.contains(&format!("<{reference}>")),
+                "{tag} {reference} is not defined"
+            );
+        }
+    }
+    let names = value_of("data_source_name");
+    let types = value_of("data_source_type_id");
+    let mut sources: Vec<(String, String)> = names.into_iter().zip(types).collect();
+    sources.sort();
+    let expected = [
+        ("bytes", "1"),
+        ("bytes_read", "3"),
+        ("bytes_write", "3"),
+        ("cmd_get", "3"),
+        ("cmd_set", "3"),
+        ("curr_items", "1"),
+    ];
+    let expected: Vec<(String, String)> = (expected.iter())
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(sources, expected);
+    // The output fields of the data input method are what the script prints.
+    let kai = Kai::start("");
+    let script = format!("{dir}/kai_cacti.sh");
+    let out = std::process::Command::new("sh")
+        .args([&script, "127.0.0.1", &kai.addr.port().to_string()])
+        .env("KAI", KAI)
+        .output()
+        .unwrap();
+    let printed: Vec<String> = (String::from_utf8_lossy(&out.stdout).split_whitespace())
+        .map(|pair| pair.split(':').next().unwrap().to_string())
+        .collect();
+    let mut outputs: Vec<String> = (xml.split("<input_output>out</input_output>").skip(1))
+        .map(|rest| value_of_in(rest, "data_name"))
+        .collect();
+    outputs.sort();
+    let mut printed_sorted = printed.clone();
+    printed_sorted.sort();
+    assert_eq!(outputs, printed_sorted, "script prints {printed:?}");
+}
+
+fn value_of_in(text: &str, tag: &str) -> String {
+    let rest = text.split(&format!("<{tag}>")).nth(1).unwrap();
+    rest.split('<').next().unwrap().to_string()
+}
