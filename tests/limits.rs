@@ -289,7 +289,11 @@ fn a_request_trickled_byte_by_byte_is_cut_off() {
                 break;
             }
             Ok(n) => panic!("a reply to a trickled request: {:?}", &buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => {
                 cut_after = Some(started.elapsed());
                 break;

@@ -286,7 +286,13 @@ impl Client {
 
     fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 65536];
-        let n = self.stream.read(&mut chunk).expect("read from server");
+        let n = loop {
+            match self.stream.read(&mut chunk) {
+                // A signal to the test process (a child exiting) interrupts a blocking read.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.expect("read from server"),
+            }
+        };
         self.pending.extend_from_slice(&chunk[..n]);
         n
     }
