@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, Cut};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -343,7 +343,8 @@ fn all(size: usize) -> Vec<usize> {
 }
 
 /// The seed's story: one node of five drops out of the cluster but keeps serving clients.
-fn split_brain(net: u8, w: u32, mode: &str, tag: &'static str) {
+/// Its links are refused or silently dropped (`how`).
+fn split_brain(net: u8, w: u32, mode: &str, how: Cut, tag: &'static str) {
     let lww = mode == "last-write-wins";
     let mut cluster = Cluster::start(net, 5, &settings(w, mode, ""));
     assert!(
@@ -353,7 +354,7 @@ fn split_brain(net: u8, w: u32, mode: &str, tag: &'static str) {
     );
     let workload = Workload::start(&cluster, tag);
     std::thread::sleep(Duration::from_secs(3));
-    cluster.isolate(4);
+    cluster.cut_off(4, how);
     std::thread::sleep(isolation());
     // Stopped before healing, so no later write resolves the conflicts before they are read.
     let ledger = workload.finish();
@@ -369,7 +370,13 @@ fn split_brain(net: u8, w: u32, mode: &str, tag: &'static str) {
     let verdict = verify(&cluster, &all(5), &ledger, lww);
     let conflicts = unreconciled_reads(&cluster, &all(5));
     summary_row(
-        &format!("split brain, 5 nodes, N=3 R=2 W={w}, {mode}"),
+        &format!(
+            "split brain ({}), 5 nodes, N=3 R=2 W={w}, {mode}",
+            match how {
+                Cut::Reset => "links refused",
+                Cut::Drop => "packets dropped",
+            }
+        ),
         ledger.acknowledged(),
         verdict.lost.len(),
         verdict.siblings,
@@ -409,12 +416,12 @@ fn split_brain(net: u8, w: u32, mode: &str, tag: &'static str) {
 
 #[test]
 fn split_brain_with_w2_heals_to_one_value_per_key() {
-    split_brain(51, 2, "last-write-wins", "a");
+    split_brain(51, 2, "last-write-wins", Cut::Drop, "a");
 }
 
 #[test]
 fn split_brain_with_w1_keeps_both_sides_as_siblings() {
-    split_brain(52, 1, "siblings", "b");
+    split_brain(52, 1, "siblings", Cut::Reset, "b");
 }
 
 #[test]

@@ -18,6 +18,12 @@ pub struct Member {
     pub process: Option<Kai>,
 }
 
+#[derive(Clone, Copy, Debug)]
+pub enum Cut {
+    Reset,
+    Drop,
+}
+
 pub struct Cluster {
     pub net: u8,
     pub members: Vec<Member>,
@@ -168,6 +174,16 @@ impl Cluster {
     /// Cuts node `isolated` off from every other node's rpc port (and them from its): new
     /// connections and established ones are reset. Client traffic still reaches every node.
     pub fn isolate(&mut self, isolated: usize) {
+        self.cut_off(isolated, Cut::Reset);
+    }
+
+    /// Like `isolate`, with the packets either refused (`Cut::Reset`) or silently dropped
+    /// (`Cut::Drop`: what a dead switch port does; senders learn only from timeouts).
+    pub fn cut_off(&mut self, isolated: usize, how: Cut) {
+        let verdict = match how {
+            Cut::Reset => "reject with tcp reset",
+            Cut::Drop => "drop",
+        };
         let table = format!("kai_test_{}_{}", std::process::id(), self.net);
         let me = &self.members[isolated].host;
         let others: Vec<&str> = (self.members.iter())
@@ -183,7 +199,7 @@ impl Cluster {
                 (format!("{{ {others} }}"), me.clone()),
             ] {
                 rules.push_str(&format!(
-                    "add rule inet {table} out ip saddr {from} ip daddr {to} tcp {direction} {port} reject with tcp reset\n"
+                    "add rule inet {table} out ip saddr {from} ip daddr {to} tcp {direction} {port} {verdict}\n"
                 ));
             }
         }
