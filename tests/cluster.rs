@@ -55,6 +55,10 @@ fn three_nodes_serve_every_key_from_every_node_and_agree_on_membership() {
         assert!(row.contains(" up ") && row.contains("1024"), "{row}");
     }
     assert!(table.contains("(this node)"), "{table}");
+    assert!(
+        table.contains("transfers (this node): ") && table.contains(" buckets pending"),
+        "{table}"
+    );
     // Deletes and the other commands go through the coordinator too.
     assert_eq!(first.call("delete key1\r\n"), "DELETED\r\n");
     assert_eq!(cluster.client(2).get("key1"), None);

@@ -259,6 +259,20 @@ fn wait_digests_agree(cluster: &Cluster, running: &[usize]) -> Duration {
     );
 }
 
+/// Heals a 5-node cluster's partition and waits until all agree on the members and every
+/// bucket's owners on its digest; returns how long that took.
+fn heal_and_converge(cluster: &mut Cluster) -> Duration {
+    cluster.heal();
+    let healed = Instant::now();
+    assert!(
+        cluster.wait_converged(&all(5), CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    wait_digests_agree(cluster, &all(5));
+    healed.elapsed()
+}
+
 struct Verdict {
     keys: usize,
     lost: Vec<String>,
@@ -358,15 +372,7 @@ fn split_brain(net: u8, w: u32, mode: &str, how: Cut, tag: &'static str) {
     std::thread::sleep(isolation());
     // Stopped before healing, so no later write resolves the conflicts before they are read.
     let ledger = workload.finish();
-    cluster.heal();
-    let healed = Instant::now();
-    assert!(
-        cluster.wait_converged(&all(5), CONVERGE),
-        "{}",
-        cluster.logs()
-    );
-    wait_digests_agree(&cluster, &all(5));
-    let converged = healed.elapsed();
+    let converged = heal_and_converge(&mut cluster);
     let verdict = verify(&cluster, &all(5), &ledger, lww);
     let conflicts = unreconciled_reads(&cluster, &all(5));
     summary_row(
@@ -499,15 +505,7 @@ fn a_delete_during_a_partition_stays_deleted_and_its_tombstone_is_purged() {
         .filter(|k| cluster.inspect(4, k).contains("value \"doomed\""))
         .count();
     assert!(stale > 0, "the isolated node held none of the keys");
-    cluster.heal();
-    let healed = Instant::now();
-    assert!(
-        cluster.wait_converged(&all(5), CONVERGE),
-        "{}",
-        cluster.logs()
-    );
-    wait_digests_agree(&cluster, &all(5));
-    let converged = healed.elapsed();
+    let converged = heal_and_converge(&mut cluster);
     let check_gone = |cluster: &Cluster| {
         let mut balancer = Balancer::new(cluster.members.iter().map(|m| m.memcache).collect());
         for key in &keys {

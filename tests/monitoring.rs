@@ -424,11 +424,7 @@ fn cacti_templates_match_the_script_and_hold_together() {
         "hash_060103e9c43831e54eca8069317a2ce8c6f751",
         "hash_200103d62c52891f4f9688729a5bc9fad91b18",
     ];
-    let value_of = |tag: &str| -> Vec<String> {
-        (xml.split(&format!("<{tag}>")).skip(1))
-            .map(|rest| rest.split('<').next().unwrap().to_string())
-            .collect()
-    };
+    let value_of = |tag: &str| -> Vec<String> { values_in(&xml, tag) };
     for tag in [
         "task_item_id",
         "data_input_id",
@@ -471,7 +467,7 @@ fn cacti_templates_match_the_script_and_hold_together() {
         .map(|pair| pair.split(':').next().unwrap().to_string())
         .collect();
     let mut outputs: Vec<String> = (xml.split("<input_output>out</input_output>").skip(1))
-        .map(|rest| value_of_in(rest, "data_name"))
+        .map(|rest| values_in(rest, "data_name").swap_remove(0))
         .collect();
     outputs.sort();
     let mut printed_sorted = printed.clone();
@@ -479,7 +475,9 @@ fn cacti_templates_match_the_script_and_hold_together() {
     assert_eq!(outputs, printed_sorted, "script prints {printed:?}");
 }
 
-fn value_of_in(text: &str, tag: &str) -> String {
-    let rest = text.split(&format!("<{tag}>")).nth(1).unwrap();
-    rest.split('<').next().unwrap().to_string()
+/// The text of every `<tag>…</tag>` in `text`, in order.
+fn values_in(text: &str, tag: &str) -> Vec<String> {
+    (text.split(&format!("<{tag}>")).skip(1))
+        .map(|rest| rest.split('<').next().unwrap().to_string())
+        .collect()
 }

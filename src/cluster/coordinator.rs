@@ -315,15 +315,20 @@ impl Cluster {
         (had_live, commit)
     }
 
+    /// A tombstone written before this (Unix microseconds) is past its grace period.
+    fn tombstones_due_before(&self) -> u64 {
+        unix_now().saturating_sub(self.tombstone_grace).as_micros() as u64
+    }
+
     /// Only tombstones whose grace has passed: once every replica held them, safe to forget.
     pub fn only_due_tombstones(&self, versions: &Versions) -> bool {
-        let due = unix_now().saturating_sub(self.tombstone_grace).as_micros() as u64;
+        let due = self.tombstones_due_before();
         versions.0.iter().all(|r| r.tombstone && r.timestamp <= due)
     }
 
     /// Drops the tombstones of `key` whose grace has passed (siblings with values stay).
     pub fn forget_due_tombstones(&self, key: &[u8]) {
-        let due = unix_now().saturating_sub(self.tombstone_grace).as_micros() as u64;
+        let due = self.tombstones_due_before();
         let mut dropped = 0;
         let commit = self
             .store

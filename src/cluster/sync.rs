@@ -190,7 +190,6 @@ impl Sync {
             let done = match task {
                 Task::Repair(bucket, peers) => {
                     let mut done = !peers.is_empty();
-                    // (Counted as pending only when this node starts an exchange.)
                     for peer in peers {
                         if let Err(err) = self.exchange(bucket, peer, true).await {
                             log::debug!("sync of bucket {bucket} with {peer}: {err}");
@@ -200,7 +199,7 @@ impl Sync {
                     done
                 }
                 Task::PurgeTombstones(bucket) => {
-                    self.purge_tombstones(bucket).await;
+                    self.purge_tombstones(bucket);
                     false
                 }
                 Task::Handoff(bucket, owners) => self.hand_off(bucket, &owners, &remote).await,
@@ -336,7 +335,7 @@ impl Sync {
         }
     }
 
-    async fn purge_tombstones(&self, bucket: u32) {
+    fn purge_tombstones(&self, bucket: u32) {
         for (key, _) in self.local_keys(bucket) {
             self.cluster.forget_due_tombstones(&key);
         }
@@ -369,14 +368,15 @@ impl Sync {
         let mut dropped = 0;
         for (key, print) in listed {
             let commit = self.store.update(&key, now, &mut |current| {
+                // Changed since it was pushed: the next round moves the new version.
                 if fingerprint(&key, current) == print {
+                    dropped += 1;
                     Change::Remove
                 } else {
                     Change::Keep
                 }
             });
             drop(commit);
-            dropped += 1;
         }
         log::info!(
             "bucket {bucket} handed off to {} ({dropped} keys)",

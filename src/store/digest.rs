@@ -56,6 +56,13 @@ impl Delta {
     pub fn is_empty(&self) -> bool {
         self.xor == 0 && self.keys == 0 && self.tombstoned == 0
     }
+
+    /// Adds `other` (of the same bucket) to this delta.
+    pub fn absorb(&mut self, other: &Delta) {
+        self.xor ^= other.xor;
+        self.keys += other.keys;
+        self.tombstoned += other.tombstoned;
+    }
 }
 
 /// One bucket's summary: the digest, how many keys, how many of them hold a tombstone.
@@ -84,7 +91,7 @@ impl Summary {
         })
     }
 
-    fn apply(&mut self, delta: &Delta) {
+    pub fn apply(&mut self, delta: &Delta) {
         self.digest ^= delta.xor;
         self.keys = self.keys.saturating_add_signed(delta.keys);
         self.tombstoned = self.tombstoned.saturating_add_signed(delta.tombstoned);
@@ -194,11 +201,6 @@ impl Digests {
             self.set(bucket, Summary::default());
         }
     }
-}
-
-/// Applies a delta to a kept summary (the disk engine's persisted copy).
-pub fn apply_to(summary: &mut Summary, delta: &Delta) {
-    summary.apply(delta);
 }
 
 #[cfg(test)]

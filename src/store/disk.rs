@@ -581,7 +581,8 @@ impl Committer {
             redb::Durability::Eventual
         });
         let (mut items, mut bytes) = (self.items as i64, self.bytes as i64);
-        let mut digest_deltas: HashMap<u32, Vec<Delta>> = HashMap::new();
+        // One summary update per bucket touched, however many writes it took.
+        let mut digest_deltas: HashMap<u32, Delta> = HashMap::new();
         {
             let mut digests = txn.open_table(DIGESTS).map_err(|e| e.to_string())?;
             let mut records = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
@@ -623,22 +624,22 @@ impl Committer {
                         items += op.items_delta;
                         bytes += op.bytes_delta;
                         if !op.digest.is_empty() {
-                            digest_deltas
-                                .entry(op.digest.bucket)
-                                .or_default()
-                                .push(op.digest);
+                            (digest_deltas.entry(op.digest.bucket))
+                                .or_insert_with(|| Delta {
+                                    bucket: op.digest.bucket,
+                                    ..Delta::default()
+                                })
+                                .absorb(&op.digest);
                         }
                     }
                 }
             }
-            for (bucket, deltas) in digest_deltas {
+            for (bucket, delta) in digest_deltas {
                 let kept = digests.get(bucket).map_err(|e| e.to_string())?;
                 let mut summary = kept
                     .and_then(|v| Summary::decode(v.value()))
                     .unwrap_or_default();
-                for delta in &deltas {
-                    digest::apply_to(&mut summary, delta);
-                }
+                summary.apply(&delta);
                 digests
                     .insert(bucket, summary.encode().as_slice())
                     .map_err(|e| e.to_string())?;

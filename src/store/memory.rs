@@ -57,8 +57,9 @@ impl MemoryStore {
         }
     }
 
-    fn shard_of(&self, key: &[u8]) -> usize {
-        (key_hash(key) >> SHARD_SHIFT) as usize
+    /// The shard of a key with ring hash `hash` (computed once per request, then passed on).
+    fn shard_of(hash: u32) -> usize {
+        (hash >> SHARD_SHIFT) as usize
     }
 
     fn lock(&self, index: usize) -> MutexGuard<'_, Shard> {
@@ -73,6 +74,7 @@ impl MemoryStore {
     fn charge(
         &self,
         shard: &mut Shard,
+        hash: u32,
         key: &[u8],
         added: Option<&Versions>,
         removed: Option<&Versions>,
@@ -80,7 +82,7 @@ impl MemoryStore {
         let bytes = |v: Option<&Versions>| v.map_or(0, |v| v.footprint(key) as u64);
         let live = |v: Option<&Versions>| u64::from(v.is_some_and(Versions::has_live));
         shard.live_keys = shard.live_keys + live(added) - live(removed);
-        self.digests.change(key_hash(key), key, removed, added);
+        self.digests.change(hash, key, removed, added);
         self.charge_bytes(shard, bytes(added), bytes(removed));
     }
 
@@ -92,18 +94,25 @@ impl MemoryStore {
         }
     }
 
-    fn remove(&self, shard: &mut Shard, key: &[u8]) {
+    fn remove(&self, shard: &mut Shard, hash: u32, key: &[u8]) {
         if let Some((key, versions)) = shard.records.pop_entry(key) {
-            self.charge(shard, &key, None, Some(&versions));
+            self.charge(shard, hash, &key, None, Some(&versions));
         }
     }
 
     /// Drops the expired versions of `key`, in `versions` and in the shard (the key goes
     /// when none is left).
-    fn replace(&self, shard: &mut Shard, key: &[u8], versions: &mut Versions, now_secs: u64) {
-        self.remove(shard, key);
+    fn replace(
+        &self,
+        shard: &mut Shard,
+        hash: u32,
+        key: &[u8],
+        versions: &mut Versions,
+        now_secs: u64,
+    ) {
+        self.remove(shard, hash, key);
         if versions.retain_unexpired(now_secs) {
-            self.charge(shard, key, Some(versions), None);
+            self.charge(shard, hash, key, Some(versions), None);
             shard.records.put(key.into(), versions.clone());
         }
     }
@@ -122,7 +131,7 @@ impl MemoryStore {
                 return;
             }
             if let Some((key, versions)) = shard.records.pop_lru() {
-                self.charge(shard, &key, None, Some(&versions));
+                self.charge(shard, key_hash(&key), &key, None, Some(&versions));
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -144,7 +153,8 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions> {
-        let mut shard = self.lock(self.shard_of(key));
+        let hash = key_hash(key);
+        let mut shard = self.lock(Self::shard_of(hash));
         // Recency only matters when something may be evicted: without a limit, reads do not
         // reorder the LRU list (and touch no neighbouring nodes).
         let found = if self.limit_bytes == 0 {
@@ -158,7 +168,7 @@ impl Store for MemoryStore {
             None => return None,
         }
         let mut pruned = shard.records.peek(key).cloned()?;
-        self.replace(&mut shard, key, &mut pruned, now_secs);
+        self.replace(&mut shard, hash, key, &mut pruned, now_secs);
         Some(pruned).filter(|v| !v.0.is_empty())
     }
 
@@ -168,7 +178,8 @@ impl Store for MemoryStore {
         now_secs: u64,
         decide: &mut dyn FnMut(Option<&Versions>) -> Change,
     ) -> Commit {
-        let index = self.shard_of(key);
+        let hash = key_hash(key);
+        let index = Self::shard_of(hash);
         let mut guard = self.lock(index);
         let shard = &mut *guard;
         // One lookup serves the read, the decision and the write.
@@ -184,8 +195,7 @@ impl Store for MemoryStore {
                     // Replace in place: no second lookup, no LRU relink.
                     let (added, added_live) = (versions.footprint(key), versions.has_live());
                     let old = std::mem::replace(slot, versions);
-                    self.digests
-                        .change(key_hash(key), key, Some(&old), Some(slot));
+                    self.digests.change(hash, key, Some(&old), Some(slot));
                     shard.live_keys =
                         shard.live_keys + u64::from(added_live) - u64::from(old.has_live());
                     self.charge_bytes(shard, added as u64, old.footprint(key) as u64);
@@ -195,18 +205,18 @@ impl Store for MemoryStore {
             },
             (Some(false), _) => {
                 let mut pruned = shard.records.peek(key).cloned().unwrap_or_default();
-                self.replace(shard, key, &mut pruned, now_secs);
+                self.replace(shard, hash, key, &mut pruned, now_secs);
                 decide((!pruned.0.is_empty()).then_some(&pruned))
             }
             _ => decide(None),
         };
         match change {
             Change::Put(versions) => {
-                self.remove(shard, key);
-                self.charge(shard, key, Some(&versions), None);
+                self.remove(shard, hash, key);
+                self.charge(shard, hash, key, Some(&versions), None);
                 shard.records.put(key.into(), versions);
             }
-            Change::Remove => self.remove(shard, key),
+            Change::Remove => self.remove(shard, hash, key),
             Change::Keep => {}
         }
         if self.over_limit() {
@@ -241,7 +251,7 @@ impl Store for MemoryStore {
                     continue;
                 };
                 purged += pruned.0.len() as u64;
-                self.replace(&mut shard, &key, &mut pruned, now_secs);
+                self.replace(&mut shard, key_hash(&key), &key, &mut pruned, now_secs);
                 purged -= pruned.0.len() as u64;
             }
         }
