@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -14,26 +14,34 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Detach and run in the background (SysV init); the parent exits 0 once kai serves
-    #[arg(long, global = true)]
-    pub daemon: bool,
-
-    /// Write and lock a pid file [default with --daemon: [daemon] pid_file]
-    #[arg(long, global = true, value_name = "PATH")]
-    pub pid_file: Option<PathBuf>,
-
-    /// When started as root, switch to this user after binding [default: [daemon] user]
-    #[arg(long, global = true, value_name = "USER")]
-    pub user: Option<String>,
+    /// For `kai` with no subcommand, which serves like `kai serve`.
+    #[command(flatten)]
+    pub serve: ServeOptions,
 
     #[command(subcommand)]
     pub command: Option<Action>,
 }
 
+/// The options of a running node: only `kai` and `kai serve` take them.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Detach and run in the background (SysV init); the parent exits 0 once kai serves
+    #[arg(long)]
+    pub daemon: bool,
+
+    /// Write and lock a pid file [default with --daemon: [daemon] pid_file]
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// When started as root, switch to this user after binding [default: [daemon] user]
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum Action {
     /// Run a node in the foreground (the default)
-    Serve,
+    Serve(ServeOptions),
     /// Configuration tools
     #[command(subcommand)]
     Config(ConfigAction),
@@ -138,12 +146,12 @@ pub enum ClusterAction {
 pub enum CheckAction {
     /// The node answers stats in time; thresholds apply to its client connections
     Node {
-        /// Host of the memcache listener
+        /// Host of the memcache listener, as host or host:port
         #[arg(short = 'H', long = "hostname", default_value = "127.0.0.1")]
         host: String,
-        /// Port of the memcache listener
-        #[arg(short = 'p', long, default_value_t = 11211)]
-        port: u16,
+        /// Port of the memcache listener, for a host given without one [default: 11211]
+        #[arg(short = 'p', long)]
+        port: Option<u16>,
         /// Seconds before giving up (CRITICAL)
         #[arg(short = 't', long, default_value_t = 10)]
         timeout: u64,
@@ -156,9 +164,17 @@ pub enum CheckAction {
     },
     /// Every listed node answers and all agree on the member list
     Cluster {
-        /// Node to ask, host:port of its memcache listener (repeatable)
-        #[arg(long = "host", short = 'H', value_name = "HOST:PORT", required = true)]
+        /// Node to ask, host or host:port of its memcache listener (repeatable)
+        #[arg(
+            long = "host",
+            short = 'H',
+            value_name = "HOST[:PORT]",
+            required = true
+        )]
         hosts: Vec<String>,
+        /// Port of the memcache listener, for hosts given without one [default: 11211]
+        #[arg(short = 'p', long)]
+        port: Option<u16>,
         /// CRITICAL when fewer members are up
         #[arg(long, value_name = "N", default_value_t = 1)]
         expect_members: usize,
@@ -184,9 +200,42 @@ pub enum ConfigAction {
     },
 }
 
+/// A Nagios-style target: `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address;
+/// `port` (from -p) applies when the host names none.
+pub fn nagios_target(host: &str, port: Option<u16>) -> String {
+    let port = port.unwrap_or(11211);
+    let has_port = match host.rsplit_once(':') {
+        Some((name, digits)) => {
+            !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']'))
+        }
+        None => false,
+    };
+    if has_port {
+        host.to_string()
+    } else if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::nagios_target;
     use clap::CommandFactory;
+
+    #[test]
+    fn nagios_targets_take_either_form() {
+        assert_eq!(nagios_target("127.0.0.1", None), "127.0.0.1:11211");
+        assert_eq!(nagios_target("127.0.0.1", Some(11311)), "127.0.0.1:11311");
+        assert_eq!(nagios_target("127.0.0.1:11311", None), "127.0.0.1:11311");
+        assert_eq!(nagios_target("cache1", Some(1)), "cache1:1");
+        assert_eq!(nagios_target("::1", None), "[::1]:11211");
+        assert_eq!(nagios_target("[::1]:5", None), "[::1]:5");
+        assert_eq!(nagios_target("[::1]", Some(6)), "[::1]:6");
+    }
 
     /// clap checks option clashes (a global `-c` against `kai check -c`) only when asked.
     #[test]

@@ -4,7 +4,7 @@
 mod cli;
 
 use clap::Parser;
-use cli::{Action, CheckAction, Cli, ClusterAction, ConfigAction, StoreAction};
+use cli::{Action, CheckAction, Cli, ClusterAction, ConfigAction, ServeOptions, StoreAction};
 use kai::admin;
 use kai::config;
 use kai::daemon::{detach, notify, pidfile, privileges};
@@ -30,7 +30,8 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
-        None | Some(Action::Serve) => serve(cli.config, cli.daemon, cli.pid_file, cli.user),
+        None => serve(cli.config, cli.serve),
+        Some(Action::Serve(options)) => serve(cli.config, options),
         Some(Action::Config(ConfigAction::Check { ref file })) => {
             check_config(file.clone().or(cli.config))
         }
@@ -156,19 +157,22 @@ fn check(action: CheckAction) -> ExitCode {
             warning,
             critical,
         } => admin::check::node(
-            &format!("{host}:{port}"),
+            &cli::nagios_target(&host, port),
             Duration::from_secs(timeout),
             warning.as_deref(),
             critical.as_deref(),
         ),
         CheckAction::Cluster {
             hosts,
+            port,
             expect_members,
             warn_hints,
             warn_sync,
             timeout,
         } => admin::check::cluster(
-            &hosts,
+            &(hosts.iter())
+                .map(|host| cli::nagios_target(host, port))
+                .collect::<Vec<_>>(),
             &admin::check::ClusterLimits {
                 expect_members,
                 warn_hints,
@@ -186,12 +190,12 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn serve(
-    path: Option<PathBuf>,
-    daemonize: bool,
-    pid_file: Option<PathBuf>,
-    user: Option<String>,
-) -> ExitCode {
+fn serve(path: Option<PathBuf>, options: ServeOptions) -> ExitCode {
+    let ServeOptions {
+        daemon: daemonize,
+        pid_file,
+        user,
+    } = options;
     let loaded = match config::load(path.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {

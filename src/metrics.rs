@@ -1,8 +1,8 @@
 //! The optional Prometheus endpoint (`[metrics] listen`): `GET /metrics` in the text
 //! exposition format, built from the same numbers as `stats`.
 
-use crate::memcache::parse::StatsSection;
 use crate::node::Node;
+use crate::node::StatsSection;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,18 @@ const COUNTERS: &[(&str, &str)] = &[
         "Hinted writes handed back to their owner",
     ),
     ("kai_read_repairs", "Replicas repaired by reads"),
+    (
+        "kai_read_quorum_failures",
+        "Client reads failed for too few replicas up or answering",
+    ),
+    (
+        "kai_write_quorum_failures",
+        "Client writes failed for too few replicas up or acknowledging",
+    ),
+    (
+        "kai_forward_failures",
+        "Client writes that could not be forwarded to a replica",
+    ),
     ("kai_sync_keys", "Keys exchanged by anti-entropy"),
     (
         "kai_sync_bytes",

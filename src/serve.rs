@@ -2,19 +2,25 @@
 //! process can still daemonize), then build the runtime, serve, handle signals and shut
 //! down in order.
 
-use crate::cluster::coordinator::{resolve, Cluster};
+use crate::address::resolve;
+use crate::cluster::anti_entropy::AntiEntropy;
+use crate::cluster::coordinator::Coordinator;
+use crate::cluster::counters::ClusterCounters;
+use crate::cluster::handoff;
 use crate::cluster::hints::Hints;
 use crate::cluster::membership::{Membership, RingShape};
+use crate::cluster::peer_handler::PeerHandler;
+use crate::cluster::peers::Peers;
+use crate::cluster::replica::Replica;
 use crate::cluster::rpc::auth::Secret;
 use crate::cluster::rpc::client::Pool;
 use crate::cluster::rpc::server as rpc_server;
-use crate::cluster::rpc::Transport;
-use crate::cluster::sync::Sync;
-use crate::config::{self, Config, Engine, Loaded};
+use crate::cluster::rpc::RpcSettings;
+use crate::config::{self, Config, Durability, Engine, Loaded};
 use crate::daemon::notify;
 use crate::memcache::listener;
 use crate::node::{Node, VERSION};
-use crate::store::disk::DiskStore;
+use crate::store::disk::{self, DiskStore};
 use crate::store::memory::MemoryStore;
 use crate::store::Store;
 use anyhow::Context;
@@ -130,7 +136,11 @@ pub fn open_store(prepared: &Prepared) -> anyhow::Result<Arc<dyn Store>> {
         Engine::Memory => Arc::new(MemoryStore::new(config.store.memory_limit.0, buckets)),
         Engine::Disk => {
             let started = std::time::Instant::now();
-            let (durability, flush) = (config.store.durability, config.store.flush_interval.0);
+            let durability = match config.store.durability {
+                Durability::Fsync => disk::Durability::Fsync,
+                Durability::Periodic => disk::Durability::Periodic,
+            };
+            let flush = config.store.flush_interval.0;
             let store = DiskStore::open(data_dir, durability, flush, buckets)
                 .context("store.engine = \"disk\"")?;
             log::info!(
@@ -187,8 +197,8 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
         std::process::id(),
     );
 
-    start_cluster(&node, rpc, me, ephemeral, secret)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let cluster = start_cluster(&node, rpc, me, ephemeral, secret, shutdown_rx.clone())?;
     if let Some(metrics) = metrics {
         let metrics = tokio::net::TcpListener::from_std(metrics)?;
         log::info!("serving metrics on {}", metrics.local_addr()?);
@@ -221,7 +231,15 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
     notify::stopping();
     log::info!("{name} received: shutting down");
     let _ = shutdown_tx.send(true);
+    // Clients first (in-flight requests still reach peers), then the cluster's workers in
+    // order, then the hints they may have added; the store flushes when it is dropped.
     let _ = clients.await;
+    for (name, task) in cluster.workers {
+        if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+            log::warn!("{name} did not stop within {SHUTDOWN_GRACE:?}");
+        }
+    }
+    cluster.coordinator.hints().persist();
     for task in background {
         task.abort();
     }
@@ -257,15 +275,22 @@ fn data_file(config: &Config, name: &str) -> Option<PathBuf> {
         .then(|| dir.join(name))
 }
 
-/// Starts the rpc server, membership and failure detection, the coordinator and hinted
-/// handoff, then contacts the seeds.
+/// The running cluster: its coordinator and its background workers, stopped in this order.
+struct RunningCluster {
+    coordinator: Arc<Coordinator>,
+    workers: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+}
+
+/// Starts the rpc server, membership and failure detection, the coordinator, hinted
+/// handoff and anti-entropy, then contacts the seeds.
 fn start_cluster(
     node: &Arc<Node>,
     rpc: std::net::TcpListener,
     me: SocketAddr,
     ephemeral: bool,
     secret: Secret,
-) -> anyhow::Result<()> {
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<RunningCluster> {
     let config = node.config();
     let rpc = tokio::net::TcpListener::from_std(rpc)?;
     if secret.is_empty() {
@@ -273,7 +298,7 @@ fn start_cluster(
     } else {
         log::info!("rpc on {me}, peers authenticated with the cluster secret");
     }
-    let transport = Arc::new(Transport {
+    let settings = Arc::new(RpcSettings {
         secret,
         cluster: config.cluster.name.clone(),
         node: me.to_string(),
@@ -281,59 +306,90 @@ fn start_cluster(
         max_connections: config.rpc.max_connections as usize,
         bind: Some(me.ip()),
     });
-    let pool = Arc::new(Pool::new(Arc::clone(&transport)));
+    let peers = Peers::new(Arc::new(Pool::new(Arc::clone(&settings))));
     let gossip = config.cluster.gossip_interval.0;
     let shape = RingShape {
         virtual_nodes: config.cluster.virtual_nodes.min(u32::from(u16::MAX)) as u16,
         buckets: config.cluster.buckets,
         replicas: config.cluster.quorum.n as usize,
     };
-    let membership = Membership::start(
+    let membership = Membership::open(
         me,
         shape,
         data_file(&config, "members").filter(|_| !ephemeral),
-        Arc::clone(&pool),
-        gossip,
     );
-    let cluster = Cluster::new(
-        node.id(),
-        membership,
-        pool,
-        node.store_handle(),
-        config.cluster.quorum,
+    let counters = Arc::new(ClusterCounters::default());
+    let replica = Arc::new(Replica::new(
+        node.local_store(),
         config.cluster.max_siblings as usize,
         config.cluster.tombstone_grace.0,
-        Hints::load(data_file(&config, "hints")),
+        Arc::clone(&counters),
+    ));
+    let coordinator = Coordinator::new(
+        node.id(),
+        Arc::clone(&membership),
+        peers.clone(),
+        replica,
+        config.cluster.quorum,
+        Arc::new(Hints::load(data_file(&config, "hints"))),
+        counters,
     );
-    node.attach_cluster(Arc::clone(&cluster));
-    tokio::spawn(rpc_server::serve(rpc, transport, Arc::clone(node)));
-    tokio::spawn(Arc::clone(&cluster).run_handoff(HANDOFF_INTERVAL));
-    let sync = Sync::new(
-        Arc::clone(&cluster),
-        node.store_handle(),
+    node.attach_cluster(Arc::clone(&coordinator));
+    let flushing = Arc::clone(node);
+    let handler = Arc::new(PeerHandler::new(
+        Arc::clone(&coordinator),
+        Box::new(move |delay| flushing.flush_from_peer(delay)),
+    ));
+    let detection = membership.start_detection(peers, gossip, shutdown.clone());
+    let anti_entropy = AntiEntropy::new(
+        Arc::clone(&coordinator),
+        node.local_store(),
         config.cluster.sync_rate.0,
     );
-    tokio::spawn(sync.run(config.cluster.sync_interval.0));
+    let workers = vec![
+        (
+            "anti-entropy",
+            tokio::spawn(anti_entropy.run(config.cluster.sync_interval.0, shutdown.clone())),
+        ),
+        (
+            "hinted handoff",
+            tokio::spawn(handoff::run(
+                Arc::clone(&coordinator),
+                HANDOFF_INTERVAL,
+                shutdown.clone(),
+            )),
+        ),
+        ("member exchange", detection.exchange),
+        ("failure detection", detection.swim),
+    ];
+    tokio::spawn(rpc_server::serve(rpc, settings, handler));
     for seed in config.cluster.seeds.clone() {
         if resolve(&seed).is_ok_and(|a| a == me) {
             continue;
         }
-        let cluster = Arc::clone(&cluster);
+        let coordinator = Arc::clone(&coordinator);
+        let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             // Until the seed answers once; afterwards member exchange keeps us in touch.
             loop {
-                match cluster.join(&seed).await {
+                match coordinator.join(&seed).await {
                     Ok(()) => {
                         log::info!("joined the cluster through seed {seed}");
                         return;
                     }
                     Err(err) => log::debug!("seed {seed}: {err}"),
                 }
-                tokio::time::sleep(gossip).await;
+                tokio::select! {
+                    () = tokio::time::sleep(gossip) => {}
+                    () = crate::shutdown::requested(&mut shutdown) => return,
+                }
             }
         });
     }
-    Ok(())
+    Ok(RunningCluster {
+        coordinator,
+        workers,
+    })
 }
 
 /// SIGHUP: re-read the configuration; apply what can change live, keep the rest (and the

@@ -3,11 +3,11 @@
 //! the cluster, so they need the cluster secret, which only the node's host can read).
 
 use super::client::{fetch, FetchError};
-use crate::cluster::coordinator::resolve;
+use crate::address::resolve;
 use crate::cluster::rpc::auth::Secret;
 use crate::cluster::rpc::client::Pool;
 use crate::cluster::rpc::message::{Request, Response};
-use crate::cluster::rpc::Transport;
+use crate::cluster::rpc::RpcSettings;
 use crate::config::Config;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -69,13 +69,13 @@ pub enum Command {
 /// Sends `command` to the node configured by `config` (its rpc.listen, authenticated with
 /// its rpc.secret_file) and returns what to print.
 pub fn run(config: &Config, node: Option<&str>, command: Command) -> Result<String, String> {
-    let target = resolve(node.unwrap_or(&config.rpc.listen))?;
+    let target = resolve(node.unwrap_or(&config.rpc.listen)).map_err(|e| e.to_string())?;
     let secret = if config.rpc.secret_file.exists() {
         Secret::load(&config.rpc.secret_file).map_err(|e| format!("rpc.secret_file: {e}"))?
     } else {
         Secret::none()
     };
-    let transport = Arc::new(Transport {
+    let transport = Arc::new(RpcSettings {
         secret,
         cluster: config.cluster.name.clone(),
         node: format!("admin@{}", std::process::id()),

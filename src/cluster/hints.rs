@@ -110,10 +110,9 @@ impl Hints {
                 text.push_str(&format!("{owner} {}\n", hex(key)));
             }
         }
-        let temporary = path.with_extension("tmp");
-        let written =
-            std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, path));
-        if let Err(err) = written {
+        if let Err(err) = crate::durable::write_atomically(path, text.as_bytes()) {
+            // Try again next time.
+            self.dirty.store(true, Ordering::Release);
             log::warn!("cannot persist hints to {}: {err}", path.display());
         }
     }

@@ -6,9 +6,10 @@
 //! SWIM failure detection (foca) over the authenticated rpc transport; a down member stays
 //! in the ring, its writes go to fallbacks with hints.
 
+use super::error::PeerError;
+pub use super::member::{Liveness, MemberRecord};
+use super::peers::Peers;
 use super::ring::Ring;
-use super::rpc::client::Pool;
-use super::rpc::message::{Request, Response};
 use bytes::Bytes;
 use foca::{Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec};
 use rand::rngs::StdRng;
@@ -22,39 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// One member as every node records it. Of two records for one address, the higher
-/// generation wins; at equal generations, `left` wins (a removal is never undone by a
-/// stale copy).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberRecord {
-    pub addr: SocketAddr,
-    pub generation: u64,
-    pub left: bool,
-}
-
-impl MemberRecord {
-    fn supersedes(&self, other: &MemberRecord) -> bool {
-        (self.generation, self.left) > (other.generation, other.left)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Liveness {
-    Up,
-    Suspect,
-    Down,
-}
-
-impl Liveness {
-    pub fn name(self) -> &'static str {
-        match self {
-            Liveness::Up => "up",
-            Liveness::Suspect => "suspect",
-            Liveness::Down => "down",
-        }
-    }
-}
 
 pub struct RingShape {
     pub virtual_nodes: u16,
@@ -79,6 +47,8 @@ pub struct Membership {
     /// Where the member list is persisted; None when data_dir is not writable.
     path: Option<PathBuf>,
     swim: mpsc::UnboundedSender<SwimInput>,
+    /// The detector's end of `swim`, until it starts.
+    swim_inputs: std::sync::Mutex<Option<mpsc::UnboundedReceiver<SwimInput>>>,
     /// When the ring last changed (or the node started).
     ring_changed: RwLock<std::time::Instant>,
 }
@@ -99,16 +69,23 @@ fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("{0} is not a member")]
+    NotAMember(SocketAddr),
+}
+
+/// The background tasks of membership: failure detection and periodic list exchange.
+pub struct Detection {
+    pub swim: tokio::task::JoinHandle<()>,
+    pub exchange: tokio::task::JoinHandle<()>,
+}
+
 impl Membership {
-    /// Loads the persisted member list (if any) and starts failure detection. `path` is the
-    /// member file, or None when nothing can be persisted.
-    pub fn start(
-        me: SocketAddr,
-        shape: RingShape,
-        path: Option<PathBuf>,
-        pool: Arc<Pool>,
-        gossip_interval: Duration,
-    ) -> Arc<Membership> {
+    /// Loads the persisted member list (if any). `path` is the member file, or None when
+    /// nothing can be persisted. Nothing runs until [`Membership::start_detection`]; until
+    /// then every other member counts as suspect (usable), which in-process tests rely on.
+    pub fn open(me: SocketAddr, shape: RingShape, path: Option<PathBuf>) -> Arc<Membership> {
         let mut members = BTreeMap::new();
         if let Some(path) = &path {
             match load(path) {
@@ -139,14 +116,40 @@ impl Membership {
             liveness: RwLock::new(HashMap::new()),
             path,
             swim,
+            swim_inputs: std::sync::Mutex::new(Some(inputs)),
             ring_changed: RwLock::new(std::time::Instant::now()),
         });
         membership.persist();
-        let detector = Arc::clone(&membership);
-        tokio::spawn(detector.run_swim(inputs, Arc::clone(&pool), gossip_interval));
-        let gossip = Arc::clone(&membership);
-        tokio::spawn(gossip.run_exchange(pool, gossip_interval));
         membership
+    }
+
+    /// Starts failure detection (SWIM) and the periodic member-list exchange over `peers`.
+    /// Both end when `shutdown` turns true.
+    pub fn start_detection(
+        self: &Arc<Self>,
+        peers: Peers,
+        gossip_interval: Duration,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Detection {
+        let inputs = (self.swim_inputs.lock().unwrap_or_else(|p| p.into_inner()))
+            .take()
+            .expect("failure detection starts once");
+        let detector = Arc::clone(self);
+        let swim = tokio::spawn(detector.run_swim(
+            inputs,
+            peers.clone(),
+            gossip_interval,
+            shutdown.clone(),
+        ));
+        let gossip = Arc::clone(self);
+        let exchange = tokio::spawn(gossip.run_exchange(peers, gossip_interval, shutdown));
+        Detection { swim, exchange }
+    }
+
+    /// Sets what failure detection would say of `addr` (in-process tests).
+    #[cfg(test)]
+    pub fn set_liveness(&self, addr: SocketAddr, liveness: Liveness) {
+        write_lock(&self.liveness).insert(addr, liveness);
     }
 
     pub fn me(&self) -> SocketAddr {
@@ -246,13 +249,13 @@ impl Membership {
     }
 
     /// Marks `addr` as gone (operator `remove`, or this node's own `leave`).
-    pub fn retire(&self, addr: SocketAddr) -> Result<(), String> {
+    pub fn retire(&self, addr: SocketAddr) -> Result<(), MembershipError> {
         let record = {
             let view = read_lock(&self.view);
             let known = view
                 .members
                 .get(&addr)
-                .ok_or_else(|| format!("{addr} is not a member"))?;
+                .ok_or(MembershipError::NotAMember(addr))?;
             MemberRecord {
                 addr,
                 generation: known.generation + 1,
@@ -284,19 +287,11 @@ impl Membership {
     }
 
     /// Push-pull with one peer: send our list, merge theirs.
-    pub async fn exchange(&self, pool: &Pool, peer: SocketAddr) -> Result<(), String> {
-        let request = Request::Members {
-            members: self.records(),
-        };
-        match pool.call(peer, request).await.map_err(|e| e.to_string())? {
-            Response::Members(members) => {
-                self.merge(&members);
-                let _ = self.swim.send(SwimInput::Announce(peer));
-                Ok(())
-            }
-            Response::Error(err) => Err(err),
-            other => Err(format!("unexpected reply {other:?}")),
-        }
+    pub async fn exchange(&self, peers: &Peers, peer: SocketAddr) -> Result<(), PeerError> {
+        let members = peers.exchange_members(peer, self.records()).await?;
+        self.merge(&members);
+        let _ = self.swim.send(SwimInput::Announce(peer));
+        Ok(())
     }
 
     pub fn swim_data(&self, data: Bytes) {
@@ -311,10 +306,7 @@ impl Membership {
                 format!("{} {} {state}\n", r.addr, r.generation)
             })
             .collect();
-        let temporary = path.with_extension("tmp");
-        let written =
-            std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, path));
-        if let Err(err) = written {
+        if let Err(err) = crate::durable::write_atomically(path, text.as_bytes()) {
             log::warn!(
                 "cannot persist the member list to {}: {err}",
                 path.display()
@@ -324,11 +316,19 @@ impl Membership {
 
     /// Periodic member-list exchange with a random other member, plus contacting the
     /// seeds' replacements: every member we know but failure detection calls down.
-    async fn run_exchange(self: Arc<Self>, pool: Arc<Pool>, interval: Duration) {
+    async fn run_exchange(
+        self: Arc<Self>,
+        peers: Peers,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = crate::shutdown::requested(&mut shutdown) => return,
+            }
             let others: Vec<SocketAddr> = (self.active().into_iter())
                 .filter(|&a| a != self.me)
                 .collect();
@@ -336,7 +336,7 @@ impl Membership {
                 continue;
             }
             let peer = others[rand::rng().random_range(0..others.len())];
-            if let Err(err) = self.exchange(&pool, peer).await {
+            if let Err(err) = self.exchange(&peers, peer).await {
                 log::debug!("member exchange with {peer}: {err}");
             }
         }
@@ -345,8 +345,9 @@ impl Membership {
     async fn run_swim(
         self: Arc<Self>,
         mut inputs: mpsc::UnboundedReceiver<SwimInput>,
-        pool: Arc<Pool>,
+        peers: Peers,
         interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let identity = SwimId {
             addr: self.me,
@@ -373,6 +374,7 @@ impl Membership {
         let mut announce = tokio::time::interval(interval * 3);
         loop {
             let result = tokio::select! {
+                () = crate::shutdown::requested(&mut shutdown) => return,
                 input = inputs.recv() => match input {
                     Some(SwimInput::Data(data)) => foca.handle_data(&data, &mut runtime),
                     Some(SwimInput::Announce(addr)) => foca.announce(SwimId::at(addr), &mut runtime),
@@ -396,7 +398,7 @@ impl Membership {
                 log::debug!("swim: {err}");
             }
             while let Some((to, data)) = runtime.to_send() {
-                pool.send(to.addr, data);
+                peers.send_swim(to.addr, data);
             }
             while let Some((after, timer)) = runtime.to_schedule() {
                 let timers = timers.clone();

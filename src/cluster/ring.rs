@@ -10,6 +10,7 @@
 //!
 //! The ring is pure data. Lookups return slices of a precomputed table: no allocation.
 
+use crate::keyspace::{self, key_hash};
 use md5::{Digest, Md5};
 use std::net::{IpAddr, SocketAddr};
 
@@ -35,11 +36,6 @@ fn md5_u32(parts: &[&[u8]]) -> u32 {
     }
     let digest = hasher.finalize();
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
-}
-
-/// The ring position of `key`.
-pub fn key_hash(key: &[u8]) -> u32 {
-    md5_u32(&[key])
 }
 
 /// The ring position of virtual node `index` (1-based, as Kai counts) of `node`.
@@ -86,12 +82,8 @@ impl Ring {
         ring
     }
 
-    fn bucket_range(&self) -> u64 {
-        (1u64 << 32) / u64::from(self.buckets)
-    }
-
     fn fill_row(&mut self, bucket: u32) {
-        let start = u64::from(bucket) * self.bucket_range();
+        let start = u64::from(keyspace::hash_range(bucket, self.buckets).0);
         // First vnode strictly greater than the bucket's lower boundary, wrapping.
         let first = self
             .vnodes
@@ -122,7 +114,7 @@ impl Ring {
 
     /// The bucket of a ring position.
     pub fn bucket_of(&self, hash: u32) -> u32 {
-        (u64::from(hash) / self.bucket_range()) as u32
+        keyspace::bucket_of(hash, self.buckets)
     }
 
     /// The bucket `key` belongs to.

@@ -14,8 +14,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Replies are flushed once this much is queued, bounding memory for huge multi-gets.
-pub const FLUSH_THRESHOLD: usize = 256 * 1024;
 /// A read buffer this large is released once drained (after a big value went through).
 const KEEP_BUFFER: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
@@ -182,12 +180,9 @@ impl Connection {
                     return Flow::Close;
                 }
             }
-            if self.output.len() >= FLUSH_THRESHOLD {
-                if let Err(e) = self.stream.write_all(&self.output).await {
-                    log::debug!("write failed: {e}");
-                    return Flow::Close;
-                }
-                self.output.clear();
+            if let Err(e) = super::reply::flush_if_full(&mut self.output, &mut self.stream).await {
+                log::debug!("write failed: {e}");
+                return Flow::Close;
             }
         }
     }

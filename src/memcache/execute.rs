@@ -1,11 +1,10 @@
 //! Runs one parsed command against the node and encodes its reply.
 
-use super::connection::FLUSH_THRESHOLD;
 use super::parse::{Command, Keys};
 use super::reply;
 use crate::node::{ArithOutcome, Node, NodeError, StoreOutcome};
 use std::sync::Arc;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 /// Whether the connection continues after a command.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,12 +71,9 @@ async fn retrieve<W: AsyncWrite + Unpin>(
                 return Flow::Close;
             }
         }
-        if out.len() >= FLUSH_THRESHOLD {
-            if stream.write_all(out).await.is_err() {
-                return Flow::Close;
-            }
-            out.clear();
-            streamed = true;
+        match reply::flush_if_full(out, stream).await {
+            Ok(flushed) => streamed |= flushed,
+            Err(_) => return Flow::Close,
         }
     }
     reply::line(out, "END");
@@ -164,7 +160,7 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             }
         }
         Command::Stats(section) => crate::stats::render(&node.stats(section), out),
-        Command::Version => reply::line(out, &format!("VERSION {}", crate::node::PROTOCOL_VERSION)),
+        Command::Version => reply::line(out, &format!("VERSION {}", crate::node::SERVER_VERSION)),
         Command::Verbosity { noreply } => {
             if !noreply {
                 reply::line(out, "OK");

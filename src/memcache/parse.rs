@@ -19,9 +19,6 @@ pub const MAX_GET_LINE: usize = 256 * 1024;
 /// Most keys one retrieval may name: bounds the work (a quorum read each, clustered) one
 /// line can ask for.
 pub const MAX_GET_KEYS: usize = 10_000;
-/// Exptimes above this many seconds are absolute Unix times (memcached's REALTIME_MAXDELTA).
-pub const RELATIVE_EXPTIME_LIMIT: i64 = 30 * 24 * 60 * 60;
-
 pub const BAD_FORMAT: &str = "CLIENT_ERROR bad command line format";
 pub const BAD_CHUNK: &str = "CLIENT_ERROR bad data chunk";
 pub const BAD_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument";
@@ -31,24 +28,8 @@ pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
 pub const TOO_MANY_KEYS: &str = "CLIENT_ERROR too many keys (at most 10000 per request)";
 pub const LINE_TOO_LONG: &str = "CLIENT_ERROR line too long";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum StoreMode {
-    Set,
-    Add,
-    Replace,
-    Append,
-    Prepend,
-    Cas(u64),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatsSection {
-    General,
-    Settings,
-    Kai,
-    /// `stats cluster`: one line per member (what `kai cluster status` shows).
-    Cluster,
-}
+pub use crate::node::StatsSection;
+pub use crate::ops::StoreMode;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command<'a> {

@@ -1,6 +1,23 @@
 //! Reply encoding: memcached's response lines, written into a connection's output buffer.
 
 use crate::node::Item;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Replies are flushed once this much is queued, bounding memory for huge multi-gets.
+pub const FLUSH_THRESHOLD: usize = 256 * 1024;
+
+/// Writes `out` to `stream` once it holds `FLUSH_THRESHOLD` bytes. Returns whether it did.
+pub async fn flush_if_full<W: AsyncWrite + Unpin>(
+    out: &mut Vec<u8>,
+    stream: &mut W,
+) -> std::io::Result<bool> {
+    if out.len() < FLUSH_THRESHOLD {
+        return Ok(false);
+    }
+    stream.write_all(out).await?;
+    out.clear();
+    Ok(true)
+}
 
 pub fn line(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());

@@ -1,38 +1,55 @@
-//! The facade the protocol layer calls: one method per memcached operation.
+//! The facade every protocol calls: one method per memcached operation.
 //!
-//! `Node` turns client commands into versioned records (vector clock, timestamp, expiry),
-//! keeps the stats counters and answers `stats`. Today it serves every key from the local
-//! store; the cluster coordinator slots in underneath without changing this interface, which
-//! is why every operation is async and can fail with a `NodeError`.
+//! `Node` turns client commands into the shared operations of `crate::ops`, runs them on the
+//! local store (a one-member cluster) or through the quorum coordinator, and keeps the
+//! stats counters. Reports (`stats` and its sections) live in `report.rs`, the live
+//! configuration and SIGHUP reload in `settings.rs`.
 
-pub mod ops;
+mod report;
+mod settings;
 
-use crate::cluster::coordinator::Cluster;
-use crate::cluster::rpc::message::{Request, Response};
-use crate::cluster::rpc::server::{Handler, Immediate};
+use crate::causality::NodeId;
+use crate::cluster::coordinator::Coordinator;
+use crate::cluster::error::ClusterError;
 use crate::config::{Config, ConflictResolution};
-use crate::memcache::parse::{StatsSection, StoreMode, RELATIVE_EXPTIME_LIMIT};
-use crate::stats::{self, Counters, Unreconciled};
-use crate::store::{Change, Record, Store, Versions};
-use crate::version::{unix_now, NodeId};
+use crate::ops::{self, expiry, StoreMode};
+pub use crate::ops::{ArithOutcome, Outcome, StoreOutcome, WriteOp};
+use crate::record::{Record, Versions};
+use crate::stats::{Counters, Unreconciled};
+use crate::store::{Change, Store, StoreError};
+use crate::time::unix_now;
 use bytes::Bytes;
 use md5::{Digest, Md5};
-pub use ops::{ArithOutcome, Outcome, StoreOutcome, WriteOp};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
+/// kai's own release.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What `version` and the `version` stat report: the memcached release whose protocol kai
 /// follows, then kai's own version. Clients (libmemcached among them) read the leading
 /// "1.6" to decide which protocol behaviour to expect.
-pub const PROTOCOL_VERSION: &str = concat!("1.6.18-kai-", env!("CARGO_PKG_VERSION"));
+pub const SERVER_VERSION: &str = concat!("1.6.18-kai-", env!("CARGO_PKG_VERSION"));
+
+/// Which `stats` group a client asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsSection {
+    General,
+    Settings,
+    Kai,
+    /// `stats cluster`: one line per member (what `kai cluster status` shows).
+    Cluster,
+}
 
 /// A request the node could not serve; the client sees `SERVER_ERROR <reason>`.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct NodeError(pub String);
+pub enum NodeError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
 
 /// A value as a client sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +70,7 @@ pub struct Node {
     config_sources: RwLock<Vec<PathBuf>>,
     worker_threads: usize,
     store: Arc<dyn Store>,
-    cluster: OnceLock<Arc<Cluster>>,
+    cluster: OnceLock<Arc<Coordinator>>,
     counters: Counters,
     unreconciled: Unreconciled,
     started: Instant,
@@ -61,17 +78,6 @@ pub struct Node {
     flush_generation: AtomicU64,
     /// conflict_resolution = "siblings", read by every get without touching the config lock.
     siblings_mode: AtomicBool,
-}
-
-/// memcached's exptime rule: 0 never expires, negative is already expired, up to 30 days is
-/// relative, anything larger is an absolute Unix time.
-pub fn expiry(exptime: i64, now_secs: u64) -> u64 {
-    match exptime {
-        0 => 0,
-        e if e < 0 => 1,
-        e if e <= RELATIVE_EXPTIME_LIMIT => now_secs + e as u64,
-        e => e as u64,
-    }
 }
 
 fn item(record: &Record) -> Item {
@@ -123,65 +129,14 @@ impl Node {
         &self.counters
     }
 
-    pub fn config(&self) -> Arc<Config> {
-        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    pub fn config_generation(&self) -> u64 {
-        self.config_generation.load(Ordering::Acquire)
-    }
-
-    /// Applies the keys that can change while running (log level, connection and item
-    /// limits, idle timeout) from a re-read configuration. Returns the sections whose other
-    /// changes wait for a restart.
-    pub fn reload(&self, mut new: Config, sources: Vec<PathBuf>) -> Vec<&'static str> {
-        let current = self.config();
-        if new.rpc.listen.ends_with(":0") {
-            // Port 0 was resolved at start; the same file asks for no change.
-            new.rpc.listen.clone_from(&current.rpc.listen);
-        }
-        let mut next = (*current).clone();
-        next.log.level = new.log.level;
-        next.memcache.max_connections = new.memcache.max_connections;
-        next.memcache.max_item_size = new.memcache.max_item_size;
-        next.memcache.idle_timeout = new.memcache.idle_timeout;
-        next.memcache.request_timeout = new.memcache.request_timeout;
-        next.cluster.conflict_resolution = new.cluster.conflict_resolution;
-        self.siblings_mode.store(
-            new.cluster.conflict_resolution == ConflictResolution::Siblings,
-            Ordering::Relaxed,
-        );
-        let pending = [
-            ("node", next.node != new.node),
-            ("memcache.listen", next.memcache != new.memcache),
-            ("rpc", next.rpc != new.rpc),
-            ("cluster", next.cluster != new.cluster),
-            ("store", next.store != new.store),
-            ("log", next.log != new.log),
-            ("metrics", next.metrics != new.metrics),
-            ("daemon", next.daemon != new.daemon),
-        ];
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        *self
-            .config_sources
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = sources;
-        self.config_generation.fetch_add(1, Ordering::Release);
-        pending
-            .into_iter()
-            .filter(|(_, changed)| *changed)
-            .map(|(name, _)| name)
-            .collect()
-    }
-
-    fn cluster(&self) -> Option<&Arc<Cluster>> {
+    fn cluster(&self) -> Option<&Arc<Coordinator>> {
         self.cluster.get().filter(|c| c.is_clustered())
     }
 
-    /// Attaches the cluster once the rpc listener is up; until then, and while this node is
-    /// its only member, every key is served from the local store.
-    pub fn attach_cluster(&self, cluster: Arc<Cluster>) {
-        let _ = self.cluster.set(cluster);
+    /// Attaches the coordinator once the rpc listener is up; until then, and while this
+    /// node is its only member, every key is served from the local store.
+    pub fn attach_cluster(&self, coordinator: Arc<Coordinator>) {
+        let _ = self.cluster.set(coordinator);
     }
 
     pub fn id(&self) -> NodeId {
@@ -192,7 +147,8 @@ impl Node {
         &self.address
     }
 
-    pub fn store_handle(&self) -> Arc<dyn Store> {
+    /// The local store (shared with the cluster's replica).
+    pub fn local_store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.store)
     }
 
@@ -212,31 +168,20 @@ impl Node {
     /// store (where a delete needs no tombstone: there is no replica to resurrect it).
     async fn write(&self, key: &[u8], op: WriteOp) -> Result<Outcome, NodeError> {
         if let Some(cluster) = self.cluster() {
-            return cluster.write(key, op).await;
+            return Ok(cluster.write(key, op).await?);
         }
         let wall = unix_now();
-        let now = wall.as_secs();
         let mut outcome = Outcome::Deleted(false);
-        let commit = self.store.update(key, now, &mut |current| {
-            let (new, decided) = ops::decide(&op, current);
-            outcome = decided;
-            match new {
+        let commit = self.store.update(key, wall.as_secs(), &mut |current| {
+            let done = ops::transition(&op, current, self.id, wall);
+            outcome = done.outcome;
+            match done.record {
                 None => Change::Keep,
-                Some(new) if new.tombstone => Change::Remove,
-                Some(new) => {
-                    let base = current.map(Versions::merged_clock).unwrap_or_default();
-                    let record = ops::version(new, &base, self.id, wall);
-                    if let Outcome::Touched(touched) = &mut outcome {
-                        *touched = Some(record.clone());
-                    }
-                    Change::Put(Versions::one(record))
-                }
+                Some(record) if record.tombstone => Change::Remove,
+                Some(record) => Change::Put(Versions::one(record)),
             }
         });
-        commit
-            .wait()
-            .await
-            .map_err(|e| NodeError(format!("store: {e}")))?;
+        commit.wait().await?;
         Ok(outcome)
     }
 
@@ -251,7 +196,7 @@ impl Node {
                 if self.siblings_mode.load(Ordering::Relaxed) {
                     live.map(item).collect()
                 } else {
-                    crate::version::newest_of(live)
+                    crate::causality::newest_of(live)
                         .map(item)
                         .into_iter()
                         .collect()
@@ -297,8 +242,9 @@ impl Node {
             expires_at: expiry(exptime, unix_now().as_secs()),
             data: Bytes::copy_from_slice(data),
         };
-        let Outcome::Store(outcome) = self.write(key, op).await? else {
-            return Err(NodeError("unexpected reply to a store".into()));
+        let outcome = match self.write(key, op).await? {
+            Outcome::Store(outcome) => outcome,
+            other => unreachable!("a store answered {other:?}"),
         };
         let counters = &self.counters;
         match (mode, outcome) {
@@ -337,8 +283,9 @@ impl Node {
         incr: bool,
         delta: u64,
     ) -> Result<ArithOutcome, NodeError> {
-        let Outcome::Arith(outcome) = self.write(key, WriteOp::Arith { incr, delta }).await? else {
-            return Err(NodeError("unexpected reply to incr/decr".into()));
+        let outcome = match self.write(key, WriteOp::Arith { incr, delta }).await? {
+            Outcome::Arith(outcome) => outcome,
+            other => unreachable!("incr/decr answered {other:?}"),
         };
         let counters = &self.counters;
         let (hit, miss) = if incr {
@@ -372,6 +319,12 @@ impl Node {
         if let Some(cluster) = self.cluster() {
             cluster.broadcast_flush(delay);
         }
+        self.flush_local(delay);
+    }
+
+    /// `flush_all` sent by another node: this node only.
+    pub fn flush_from_peer(self: &Arc<Self>, delay: i64) {
+        self.counters.cmd_flush.add(1);
         self.flush_local(delay);
     }
 
@@ -419,227 +372,5 @@ impl Node {
                 .collect(),
             None => vec![self.address.clone()],
         }
-    }
-
-    pub fn stats(&self, section: StatsSection) -> Vec<(&'static str, String)> {
-        match section {
-            StatsSection::General => self.general_stats(),
-            StatsSection::Settings => self.settings_stats(),
-            StatsSection::Kai => self.kai_stats(),
-            StatsSection::Cluster => self.cluster_stats(),
-        }
-    }
-
-    fn general_stats(&self) -> Vec<(&'static str, String)> {
-        let c = &self.counters;
-        let read = |counter: &crate::stats::Counter| counter.get().to_string();
-        let store = self.store.stats();
-        let (user, system) = stats::rusage();
-        let mut out = vec![
-            ("uptime", self.started.elapsed().as_secs().to_string()),
-            ("time", unix_now().as_secs().to_string()),
-            ("version", PROTOCOL_VERSION.to_string()),
-            ("pid", std::process::id().to_string()),
-            ("pointer_size", (usize::BITS).to_string()),
-            ("rusage_user", user),
-            ("rusage_system", system),
-            (
-                "max_connections",
-                self.config().memcache.max_connections.to_string(),
-            ),
-            ("curr_connections", read(&c.curr_connections)),
-            ("total_connections", read(&c.total_connections)),
-            ("rejected_connections", read(&c.rejected_connections)),
-            ("threads", self.worker_threads.to_string()),
-            ("bytes", store.bytes.to_string()),
-            ("curr_items", store.items.to_string()),
-            ("total_items", read(&c.total_items)),
-            ("cmd_get", read(&c.cmd_get)),
-            ("cmd_set", read(&c.cmd_set)),
-            ("cmd_touch", read(&c.cmd_touch)),
-            ("cmd_flush", read(&c.cmd_flush)),
-            ("get_hits", read(&c.get_hits)),
-            ("get_misses", read(&c.get_misses)),
-            ("delete_hits", read(&c.delete_hits)),
-            ("delete_misses", read(&c.delete_misses)),
-            ("cas_hits", read(&c.cas_hits)),
-            ("cas_misses", read(&c.cas_misses)),
-            ("cas_badval", read(&c.cas_badval)),
-            ("incr_hits", read(&c.incr_hits)),
-            ("incr_misses", read(&c.incr_misses)),
-            ("decr_hits", read(&c.decr_hits)),
-            ("decr_misses", read(&c.decr_misses)),
-            ("touch_hits", read(&c.touch_hits)),
-            ("touch_misses", read(&c.touch_misses)),
-            ("evictions", store.evictions.to_string()),
-            ("limit_maxbytes", store.limit_bytes.to_string()),
-            ("bytes_read", read(&c.bytes_read)),
-            ("bytes_write", read(&c.bytes_write)),
-        ];
-        out.extend(self.kai_stats());
-        let metrics = tokio::runtime::Handle::try_current().map(|h| h.metrics());
-        out.push((
-            "runtime_tasks",
-            metrics.map_or(0, |m| m.num_alive_tasks()).to_string(),
-        ));
-        out.push(("runtime_version", env!("KAI_RUNTIME_VERSION").to_string()));
-        out
-    }
-
-    /// One `STAT member <host:port> <state> buckets=<owned> hints=<pending> [self]` per member.
-    fn cluster_stats(&self) -> Vec<(&'static str, String)> {
-        match self.cluster.get() {
-            Some(cluster) => cluster
-                .status()
-                .into_iter()
-                .map(|line| ("member", line))
-                .collect(),
-            None => vec![(
-                "member",
-                format!("{} up buckets=0 hints=0 self", self.address),
-            )],
-        }
-    }
-
-    fn kai_stats(&self) -> Vec<(&'static str, String)> {
-        let config = self.config();
-        let q = config.cluster.quorum;
-        let up = self.members_up();
-        let members = self.members();
-        let digest = Md5::digest(members.join(" ").as_bytes());
-        let ring_digest: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let (hinted, repairs, hints) = self.cluster.get().map_or((0, 0, 0), |cluster| {
-            (
-                cluster.hinted_handoffs.load(Ordering::Relaxed),
-                cluster.read_repairs.load(Ordering::Relaxed),
-                cluster.hints().total(),
-            )
-        });
-        let sync = |read: fn(&crate::cluster::sync::SyncStats) -> &AtomicU64| {
-            (self.cluster.get())
-                .map_or(0, |cluster| {
-                    read(&cluster.sync_stats).load(Ordering::Relaxed)
-                })
-                .to_string()
-        };
-        vec![
-            ("kai_version", VERSION.to_string()),
-            ("kai_node", self.address.clone()),
-            ("kai_quorum", format!("{},{},{}", q.n, q.r, q.w)),
-            ("kai_number_of_buckets", config.cluster.buckets.to_string()),
-            (
-                "kai_number_of_virtual_nodes",
-                config.cluster.virtual_nodes.to_string(),
-            ),
-            ("kai_store", config.store.engine.name().to_string()),
-            ("kai_curr_nodes", up.join(" ")),
-            ("kai_members", members.len().to_string()),
-            ("kai_ring_digest", ring_digest),
-            ("kai_unreconciled_get", self.unreconciled.render()),
-            ("kai_hinted_handoffs", hinted.to_string()),
-            ("kai_pending_hints", hints.to_string()),
-            ("kai_read_repairs", repairs.to_string()),
-            ("kai_sync_keys", sync(|s| &s.keys)),
-            ("kai_sync_bytes", sync(|s| &s.bytes)),
-            ("kai_sync_pending_buckets", sync(|s| &s.pending_buckets)),
-            ("kai_purged_tombstones", sync(|s| &s.purged_tombstones)),
-        ]
-    }
-
-    fn settings_stats(&self) -> Vec<(&'static str, String)> {
-        let c = self.config();
-        let (host, port) = c
-            .memcache
-            .listen
-            .rsplit_once(':')
-            .unwrap_or((&c.memcache.listen, ""));
-        let files: Vec<String> = (self.config_sources.read())
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let on_off = |on: bool| if on { "on" } else { "off" }.to_string();
-        vec![
-            ("maxbytes", c.store.memory_limit.0.to_string()),
-            ("maxconns", c.memcache.max_connections.to_string()),
-            ("tcpport", port.to_string()),
-            ("udpport", "0".to_string()),
-            ("inter", host.trim_matches(['[', ']']).to_string()),
-            ("evictions", on_off(c.store.memory_limit.0 != 0)),
-            ("cas_enabled", "yes".to_string()),
-            ("num_threads", self.worker_threads.to_string()),
-            ("item_size_max", c.memcache.max_item_size.0.to_string()),
-            (
-                "idle_timeout",
-                c.memcache.idle_timeout.0.as_secs().to_string(),
-            ),
-            ("flush_enabled", "yes".to_string()),
-            (
-                "kai_config_files",
-                if files.is_empty() {
-                    "embedded".into()
-                } else {
-                    files.join(",")
-                },
-            ),
-            ("kai_hostname", c.node.hostname.clone()),
-            ("kai_data_dir", c.node.data_dir.display().to_string()),
-            ("kai_rpc_listen", c.rpc.listen.clone()),
-            ("kai_rpc_timeout", c.rpc.timeout.to_string()),
-            ("kai_store_engine", c.store.engine.name().to_string()),
-            (
-                "kai_conflict_resolution",
-                format!("{:?}", c.cluster.conflict_resolution),
-            ),
-            ("kai_max_siblings", c.cluster.max_siblings.to_string()),
-            ("kai_log_level", format!("{:?}", c.log.level).to_lowercase()),
-        ]
-    }
-}
-
-impl Handler for Node {
-    fn immediate(&self, body: Request) -> Immediate {
-        match self.cluster.get() {
-            Some(cluster) => cluster.handle_now(body),
-            None => Immediate::Task(body),
-        }
-    }
-
-    async fn request(self: Arc<Self>, body: Request) -> Response {
-        match (body, self.cluster.get()) {
-            (Request::Flush { delay }, _) => {
-                self.counters.cmd_flush.add(1);
-                self.flush_local(delay);
-                Response::Done(String::new())
-            }
-            (body, Some(cluster)) => cluster.handle(body).await,
-            (_, None) => Response::Error("the cluster is not started".into()),
-        }
-    }
-
-    fn swim(&self, data: Bytes) {
-        if let Some(cluster) = self.cluster.get() {
-            cluster.membership().swim_data(data);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exptime_rules() {
-        assert_eq!(expiry(0, 1000), 0);
-        assert_eq!(expiry(-1, 1000), 1);
-        assert_eq!(expiry(10, 1000), 1010);
-        assert_eq!(
-            expiry(RELATIVE_EXPTIME_LIMIT, 1000),
-            1000 + RELATIVE_EXPTIME_LIMIT as u64
-        );
-        assert_eq!(
-            expiry(RELATIVE_EXPTIME_LIMIT + 1, 1000),
-            RELATIVE_EXPTIME_LIMIT as u64 + 1
-        );
     }
 }

@@ -7,6 +7,7 @@
 //! touch keeps the version, and replicas may differ in when they noticed an expiry.
 
 use super::Versions;
+use crate::keyspace;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// 64-bit FNV-1a, then a finalizer so nearby inputs spread over all bits. Stable across
@@ -100,7 +101,6 @@ impl Summary {
 
 /// The summaries of every bucket (the ring's `cluster.buckets`, a power of two).
 pub struct Digests {
-    shift: u32,
     digests: Box<[AtomicU64]>,
     keys: Box<[AtomicU32]>,
     tombstoned: Box<[AtomicU32]>,
@@ -110,7 +110,6 @@ impl Digests {
     pub fn new(buckets: u32) -> Digests {
         let buckets = buckets.max(1).next_power_of_two();
         Digests {
-            shift: 32 - buckets.trailing_zeros(),
             digests: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
             keys: (0..buckets).map(|_| AtomicU32::new(0)).collect(),
             tombstoned: (0..buckets).map(|_| AtomicU32::new(0)).collect(),
@@ -123,14 +122,12 @@ impl Digests {
 
     /// The bucket of a ring hash (the same bucket the ring places it in).
     pub fn bucket_of(&self, hash: u32) -> u32 {
-        hash.checked_shr(self.shift).unwrap_or(0)
+        keyspace::bucket_of(hash, self.buckets())
     }
 
     /// The ring hashes bucket `bucket` covers, inclusive.
     pub fn hash_range(&self, bucket: u32) -> (u32, u32) {
-        let width = 1u64 << self.shift;
-        let low = u64::from(bucket) * width;
-        (low as u32, (low + width - 1) as u32)
+        keyspace::hash_range(bucket, self.buckets())
     }
 
     /// The change from `old` to `new` versions of `key` (with ring hash `hash`).
@@ -206,8 +203,8 @@ impl Digests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::causality::VectorClock;
     use crate::store::Record;
-    use crate::version::VectorClock;
     use bytes::Bytes;
 
     fn version(node: u64, counter: u64, tombstone: bool) -> Record {

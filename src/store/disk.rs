@@ -11,8 +11,8 @@
 //! digests anti-entropy compares.
 
 use super::digest::{self, Delta, Digests, Summary};
-use super::{Change, Commit, Store, StoreStats, Versions};
-use crate::config::Durability;
+use super::{Change, Commit, Store, StoreError, StoreStats, Versions};
+use crate::keyspace::key_hash;
 use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition};
 use std::collections::HashMap;
@@ -34,6 +34,15 @@ const SHARDS: usize = 64;
 const MAX_BATCH: usize = 4096;
 pub const FILE_NAME: &str = "kai.redb";
 
+/// When a write counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After the group commit that holds it reached the disk (fsync).
+    Fsync,
+    /// After it was committed; the disk is synced every `flush_interval`.
+    Periodic,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("{0}: in use by another process (is another kai running on this data_dir?)")]
@@ -53,12 +62,12 @@ struct Op {
     items_delta: i64,
     bytes_delta: i64,
     digest: Delta,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 enum Work {
     Write(Op),
-    Clear(oneshot::Sender<Result<(), String>>),
+    Clear(oneshot::Sender<Result<(), StoreError>>),
 }
 
 #[derive(Default)]
@@ -83,7 +92,7 @@ pub struct DiskStore {
 
 fn record_key(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + key.len());
-    out.extend_from_slice(&crate::cluster::ring::key_hash(key).to_be_bytes());
+    out.extend_from_slice(&key_hash(key).to_be_bytes());
     out.extend_from_slice(key);
     out
 }
@@ -177,10 +186,10 @@ impl DiskStore {
     }
 
     /// The committed versions of a record key.
-    fn load(&self, record_key: &[u8]) -> Result<Option<Versions>, String> {
-        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-        let table = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
-        let found = table.get(record_key).map_err(|e| e.to_string())?;
+    fn load(&self, record_key: &[u8]) -> Result<Option<Versions>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::disk)?;
+        let table = txn.open_table(RECORDS).map_err(StoreError::disk)?;
+        let found = table.get(record_key).map_err(StoreError::disk)?;
         Ok(found.and_then(|v| decode(v.value())))
     }
 
@@ -276,18 +285,16 @@ impl DiskStore {
     }
 
     /// Offline integrity check of `dir/kai.redb` (`kai store check`).
-    pub fn check(dir: &Path) -> Result<String, String> {
+    pub fn check(dir: &Path) -> Result<String, StoreError> {
         let path = dir.join(FILE_NAME);
-        let mut db = Database::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let clean = db
-            .check_integrity()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let txn = db.begin_read().map_err(|e| e.to_string())?;
-        let records = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
-        let meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        let mut db = Database::open(&path).map_err(|e| file_error(&path, e))?;
+        let clean = db.check_integrity().map_err(|e| file_error(&path, e))?;
+        let txn = db.begin_read().map_err(StoreError::disk)?;
+        let records = txn.open_table(RECORDS).map_err(StoreError::disk)?;
+        let meta = txn.open_table(META).map_err(StoreError::disk)?;
         let (mut keys, mut undecodable) = (0u64, 0u64);
-        for entry in records.iter().map_err(|e| e.to_string())? {
-            let (_, value) = entry.map_err(|e| e.to_string())?;
+        for entry in records.iter().map_err(StoreError::disk)? {
+            let (_, value) = entry.map_err(StoreError::disk)?;
             keys += 1;
             if decode(value.value()).is_none() {
                 undecodable += 1;
@@ -302,21 +309,18 @@ impl DiskStore {
             kept("bytes"),
         );
         if undecodable > 0 {
-            return Err(report);
+            return Err(StoreError::Damaged(report));
         }
         Ok(report)
     }
 
     /// Offline compaction (`kai store compact`): returns the file size before and after.
-    pub fn compact(dir: &Path) -> Result<(u64, u64), String> {
+    pub fn compact(dir: &Path) -> Result<(u64, u64), StoreError> {
         let path = dir.join(FILE_NAME);
         let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let before = size();
-        let mut db = Database::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        while db
-            .compact()
-            .map_err(|e| format!("{}: {e}", path.display()))?
-        {}
+        let mut db = Database::open(&path).map_err(|e| file_error(&path, e))?;
+        while db.compact().map_err(|e| file_error(&path, e))? {}
         drop(db);
         Ok((before, size()))
     }
@@ -331,21 +335,28 @@ impl Drop for DiskStore {
     }
 }
 
+fn file_error(path: &Path, error: impl Into<redb::Error>) -> StoreError {
+    StoreError::File {
+        path: path.to_path_buf(),
+        source: Arc::new(error.into()),
+    }
+}
+
 fn record_hash(record_key: &[u8]) -> u32 {
     u32::from_be_bytes(record_key[..4].try_into().expect("hash prefix"))
 }
 
 /// The kept digests, or (first start, or another bucket count) digests rebuilt by one scan.
-fn load_digests(db: &Database, buckets: u32) -> Result<Digests, String> {
+fn load_digests(db: &Database, buckets: u32) -> Result<Digests, StoreError> {
     let digests = Digests::new(buckets);
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let txn = db.begin_write().map_err(StoreError::disk)?;
     {
-        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-        let mut table = txn.open_table(DIGESTS).map_err(|e| e.to_string())?;
-        let kept_for = meta.get("digest_buckets").map_err(|e| e.to_string())?;
+        let mut meta = txn.open_table(META).map_err(StoreError::disk)?;
+        let mut table = txn.open_table(DIGESTS).map_err(StoreError::disk)?;
+        let kept_for = meta.get("digest_buckets").map_err(StoreError::disk)?;
         if kept_for.map(|v| v.value()) == Some(u64::from(digests.buckets())) {
-            for entry in table.iter().map_err(|e| e.to_string())? {
-                let (bucket, summary) = entry.map_err(|e| e.to_string())?;
+            for entry in table.iter().map_err(StoreError::disk)? {
+                let (bucket, summary) = entry.map_err(StoreError::disk)?;
                 if let Some(summary) = Summary::decode(summary.value()) {
                     if bucket.value() < digests.buckets() {
                         digests.set(bucket.value(), summary);
@@ -354,9 +365,9 @@ fn load_digests(db: &Database, buckets: u32) -> Result<Digests, String> {
             }
             return Ok(digests);
         }
-        let records = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
-        for entry in records.iter().map_err(|e| e.to_string())? {
-            let (key, value) = entry.map_err(|e| e.to_string())?;
+        let records = txn.open_table(RECORDS).map_err(StoreError::disk)?;
+        for entry in records.iter().map_err(StoreError::disk)? {
+            let (key, value) = entry.map_err(StoreError::disk)?;
             let record_key = key.value();
             let versions = decode(value.value());
             digests.change(
@@ -366,19 +377,19 @@ fn load_digests(db: &Database, buckets: u32) -> Result<Digests, String> {
                 versions.as_ref(),
             );
         }
-        table.retain(|_, _| false).map_err(|e| e.to_string())?;
+        table.retain(|_, _| false).map_err(StoreError::disk)?;
         for bucket in 0..digests.buckets() {
             let summary = digests.summary(bucket);
             if summary != Summary::default() {
                 table
                     .insert(bucket, summary.encode().as_slice())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(StoreError::disk)?;
             }
         }
         meta.insert("digest_buckets", u64::from(digests.buckets()))
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::disk)?;
     }
-    txn.commit().map_err(|e| e.to_string())?;
+    txn.commit().map_err(StoreError::disk)?;
     Ok(digests)
 }
 
@@ -459,18 +470,18 @@ impl Store for DiskStore {
         let mut found: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
         let mut cleared = false;
         // Committed records first, then the overlay's newer state on top.
-        let committed = || -> Result<Vec<(Vec<u8>, u64)>, String> {
-            let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-            let table = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
+        let committed = || -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+            let txn = self.db.begin_read().map_err(StoreError::disk)?;
+            let table = txn.open_table(RECORDS).map_err(StoreError::disk)?;
             let start = low.to_be_bytes();
             let range = match high.checked_add(1) {
                 Some(end) => table.range::<&[u8]>(&start[..]..&end.to_be_bytes()[..]),
                 None => table.range::<&[u8]>(&start[..]..),
             }
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::disk)?;
             let mut out = Vec::new();
             for entry in range {
-                let (key, value) = entry.map_err(|e| e.to_string())?;
+                let (key, value) = entry.map_err(StoreError::disk)?;
                 let record_key = key.value().to_vec();
                 let versions = decode(value.value());
                 out.push((
@@ -573,8 +584,8 @@ impl Committer {
         }
     }
 
-    fn commit(&mut self, batch: &mut [Work], sync: bool) -> Result<(), String> {
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+    fn commit(&mut self, batch: &mut [Work], sync: bool) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(StoreError::disk)?;
         txn.set_durability(if sync {
             redb::Durability::Immediate
         } else {
@@ -584,15 +595,15 @@ impl Committer {
         // One summary update per bucket touched, however many writes it took.
         let mut digest_deltas: HashMap<u32, Delta> = HashMap::new();
         {
-            let mut digests = txn.open_table(DIGESTS).map_err(|e| e.to_string())?;
-            let mut records = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
-            let mut expiry = txn.open_table(EXPIRY).map_err(|e| e.to_string())?;
+            let mut digests = txn.open_table(DIGESTS).map_err(StoreError::disk)?;
+            let mut records = txn.open_table(RECORDS).map_err(StoreError::disk)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(StoreError::disk)?;
             for work in batch.iter() {
                 match work {
                     Work::Clear(_) => {
-                        records.retain(|_, _| false).map_err(|e| e.to_string())?;
-                        expiry.retain(|_, _| false).map_err(|e| e.to_string())?;
-                        digests.retain(|_, _| false).map_err(|e| e.to_string())?;
+                        records.retain(|_, _| false).map_err(StoreError::disk)?;
+                        expiry.retain(|_, _| false).map_err(StoreError::disk)?;
+                        digests.retain(|_, _| false).map_err(StoreError::disk)?;
                         digest_deltas.clear();
                         (items, bytes) = (0, 0);
                     }
@@ -600,25 +611,25 @@ impl Committer {
                         for at in &op.old_expiries {
                             expiry
                                 .remove(expiry_key(*at, &op.key).as_slice())
-                                .map_err(|e| e.to_string())?;
+                                .map_err(StoreError::disk)?;
                         }
                         match &op.new {
                             Some(versions) => {
                                 let encoded =
-                                    postcard::to_allocvec(versions).map_err(|e| e.to_string())?;
+                                    postcard::to_allocvec(versions).map_err(StoreError::Encode)?;
                                 records
                                     .insert(op.key.as_slice(), encoded.as_slice())
-                                    .map_err(|e| e.to_string())?;
+                                    .map_err(StoreError::disk)?;
                                 for at in expiries(versions) {
                                     expiry
                                         .insert(expiry_key(at, &op.key).as_slice(), ())
-                                        .map_err(|e| e.to_string())?;
+                                        .map_err(StoreError::disk)?;
                                 }
                             }
                             None => {
                                 records
                                     .remove(op.key.as_slice())
-                                    .map_err(|e| e.to_string())?;
+                                    .map_err(StoreError::disk)?;
                             }
                         }
                         items += op.items_delta;
@@ -635,29 +646,29 @@ impl Committer {
                 }
             }
             for (bucket, delta) in digest_deltas {
-                let kept = digests.get(bucket).map_err(|e| e.to_string())?;
+                let kept = digests.get(bucket).map_err(StoreError::disk)?;
                 let mut summary = kept
                     .and_then(|v| Summary::decode(v.value()))
                     .unwrap_or_default();
                 summary.apply(&delta);
                 digests
                     .insert(bucket, summary.encode().as_slice())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(StoreError::disk)?;
             }
-            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            let mut meta = txn.open_table(META).map_err(StoreError::disk)?;
             meta.insert("items", items.max(0) as u64)
-                .map_err(|e| e.to_string())?;
+                .map_err(StoreError::disk)?;
             meta.insert("bytes", bytes.max(0) as u64)
-                .map_err(|e| e.to_string())?;
+                .map_err(StoreError::disk)?;
         }
-        txn.commit().map_err(|e| e.to_string())?;
+        txn.commit().map_err(StoreError::disk)?;
         (self.items, self.bytes) = (items.max(0) as u64, bytes.max(0) as u64);
         Ok(())
     }
 
     /// Drops committed entries from the overlay (unless rewritten since) and answers the
     /// writers.
-    fn finish(&self, batch: Vec<Work>, result: Result<(), String>) {
+    fn finish(&self, batch: Vec<Work>, result: Result<(), StoreError>) {
         for work in batch {
             match work {
                 Work::Clear(done) => {
@@ -690,8 +701,8 @@ impl Committer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::causality::VectorClock;
     use crate::store::Record;
-    use crate::version::VectorClock;
     use bytes::Bytes;
 
     fn versions(value: &str, expires_at: u64) -> Versions {

@@ -7,7 +7,7 @@
 
 use super::digest::Digests;
 use super::{Change, Commit, Store, StoreStats, Versions};
-use crate::cluster::ring::key_hash;
+use crate::keyspace::key_hash;
 use bytes::Bytes;
 use lru::LruCache;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -295,8 +295,8 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::causality::VectorClock;
     use crate::store::Record;
-    use crate::version::VectorClock;
     use bytes::Bytes;
 
     fn record(value: &str, expires_at: u64) -> Record {

@@ -1,104 +1,49 @@
 //! Storage engines behind one trait. The store knows keys, records and memory; it knows
-//! nothing of the cluster or the protocol (DESIGN §2).
+//! nothing of the ring, the cluster, the configuration or the protocols (docs/design.md).
 
 pub mod digest;
 pub mod disk;
 pub mod memory;
 
-use crate::version::VectorClock;
+pub use crate::record::{Record, Versions, RECORD_OVERHEAD};
 use bytes::Bytes;
 use digest::Digests;
+use std::sync::Arc;
 
-/// One stored version of a key.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Record {
-    pub value: Bytes,
-    /// Opaque client flags (memcached: 32 bits).
-    pub flags: u32,
-    /// Unix seconds after which the record is gone; 0 = never.
-    pub expires_at: u64,
-    /// Wall-clock time of the write in Unix microseconds (orders siblings, last-write-wins).
-    pub timestamp: u64,
-    pub clock: VectorClock,
-    /// A delete: a version without a value that supersedes what it descends, so anti-entropy
-    /// cannot resurrect the key. Its `expires_at` is when it may be purged.
-    pub tombstone: bool,
+/// Why the store could not read or make a write durable.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store stopped before the write was durable")]
+    Stopped,
+    #[error("disk engine: {0}")]
+    Disk(Arc<redb::Error>),
+    #[error("cannot encode a record: {0}")]
+    Encode(postcard::Error),
+    #[error("{path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: Arc<redb::Error>,
+    },
+    #[error("{0}")]
+    Damaged(String),
 }
 
-/// Bytes a record is charged beyond key and value: map entry, LRU links, record fields.
-pub const RECORD_OVERHEAD: usize = 96;
-
-impl Record {
-    pub fn is_expired(&self, now_secs: u64) -> bool {
-        self.expires_at != 0 && self.expires_at <= now_secs
-    }
-
-    /// Memory charged for this record under `key` (the `bytes` stat, `memory_limit`).
-    pub fn footprint(&self, key: &[u8]) -> usize {
-        key.len() + self.value.len() + RECORD_OVERHEAD
-    }
-}
-
-impl crate::version::Versioned for Record {
-    fn clock(&self) -> &VectorClock {
-        &self.clock
-    }
-
-    fn timestamp(&self) -> u64 {
-        self.timestamp
-    }
-}
-
-/// Every version of one key this node holds: one after an ordinary write, several siblings
-/// after concurrent writes on different nodes, tombstones included. Newest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Versions(pub Vec<Record>);
-
-impl Versions {
-    pub fn one(record: Record) -> Self {
-        Versions(vec![record])
-    }
-
-    /// The versions that hold a value (not tombstones).
-    pub fn live(&self) -> impl Iterator<Item = &Record> + Clone {
-        self.0.iter().filter(|r| !r.tombstone)
-    }
-
-    pub fn has_live(&self) -> bool {
-        self.live().next().is_some()
-    }
-
-    /// The per-node maximum of every version's clock: what a write superseding them all
-    /// increments.
-    pub fn merged_clock(&self) -> VectorClock {
-        (self.0.iter()).fold(VectorClock::new(), |clock, r| clock.merged(&r.clock))
-    }
-
-    pub fn footprint(&self, key: &[u8]) -> usize {
-        self.0.iter().map(|r| r.footprint(key)).sum()
-    }
-
-    /// Drops expired versions (and purgeable tombstones); false when none is left.
-    pub fn retain_unexpired(&mut self, now_secs: u64) -> bool {
-        self.0.retain(|r| !r.is_expired(now_secs));
-        !self.0.is_empty()
-    }
-
-    pub fn any_expired(&self, now_secs: u64) -> bool {
-        self.0.iter().any(|r| r.is_expired(now_secs))
+impl StoreError {
+    pub(crate) fn disk(error: impl Into<redb::Error>) -> StoreError {
+        StoreError::Disk(Arc::new(error.into()))
     }
 }
 
 /// Resolves once a write is durable (disk engine); the memory engine's are done at once.
 #[must_use = "a write is acknowledged only after its commit"]
-pub struct Commit(Option<tokio::sync::oneshot::Receiver<Result<(), String>>>);
+pub struct Commit(Option<tokio::sync::oneshot::Receiver<Result<(), StoreError>>>);
 
 impl Commit {
     pub fn done() -> Self {
         Commit(None)
     }
 
-    pub fn pending(receiver: tokio::sync::oneshot::Receiver<Result<(), String>>) -> Self {
+    pub fn pending(receiver: tokio::sync::oneshot::Receiver<Result<(), StoreError>>) -> Self {
         Commit(Some(receiver))
     }
 
@@ -106,12 +51,10 @@ impl Commit {
         self.0.is_none()
     }
 
-    pub async fn wait(self) -> Result<(), String> {
+    pub async fn wait(self) -> Result<(), StoreError> {
         match self.0 {
             None => Ok(()),
-            Some(receiver) => receiver
-                .await
-                .unwrap_or_else(|_| Err("the store stopped before the write was durable".into())),
+            Some(receiver) => receiver.await.unwrap_or(Err(StoreError::Stopped)),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! and the client learns the server knows the secret too.
 
 use super::frame::FrameError;
-use super::message::{Message, Nonce, Proof, PROTOCOL};
+use super::message::{Message, Nonce, Proof, PEER_PROTOCOL};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
@@ -160,9 +160,9 @@ impl<'a> ServerHandshake<'a> {
         else {
             return Err("expected a handshake".into());
         };
-        if protocol != PROTOCOL {
+        if protocol != PEER_PROTOCOL {
             return Err(format!(
-                "protocol {protocol} unsupported (this node speaks {PROTOCOL})"
+                "protocol {protocol} unsupported (this node speaks {PEER_PROTOCOL})"
             ));
         }
         if cluster != self.cluster {
@@ -214,7 +214,7 @@ impl<'a> ClientHandshake<'a> {
 
     pub fn hello(&self, node: &str) -> Message {
         Message::Hello {
-            protocol: PROTOCOL,
+            protocol: PEER_PROTOCOL,
             cluster: self.cluster.to_string(),
             node: node.to_string(),
             nonce: self.nonce,

@@ -4,7 +4,7 @@
 use super::auth::{ClientHandshake, HandshakeError};
 use super::frame::FrameCodec;
 use super::message::{Message, Request, Response};
-use super::Transport;
+use super::RpcSettings;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, HashSet};
@@ -47,7 +47,7 @@ struct PeerSlot {
 }
 
 pub struct Pool {
-    transport: Arc<Transport>,
+    transport: Arc<RpcSettings>,
     peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<PeerSlot>>>>,
     next_id: AtomicU64,
     /// Peers whose refusal was logged already (once per peer).
@@ -55,7 +55,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(transport: Arc<Transport>) -> Self {
+    pub fn new(transport: Arc<RpcSettings>) -> Self {
         Pool {
             transport,
             peers: Mutex::new(HashMap::new()),
@@ -78,7 +78,7 @@ impl Pool {
     }
 
     async fn call_unbounded(&self, peer: SocketAddr, body: Request) -> Result<Response, RpcError> {
-        let deadline_ms = (crate::version::unix_now() + self.transport.timeout).as_millis() as u64;
+        let deadline_ms = (crate::time::unix_now() + self.transport.timeout).as_millis() as u64;
         let connection = self.connection(peer).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();

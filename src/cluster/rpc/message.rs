@@ -1,14 +1,14 @@
 //! Everything nodes say to each other. One enum travels in every frame; before the
 //! handshake completes only the handshake variants are accepted.
 
-use crate::cluster::membership::MemberRecord;
-use crate::node::ops::{Outcome, WriteOp};
-use crate::store::Versions;
+use crate::cluster::member::MemberRecord;
+use crate::ops::{Outcome, WriteOp};
+use crate::record::Versions;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change of these messages.
-pub const PROTOCOL: u32 = 2;
+pub const PEER_PROTOCOL: u32 = 2;
 
 pub type Nonce = [u8; 32];
 pub type Proof = [u8; 32];

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 /// What both ends of a connection need to know.
 #[derive(Debug)]
-pub struct Transport {
+pub struct RpcSettings {
     pub secret: auth::Secret,
     pub cluster: String,
     /// This node's "host:port" rpc address, announced in the handshake.

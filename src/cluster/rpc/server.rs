@@ -4,7 +4,7 @@
 use super::auth::ServerHandshake;
 use super::frame::FrameCodec;
 use super::message::{Message, Request, Response};
-use super::Transport;
+use super::RpcSettings;
 use crate::store::Commit;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -39,7 +39,11 @@ const REPLY_QUEUE: usize = 1024;
 /// assumes synchronised clocks anyway).
 const CLOCK_SKEW_MS: u64 = 1000;
 
-pub async fn serve<H: Handler>(listener: TcpListener, transport: Arc<Transport>, handler: Arc<H>) {
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    transport: Arc<RpcSettings>,
+    handler: Arc<H>,
+) {
     let slots = Arc::new(Semaphore::new(transport.max_connections));
     let refused_peers = Arc::new(Mutex::new(HashSet::new()));
     loop {
@@ -95,7 +99,7 @@ async fn step(framed: &mut Connection) -> Result<Message, String> {
     }
 }
 
-async fn handshake(framed: &mut Connection, transport: &Transport) -> Result<String, String> {
+async fn handshake(framed: &mut Connection, transport: &RpcSettings) -> Result<String, String> {
     let mut handshake = ServerHandshake::new(&transport.secret, &transport.cluster);
     let hello = step(framed).await?;
     let challenge = match handshake.hello(hello) {
@@ -142,7 +146,7 @@ async fn connection<H: Handler>(framed: Connection, handler: Arc<H>) {
                 let Ok(slot) = replies.reserve_owned().await else {
                     break;
                 };
-                let now_ms = crate::version::unix_now().as_millis() as u64;
+                let now_ms = crate::time::unix_now().as_millis() as u64;
                 if now_ms > deadline_ms.saturating_add(CLOCK_SKEW_MS) {
                     let late = now_ms - deadline_ms;
                     log::debug!("rpc: dropped a request that arrived {late} ms after its deadline");

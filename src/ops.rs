@@ -1,13 +1,39 @@
-//! What each memcached write does to a key's versions, as one pure decision shared by the
-//! single-node path (under the store's per-key lock) and the cluster coordinator (between
-//! its quorum read and quorum write). A `WriteOp` is also what a node forwards to a replica.
+//! memcached's operation semantics, below every protocol parser: the storage modes, the
+//! exptime rule, and what each write does to a key's versions as one pure transition. The
+//! single-node path runs it under the store's per-key lock, the cluster coordinator between
+//! its quorum read and quorum write; a `WriteOp` is also what a node forwards to a replica.
+//! Text, binary and meta parsers all produce these operations and render these outcomes.
 
-use crate::memcache::parse::StoreMode;
-use crate::store::{Record, Versions};
-use crate::version::{self, NodeId, VectorClock};
+use crate::causality::{self, NodeId, VectorClock};
+use crate::record::{Record, Versions};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// Exptimes above this many seconds are absolute Unix times (memcached's REALTIME_MAXDELTA).
+pub const RELATIVE_EXPTIME_LIMIT: i64 = 30 * 24 * 60 * 60;
+
+/// The storage commands. Part of the peer wire format (inside a forwarded `WriteOp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreMode {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+    Cas(u64),
+}
+
+/// memcached's exptime rule: 0 never expires, negative is already expired, up to 30 days is
+/// relative, anything larger is an absolute Unix time. Returns Unix seconds (0 = never).
+pub fn expiry(exptime: i64, now_secs: u64) -> u64 {
+    match exptime {
+        0 => 0,
+        e if e < 0 => 1,
+        e if e <= RELATIVE_EXPTIME_LIMIT => now_secs + e as u64,
+        e => e as u64,
+    }
+}
 
 /// A write as the coordinator sees it: relative times already turned absolute by the node
 /// that received the command, so a forwarded op means the same everywhere.
@@ -86,7 +112,7 @@ pub struct NewValue {
 /// replica holds it and `tombstone_grace` has passed since its timestamp.
 pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Outcome) {
     let live: Vec<&Record> = current.map_or_else(Vec::new, |v| v.live().collect());
-    let newest = version::newest(&live).copied();
+    let newest = causality::newest(&live).copied();
     match op {
         WriteOp::Store {
             mode,
@@ -180,9 +206,37 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
     }
 }
 
+/// What a write does to a key: the record it creates (a tombstone for a delete), if any,
+/// and the answer for the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub record: Option<Record>,
+    pub outcome: Outcome,
+}
+
+/// The one write rule: decide `op` against `current`, then build the new record on
+/// `writer` at `wall`, superseding every version in `current`. A touch answers with the
+/// record it creates.
+pub fn transition(
+    op: &WriteOp,
+    current: Option<&Versions>,
+    writer: NodeId,
+    wall: Duration,
+) -> Transition {
+    let (new, mut outcome) = decide(op, current);
+    let record = new.map(|new| {
+        let base = current.map(Versions::merged_clock).unwrap_or_default();
+        new_record(new, &base, writer, wall)
+    });
+    if let (Outcome::Touched(touched), Some(record)) = (&mut outcome, &record) {
+        *touched = Some(record.clone());
+    }
+    Transition { record, outcome }
+}
+
 /// The version a write creates on `writer`: its clock supersedes `base` (every version the
 /// writer knew of), its timestamp orders it among siblings.
-pub fn version(new: NewValue, base: &VectorClock, writer: NodeId, wall: Duration) -> Record {
+fn new_record(new: NewValue, base: &VectorClock, writer: NodeId, wall: Duration) -> Record {
     if let Some(touched) = new.touches {
         return Record {
             expires_at: new.expires_at,
@@ -216,7 +270,9 @@ pub fn numeric_value(value: &[u8]) -> Option<u64> {
     if end == 0 || !text[end..].first().is_none_or(u8::is_ascii_whitespace) {
         return None;
     }
-    crate::memcache::parse::parse_u64(&text[..end])
+    (text[..end].iter()).try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 #[cfg(test)]
@@ -241,6 +297,40 @@ mod tests {
             expires_at: 0,
             data: Bytes::copy_from_slice(data.as_bytes()),
         }
+    }
+
+    #[test]
+    fn exptime_rules() {
+        assert_eq!(expiry(0, 1000), 0);
+        assert_eq!(expiry(-1, 1000), 1);
+        assert_eq!(expiry(10, 1000), 1010);
+        assert_eq!(
+            expiry(RELATIVE_EXPTIME_LIMIT, 1000),
+            1000 + RELATIVE_EXPTIME_LIMIT as u64
+        );
+        assert_eq!(
+            expiry(RELATIVE_EXPTIME_LIMIT + 1, 1000),
+            RELATIVE_EXPTIME_LIMIT as u64 + 1
+        );
+    }
+
+    #[test]
+    fn a_transition_supersedes_every_current_version() {
+        let siblings = Versions(vec![record("a", 1, 1), record("b", 2, 2)]);
+        let wall = Duration::from_micros(9);
+        let done = transition(&store(StoreMode::Set, "c"), Some(&siblings), 3, wall);
+        let new = done.record.expect("a set writes");
+        assert!(siblings.0.iter().all(|s| new.clock.descends(&s.clock)));
+        assert_eq!(
+            (new.timestamp, done.outcome),
+            (9, Outcome::Store(StoreOutcome::Stored))
+        );
+        // A touch keeps clock and cas, and answers with the touched record.
+        let touch = WriteOp::Touch { expires_at: 77 };
+        let done = transition(&touch, Some(&Versions::one(record("a", 1, 1))), 3, wall);
+        let touched = done.record.expect("a touch writes");
+        assert_eq!((touched.expires_at, touched.timestamp), (77, 1));
+        assert_eq!(done.outcome, Outcome::Touched(Some(touched)));
     }
 
     #[test]

@@ -1,17 +1,10 @@
-//! Vector clocks: the causal history every stored version carries (DESIGN §6 "Versions").
+//! Vector clocks and sibling reconciliation: the causal history every stored version carries
+//! (docs/design.md, "Records and siblings").
 //!
 //! A clock is a small sorted list of (node id, counter). It is shared behind an `Arc` because
 //! every read hands out a copy and only writes create a new one.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Wall-clock time since the Unix epoch: write timestamps, expiry, tombstone deadlines.
-pub fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
 
 /// Identifies a node inside clocks: a hash of its "host:port" rpc address.
 pub type NodeId = u64;

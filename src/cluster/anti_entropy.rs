@@ -1,4 +1,4 @@
-//! Anti-entropy and ownership handoff (DESIGN §6).
+//! Anti-entropy and ownership handoff (docs/design.md, "Cluster").
 //!
 //! Every `sync_interval` a node fetches the bucket digests of every member that is up and
 //! walks the ring's buckets:
@@ -14,35 +14,24 @@
 //! All of it is paced by `sync_rate` bytes per second. Nothing is kept between rounds
 //! except the digests themselves, so a crash mid-transfer resumes with the next round.
 
-use super::coordinator::Cluster;
-use super::membership::Liveness;
-use super::rpc::message::{Request, Response};
+use super::coordinator::Coordinator;
+use super::counters::ClusterCounters;
+use super::error::PeerError;
+use super::member::Liveness;
+use crate::record::Versions;
 use crate::store::digest::fingerprint;
-use crate::store::{Change, Store, Versions};
-use crate::version::unix_now;
+use crate::store::{Change, Store};
+use crate::time::unix_now;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Keys in flight at once within one bucket exchange.
 const CONCURRENCY: usize = 32;
-
-/// What `stats` and `kai cluster status` show of the transfers.
-#[derive(Default)]
-pub struct SyncStats {
-    /// Keys sent or received (kai_sync_keys).
-    pub keys: AtomicU64,
-    /// Key and value bytes sent or received (kai_sync_bytes).
-    pub bytes: AtomicU64,
-    /// Buckets that differ from another owner's or wait to move (kai_sync_pending_buckets).
-    pub pending_buckets: AtomicU64,
-    /// Tombstones purged after every replica held them past the grace period.
-    pub purged_tombstones: AtomicU64,
-}
 
 /// Paces all background transfer to `rate` bytes per second.
 struct Pace {
@@ -67,8 +56,8 @@ impl Pace {
     }
 }
 
-pub struct Sync {
-    cluster: Arc<Cluster>,
+pub struct AntiEntropy {
+    cluster: Arc<Coordinator>,
     store: Arc<dyn Store>,
     pace: Pace,
 }
@@ -83,9 +72,9 @@ fn size_of(key: &[u8], versions: &Versions) -> u64 {
     (key.len() + versions.0.iter().map(|r| r.value.len() + 64).sum::<usize>()) as u64
 }
 
-impl Sync {
-    pub fn new(cluster: Arc<Cluster>, store: Arc<dyn Store>, rate: u64) -> Arc<Sync> {
-        Arc::new(Sync {
+impl AntiEntropy {
+    pub fn new(cluster: Arc<Coordinator>, store: Arc<dyn Store>, rate: u64) -> Arc<AntiEntropy> {
+        Arc::new(AntiEntropy {
             cluster,
             store,
             pace: Pace {
@@ -95,18 +84,34 @@ impl Sync {
         })
     }
 
-    /// Runs a round every `interval` until the process ends.
-    pub async fn run(self: Arc<Self>, interval: Duration) {
+    /// Runs a round every `interval` until `shutdown` turns true (a round in progress is
+    /// abandoned: nothing is kept between rounds).
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
-            self.round().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = crate::shutdown::requested(&mut shutdown) => return,
+            }
+            tokio::select! {
+                () = self.round() => {}
+                () = crate::shutdown::requested(&mut shutdown) => return,
+            }
         }
     }
 
-    fn stats(&self) -> &SyncStats {
-        &self.cluster.sync_stats
+    fn stats(&self) -> &ClusterCounters {
+        self.cluster.counters()
+    }
+
+    /// One round over every bucket (in-process tests drive rounds one by one).
+    pub async fn run_round(&self) {
+        self.round().await;
     }
 
     async fn round(&self) {
@@ -213,12 +218,8 @@ impl Sync {
         }
     }
 
-    async fn remote_digests(&self, peer: SocketAddr) -> Result<Vec<u64>, String> {
-        match self.cluster.pool().call(peer, Request::SyncDigests).await {
-            Ok(Response::Digests(digests)) => Ok(digests),
-            Ok(other) => Err(format!("unexpected reply {other:?}")),
-            Err(err) => Err(err.to_string()),
-        }
+    async fn remote_digests(&self, peer: SocketAddr) -> Result<Vec<u64>, PeerError> {
+        self.cluster.peers().digests(peer).await
     }
 
     fn local_keys(&self, bucket: u32) -> Vec<(Bytes, u64)> {
@@ -229,14 +230,9 @@ impl Sync {
     /// Makes `peer`'s copy of `bucket` and this node's equal for every key that differed:
     /// pulls what the peer holds (when `pull`), pushes what this node holds. Returns
     /// whether every push was acknowledged.
-    async fn exchange(&self, bucket: u32, peer: SocketAddr, pull: bool) -> Result<bool, String> {
-        let pool = self.cluster.pool();
-        let remote: HashMap<Bytes, u64> = match pool.call(peer, Request::SyncKeys { bucket }).await
-        {
-            Ok(Response::Keys(keys)) => keys.into_iter().collect(),
-            Ok(other) => return Err(format!("unexpected reply {other:?}")),
-            Err(err) => return Err(err.to_string()),
-        };
+    async fn exchange(&self, bucket: u32, peer: SocketAddr, pull: bool) -> Result<bool, PeerError> {
+        let peers = self.cluster.peers();
+        let remote: HashMap<Bytes, u64> = peers.keys(peer, bucket).await?.into_iter().collect();
         let local: HashMap<Bytes, u64> = self.local_keys(bucket).into_iter().collect();
         if pull {
             let wanted: Vec<Bytes> = (remote.iter())
@@ -257,8 +253,7 @@ impl Sync {
             }
             if !purged_there.is_empty() {
                 // This node purged them already: the peer may too.
-                let request = Request::SyncForget { keys: purged_there };
-                if let Err(err) = pool.call(peer, request).await {
+                if let Err(err) = peers.forget(peer, purged_there).await {
                     log::debug!("sync: {peer} did not forget purged tombstones: {err}");
                 }
             }
@@ -283,21 +278,19 @@ impl Sync {
     /// Takes in the peer's versions of `key`; returns the key when they are only tombstones
     /// this node has purged already (the peer should forget them rather than spread them).
     async fn pull(&self, peer: SocketAddr, key: Bytes, had: bool) -> Option<Bytes> {
-        let reply = (self.cluster.pool())
-            .call(peer, Request::Get { key: key.clone() })
-            .await;
-        let Ok(Response::Versions(Some(versions))) = reply else {
+        let reply = self.cluster.peers().get(peer, key.clone()).await;
+        let Ok(Some(versions)) = reply else {
             return None;
         };
-        if !had && self.cluster.only_due_tombstones(&versions) {
+        if !had && self.cluster.replica().only_due_tombstones(&versions) {
             return Some(key);
         }
         let bytes = size_of(&key, &versions);
         self.pace.take(bytes).await;
-        let (_, commit) = self.cluster.apply(&key, versions);
+        let (_, commit) = self.cluster.replica().apply(&key, versions);
         if commit.wait().await.is_ok() {
-            self.stats().keys.fetch_add(1, Ordering::Relaxed);
-            self.stats().bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.stats().sync_keys.fetch_add(1, Ordering::Relaxed);
+            self.stats().sync_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
         None
     }
@@ -307,26 +300,18 @@ impl Sync {
         let Some(versions) = self.store.get(&key, unix_now().as_secs()) else {
             return true;
         };
-        if !peer_has_key && self.cluster.only_due_tombstones(&versions) {
+        if !peer_has_key && self.cluster.replica().only_due_tombstones(&versions) {
             // The peer purged it already: forget it here too.
-            self.cluster.forget_due_tombstones(&key);
+            self.cluster.replica().forget_due_tombstones(&key);
             return true;
         }
         let bytes = size_of(&key, &versions);
         self.pace.take(bytes).await;
-        let request = Request::Put {
-            key: key.clone(),
-            versions,
-        };
-        match self.cluster.pool().call(peer, request).await {
-            Ok(Response::Applied { .. }) => {
-                self.stats().keys.fetch_add(1, Ordering::Relaxed);
-                self.stats().bytes.fetch_add(bytes, Ordering::Relaxed);
+        match self.cluster.peers().put(peer, key, versions).await {
+            Ok(_) => {
+                self.stats().sync_keys.fetch_add(1, Ordering::Relaxed);
+                self.stats().sync_bytes.fetch_add(bytes, Ordering::Relaxed);
                 true
-            }
-            Ok(other) => {
-                log::debug!("sync push to {peer}: unexpected reply {other:?}");
-                false
             }
             Err(err) => {
                 log::debug!("sync push to {peer}: {err}");
@@ -337,7 +322,7 @@ impl Sync {
 
     fn purge_tombstones(&self, bucket: u32) {
         for (key, _) in self.local_keys(bucket) {
-            self.cluster.forget_due_tombstones(&key);
+            self.cluster.replica().forget_due_tombstones(&key);
         }
     }
 

@@ -1,0 +1,118 @@
+//! This node as a replica: stores versions received from a coordinator, a read repair, a
+//! hint or anti-entropy (dominated local versions go, concurrent ones stay as siblings), and
+//! forgets tombstones once their grace has passed.
+
+use super::counters::ClusterCounters;
+use crate::causality;
+use crate::record::{Record, Versions};
+use crate::store::{Change, Commit, Store};
+use crate::time::unix_now;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Replica {
+    store: Arc<dyn Store>,
+    max_siblings: usize,
+    tombstone_grace: Duration,
+    counters: Arc<ClusterCounters>,
+}
+
+impl Replica {
+    pub fn new(
+        store: Arc<dyn Store>,
+        max_siblings: usize,
+        tombstone_grace: Duration,
+        counters: Arc<ClusterCounters>,
+    ) -> Replica {
+        Replica {
+            store,
+            max_siblings,
+            tombstone_grace,
+            counters,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// This node's unexpired versions of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<Versions> {
+        self.store.get(key, unix_now().as_secs())
+    }
+
+    /// Stores versions received as a replica. Returns whether a live value was there
+    /// before, and when the change is durable.
+    pub fn apply(&self, key: &[u8], incoming: Versions) -> (bool, Commit) {
+        let mut had_live = false;
+        let commit = self
+            .store
+            .update(key, unix_now().as_secs(), &mut |current| {
+                had_live = current.is_some_and(Versions::has_live);
+                let mut kept = current.map(|v| v.0.clone()).unwrap_or_default();
+                let before = kept.clone();
+                for version in &incoming.0 {
+                    // The same version with another expiry: a touch, which keeps clock and cas.
+                    let same =
+                        |k: &Record| k.clock == version.clock && k.timestamp == version.timestamp;
+                    if let Some(held) = kept.iter_mut().find(|k| same(k)) {
+                        held.expires_at = version.expires_at;
+                        continue;
+                    }
+                    let (next, dropped) =
+                        causality::apply(kept, version.clone(), self.max_siblings);
+                    if dropped > 0 {
+                        log::info!(
+                            "key {:?}: dropped {dropped} oldest siblings over max_siblings",
+                            String::from_utf8_lossy(key)
+                        );
+                    }
+                    kept = next;
+                }
+                if kept == before {
+                    Change::Keep
+                } else {
+                    Change::Put(Versions(kept))
+                }
+            });
+        (had_live, commit)
+    }
+
+    /// A tombstone written before this (Unix microseconds) is past its grace period.
+    fn tombstones_due_before(&self) -> u64 {
+        unix_now().saturating_sub(self.tombstone_grace).as_micros() as u64
+    }
+
+    /// Only tombstones whose grace has passed: once every replica held them, safe to forget.
+    pub fn only_due_tombstones(&self, versions: &Versions) -> bool {
+        let due = self.tombstones_due_before();
+        versions.0.iter().all(|r| r.tombstone && r.timestamp <= due)
+    }
+
+    /// Drops the tombstones of `key` whose grace has passed (siblings with values stay).
+    pub fn forget_due_tombstones(&self, key: &[u8]) {
+        let due = self.tombstones_due_before();
+        let mut dropped = 0;
+        let commit = self
+            .store
+            .update(key, unix_now().as_secs(), &mut |current| {
+                let Some(current) = current else {
+                    return Change::Keep;
+                };
+                let kept: Vec<_> = (current.0.iter())
+                    .filter(|r| !(r.tombstone && r.timestamp <= due))
+                    .cloned()
+                    .collect();
+                dropped = current.0.len() - kept.len();
+                match (dropped, kept.is_empty()) {
+                    (0, _) => Change::Keep,
+                    (_, true) => Change::Remove,
+                    (_, false) => Change::Put(Versions(kept)),
+                }
+            });
+        // Need not wait for durability: a purge lost in a crash is redone by a later round.
+        drop(commit);
+        (self.counters.purged_tombstones).fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,190 @@
+//! What `stats` answers, section by section (docs/design.md, "Stats": the names are a
+//! contract with cacti, Nagios and the Prometheus exporter).
+
+use super::{Node, StatsSection, SERVER_VERSION, VERSION};
+use crate::cluster::counters::ClusterCounters;
+use crate::stats;
+use crate::time::unix_now;
+use md5::{Digest, Md5};
+use std::sync::atomic::AtomicU64;
+
+impl Node {
+    pub fn stats(&self, section: StatsSection) -> Vec<(&'static str, String)> {
+        match section {
+            StatsSection::General => self.general_stats(),
+            StatsSection::Settings => self.settings_stats(),
+            StatsSection::Kai => self.kai_stats(),
+            StatsSection::Cluster => self.cluster_stats(),
+        }
+    }
+
+    fn general_stats(&self) -> Vec<(&'static str, String)> {
+        let c = &self.counters;
+        let read = |counter: &crate::stats::Counter| counter.get().to_string();
+        let store = self.store.stats();
+        let (user, system) = stats::rusage();
+        let mut out = vec![
+            ("uptime", self.started.elapsed().as_secs().to_string()),
+            ("time", unix_now().as_secs().to_string()),
+            ("version", SERVER_VERSION.to_string()),
+            ("pid", std::process::id().to_string()),
+            ("pointer_size", (usize::BITS).to_string()),
+            ("rusage_user", user),
+            ("rusage_system", system),
+            (
+                "max_connections",
+                self.config().memcache.max_connections.to_string(),
+            ),
+            ("curr_connections", read(&c.curr_connections)),
+            ("total_connections", read(&c.total_connections)),
+            ("rejected_connections", read(&c.rejected_connections)),
+            ("threads", self.worker_threads.to_string()),
+            ("bytes", store.bytes.to_string()),
+            ("curr_items", store.items.to_string()),
+            ("total_items", read(&c.total_items)),
+            ("cmd_get", read(&c.cmd_get)),
+            ("cmd_set", read(&c.cmd_set)),
+            ("cmd_touch", read(&c.cmd_touch)),
+            ("cmd_flush", read(&c.cmd_flush)),
+            ("get_hits", read(&c.get_hits)),
+            ("get_misses", read(&c.get_misses)),
+            ("delete_hits", read(&c.delete_hits)),
+            ("delete_misses", read(&c.delete_misses)),
+            ("cas_hits", read(&c.cas_hits)),
+            ("cas_misses", read(&c.cas_misses)),
+            ("cas_badval", read(&c.cas_badval)),
+            ("incr_hits", read(&c.incr_hits)),
+            ("incr_misses", read(&c.incr_misses)),
+            ("decr_hits", read(&c.decr_hits)),
+            ("decr_misses", read(&c.decr_misses)),
+            ("touch_hits", read(&c.touch_hits)),
+            ("touch_misses", read(&c.touch_misses)),
+            ("evictions", store.evictions.to_string()),
+            ("limit_maxbytes", store.limit_bytes.to_string()),
+            ("bytes_read", read(&c.bytes_read)),
+            ("bytes_write", read(&c.bytes_write)),
+        ];
+        out.extend(self.kai_stats());
+        let metrics = tokio::runtime::Handle::try_current().map(|h| h.metrics());
+        out.push((
+            "runtime_tasks",
+            metrics.map_or(0, |m| m.num_alive_tasks()).to_string(),
+        ));
+        out.push(("runtime_version", env!("KAI_RUNTIME_VERSION").to_string()));
+        out
+    }
+
+    /// One `STAT member <host:port> <state> buckets=<owned> hints=<pending> [self]` per member.
+    fn cluster_stats(&self) -> Vec<(&'static str, String)> {
+        match self.cluster.get() {
+            Some(cluster) => cluster
+                .status()
+                .into_iter()
+                .map(|line| ("member", line))
+                .collect(),
+            None => vec![(
+                "member",
+                format!("{} up buckets=0 hints=0 self", self.address),
+            )],
+        }
+    }
+
+    fn kai_stats(&self) -> Vec<(&'static str, String)> {
+        let config = self.config();
+        let q = config.cluster.quorum;
+        let up = self.members_up();
+        let members = self.members();
+        let digest = Md5::digest(members.join(" ").as_bytes());
+        let ring_digest: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let count = |read: fn(&ClusterCounters) -> &AtomicU64| {
+            (self.cluster.get())
+                .map_or(0, |cluster| ClusterCounters::get(read(cluster.counters())))
+                .to_string()
+        };
+        let hints = self
+            .cluster
+            .get()
+            .map_or(0, |cluster| cluster.hints().total());
+        vec![
+            ("kai_version", VERSION.to_string()),
+            ("kai_node", self.address.clone()),
+            ("kai_quorum", format!("{},{},{}", q.n, q.r, q.w)),
+            ("kai_number_of_buckets", config.cluster.buckets.to_string()),
+            (
+                "kai_number_of_virtual_nodes",
+                config.cluster.virtual_nodes.to_string(),
+            ),
+            ("kai_store", config.store.engine.name().to_string()),
+            ("kai_curr_nodes", up.join(" ")),
+            ("kai_members", members.len().to_string()),
+            ("kai_ring_digest", ring_digest),
+            ("kai_unreconciled_get", self.unreconciled.render()),
+            ("kai_hinted_handoffs", count(|c| &c.hinted_handoffs)),
+            ("kai_pending_hints", hints.to_string()),
+            ("kai_read_repairs", count(|c| &c.read_repairs)),
+            (
+                "kai_read_quorum_failures",
+                count(|c| &c.read_quorum_failures),
+            ),
+            (
+                "kai_write_quorum_failures",
+                count(|c| &c.write_quorum_failures),
+            ),
+            ("kai_forward_failures", count(|c| &c.forward_failures)),
+            ("kai_sync_keys", count(|c| &c.sync_keys)),
+            ("kai_sync_bytes", count(|c| &c.sync_bytes)),
+            ("kai_sync_pending_buckets", count(|c| &c.pending_buckets)),
+            ("kai_purged_tombstones", count(|c| &c.purged_tombstones)),
+        ]
+    }
+
+    fn settings_stats(&self) -> Vec<(&'static str, String)> {
+        let c = self.config();
+        let (host, port) = c
+            .memcache
+            .listen
+            .rsplit_once(':')
+            .unwrap_or((&c.memcache.listen, ""));
+        let files: Vec<String> = (self.config_sources.read())
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let on_off = |on: bool| if on { "on" } else { "off" }.to_string();
+        vec![
+            ("maxbytes", c.store.memory_limit.0.to_string()),
+            ("maxconns", c.memcache.max_connections.to_string()),
+            ("tcpport", port.to_string()),
+            ("udpport", "0".to_string()),
+            ("inter", host.trim_matches(['[', ']']).to_string()),
+            ("evictions", on_off(c.store.memory_limit.0 != 0)),
+            ("cas_enabled", "yes".to_string()),
+            ("num_threads", self.worker_threads.to_string()),
+            ("item_size_max", c.memcache.max_item_size.0.to_string()),
+            (
+                "idle_timeout",
+                c.memcache.idle_timeout.0.as_secs().to_string(),
+            ),
+            ("flush_enabled", "yes".to_string()),
+            (
+                "kai_config_files",
+                if files.is_empty() {
+                    "embedded".into()
+                } else {
+                    files.join(",")
+                },
+            ),
+            ("kai_hostname", c.node.hostname.clone()),
+            ("kai_data_dir", c.node.data_dir.display().to_string()),
+            ("kai_rpc_listen", c.rpc.listen.clone()),
+            ("kai_rpc_timeout", c.rpc.timeout.to_string()),
+            ("kai_store_engine", c.store.engine.name().to_string()),
+            (
+                "kai_conflict_resolution",
+                format!("{:?}", c.cluster.conflict_resolution),
+            ),
+            ("kai_max_siblings", c.cluster.max_siblings.to_string()),
+            ("kai_log_level", format!("{:?}", c.log.level).to_lowercase()),
+        ]
+    }
+}
