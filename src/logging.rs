@@ -1,4 +1,4 @@
-//! The log backend (DESIGN §8). Three sinks:
+//! The log backend (docs/design.md, "Service integration"). Three sinks:
 //! - under systemd (JOURNAL_STREAM or NOTIFY_SOCKET set): stderr with sd-daemon `<N>`
 //!   priority prefixes, so journald keeps each line's severity;
 //! - daemonized, or `[log] target = "syslog"`: RFC 3164 datagrams to the syslog socket

@@ -1,6 +1,7 @@
-//! Runs a node: bind the listeners and open the store (before any thread exists, so the
-//! process can still daemonize), then build the runtime, serve, handle signals and shut
-//! down in order.
+//! The composition root: binds the listeners before any thread exists (so the process can
+//! still daemonize), opens the store after daemonizing and dropping privileges, then builds
+//! the runtime, wires node, cluster and listeners, serves, handles signals and shuts down in
+//! order (docs/design.md, "Service integration").
 
 use crate::address::resolve;
 use crate::cluster::anti_entropy::AntiEntropy;

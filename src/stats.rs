@@ -1,4 +1,4 @@
-//! Counters behind the `stats` command, and its text (DESIGN §7: the names are a contract
+//! Counters behind the `stats` command, and its text (docs/design.md, "Stats": the names are a contract
 //! with cacti and Nagios checks).
 //!
 //! Kai semantics kept on purpose: `cmd_get` counts keys that returned a value, `bytes_read`

@@ -487,3 +487,45 @@ fn operators_join_and_leave_with_the_cluster_commands() {
     assert_ne!(code, 0);
     assert!(text.contains("127.0.37.9"), "{text}");
 }
+
+#[test]
+fn hints_written_just_before_sigterm_survive_the_restart() {
+    // The disk engine: the restarted node still holds the values its hints point at.
+    let extra = "quorum = { n = 2, r = 1, w = 1 }\n[store]\nengine = \"disk\"\n";
+    let mut cluster = Cluster::start(38, 2, extra);
+    assert!(
+        cluster.wait_converged(&[0, 1], CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    cluster.kill(1);
+    // N = 2 of 2 nodes: every key is owed to the dead node as well.
+    let mut client = cluster.client(0);
+    for i in 0..20 {
+        client.set(&format!("owed{i}"), b"v");
+    }
+    let pending = cluster.stats(0)["kai_pending_hints"].clone();
+    assert_eq!(pending, "20");
+    // SIGTERM at once, well inside the handoff loop's one-second persist interval.
+    let mut node = cluster.members[0].process.take().unwrap();
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(node
+        .wait(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
+    assert!(node.log().contains("kai stopped"), "{}", node.log());
+    cluster.start_node(0, false);
+    assert_eq!(cluster.stats(0)["kai_pending_hints"], pending);
+    // The owner comes back and gets every write it missed.
+    cluster.start_node(1, false);
+    assert!(common::wait_until(CONVERGE, || {
+        cluster.stats(0)["kai_pending_hints"] == "0"
+    }));
+    assert_eq!(
+        cluster.client(1).get("owed7").as_deref(),
+        Some(&b"v"[..]),
+        "{}\n{}\n{}",
+        cluster.inspect(0, "owed7"),
+        cluster.inspect(1, "owed7"),
+        cluster.logs()
+    );
+}

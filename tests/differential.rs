@@ -1,5 +1,5 @@
 //! The same scripted sessions sent to kai and to Debian's memcached must get byte-identical
-//! replies, except where DESIGN §5 deliberately differs (version string, cas uniques, stats
+//! replies, except where docs/design.md ("Client protocol") deliberately differs (version string, cas uniques, stats
 //! values, the safer error handling listed at the end of this file).
 
 mod common;
@@ -264,7 +264,7 @@ fn stats_have_the_same_shape() {
     }
 }
 
-/// Where kai deliberately answers differently (DESIGN §5), pin both behaviours down so a
+/// Where kai deliberately answers differently (docs/design.md, "Client protocol"), pin both behaviours down so a
 /// change on either side is noticed.
 #[test]
 fn deliberate_differences() {

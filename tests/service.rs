@@ -1,4 +1,4 @@
-//! Service integration (DESIGN §8): systemd notifications, daemon mode and its pid file,
+//! Service integration (docs/design.md, "Service integration"): systemd notifications, daemon mode and its pid file,
 //! syslog, reload on SIGHUP and dropping root.
 
 mod common;

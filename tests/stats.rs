@@ -1,4 +1,4 @@
-//! The `stats` contract (DESIGN §7): every field present, Kai's counting semantics.
+//! The `stats` contract (docs/design.md, "Stats"): every field present, Kai's counting semantics.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Who is in the cluster, and who is up (DESIGN §6 "Membership").
+//! Who is in the cluster, and who is up (docs/design.md, "Cluster").
 //!
 //! Two separate things. *Members* make the ring: they change only by join, leave and remove,
 //! are persisted in data_dir (a restarted node rejoins by itself) and spread by push-pull
@@ -477,11 +477,19 @@ fn build_ring(
     Ring::new(&nodes, shape.virtual_nodes, shape.buckets, walk)
 }
 
-fn load(path: &PathBuf) -> Result<Vec<MemberRecord>, String> {
+#[derive(Debug, thiserror::Error)]
+enum MemberFileError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("line {number}: malformed member {line:?}")]
+    Malformed { number: usize, line: String },
+}
+
+fn load(path: &PathBuf) -> Result<Vec<MemberRecord>, MemberFileError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(err.to_string()),
+        Err(err) => return Err(err.into()),
     };
     let mut records = Vec::new();
     for (number, line) in text.lines().enumerate() {
@@ -498,8 +506,10 @@ fn load(path: &PathBuf) -> Result<Vec<MemberRecord>, String> {
                 }),
             _ => None,
         };
-        let record =
-            parsed.ok_or_else(|| format!("line {}: malformed member {line:?}", number + 1))?;
+        let record = parsed.ok_or_else(|| MemberFileError::Malformed {
+            number: number + 1,
+            line: line.to_string(),
+        })?;
         records.push(record);
     }
     Ok(records)
@@ -572,7 +582,7 @@ mod tests {
             vec![record(1, 3, false), record(2, 1, true)]
         );
         std::fs::write(&path, "127.0.0.1:1 x active\n").unwrap();
-        assert!(load(&path).unwrap_err().contains("line 1"));
+        assert!(load(&path).unwrap_err().to_string().contains("line 1"));
         assert_eq!(load(&dir.path().join("absent")).unwrap(), vec![]);
     }
 }

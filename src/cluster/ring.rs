@@ -1,4 +1,4 @@
-//! Kai-compatible consistent hashing (DESIGN §6): MD5 over buckets and virtual nodes, and
+//! Kai-compatible consistent hashing (docs/design.md, "Cluster"): MD5 over buckets and virtual nodes, and
 //! the preference list of every bucket, computed once per membership change.
 //!
 //! - a key hashes to the first 4 bytes (big-endian) of MD5(key);

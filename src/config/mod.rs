@@ -1,5 +1,5 @@
 //! Configuration: load kai.toml plus its conf.d drop-ins, validate, and report errors that
-//! name the file, the line and the key (DESIGN §4).
+//! name the file, the line and the key (docs/design.md, "Configuration").
 
 mod locate;
 pub mod schema;

@@ -1,4 +1,4 @@
-//! The kai.toml schema (DESIGN §4): every key, its type and its default.
+//! The kai.toml schema (docs/design.md, "Configuration"): every key, its type and its default.
 //!
 //! Every struct is `deny_unknown_fields` so a typo is an error, and `default` so a file
 //! only needs the keys it changes.

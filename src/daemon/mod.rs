@@ -1,4 +1,4 @@
-//! Running as a well-mannered Unix daemon (DESIGN §8): detaching, the pid file, dropping
+//! Running as a well-mannered Unix daemon (docs/design.md, "Service integration"): detaching, the pid file, dropping
 //! privileges and talking to systemd.
 
 pub mod detach;

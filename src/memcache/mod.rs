@@ -1,4 +1,4 @@
-//! The memcached text protocol front end (DESIGN §5): parsing, reply encoding, the
+//! The memcached text protocol front end (docs/design.md, "Client protocol"): parsing, reply encoding, the
 //! per-connection loop and the listener. It talks only to [`crate::node::Node`].
 
 pub mod connection;

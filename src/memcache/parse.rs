@@ -5,7 +5,7 @@
 //! it into a [`Command`] that borrows from the buffer. Nothing here does I/O, so the parser is
 //! unit-tested, property-tested against arbitrary splits and fuzzed (`fuzz/`).
 //!
-//! Error replies follow memcached 1.6's wording. Two deliberate differences (DESIGN §5): a
+//! Error replies follow memcached 1.6's wording. Two deliberate differences (docs/design.md, "Client protocol"): a
 //! storage command rejected after its length parsed (bad key, bad flags) swallows its data
 //! block, so the value is never executed as commands; and a command line over
 //! `MAX_LINE` bytes is answered with `CLIENT_ERROR line too long` before the close.

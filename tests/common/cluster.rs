@@ -43,13 +43,18 @@ impl Cluster {
     }
 
     pub fn start_with(net: u8, size: usize, extra: &str, rpc_extra: &str) -> Cluster {
+        // Two probes may hand out the same free port; the listeners need two.
+        let rpc_port = free_port();
+        let memcache_port = std::iter::repeat_with(free_port)
+            .find(|&p| p != rpc_port)
+            .unwrap();
         let mut cluster = Cluster {
             net,
             members: Vec::new(),
             extra: extra.to_string(),
             rpc_extra: rpc_extra.to_string(),
-            rpc_port: free_port(),
-            memcache_port: free_port(),
+            rpc_port,
+            memcache_port,
             partition: None,
         };
         for _ in 0..size {

@@ -26,6 +26,14 @@ pub enum RpcError {
     Lost(SocketAddr),
 }
 
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}
+
 /// After a failed connect, calls to that peer fail at once for this long instead of each
 /// waiting for its own connect to fail.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
@@ -140,17 +148,17 @@ impl Pool {
             Err(reason) => {
                 slot.connection = None;
                 slot.retry_after = Some(Instant::now() + RECONNECT_BACKOFF);
-                Err(RpcError::Unreachable(peer, reason))
+                Err(RpcError::Unreachable(peer, reason.to_string()))
             }
         }
     }
 
-    async fn connect(&self, peer: SocketAddr) -> Result<Connection, String> {
+    async fn connect(&self, peer: SocketAddr) -> Result<Connection, ConnectError> {
         let fresh = || match peer {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
             SocketAddr::V6(_) => TcpSocket::new_v6(),
         };
-        let mut socket = fresh().map_err(|e| e.to_string())?;
+        let mut socket = fresh()?;
         if let Some(ip) = self
             .transport
             .bind
@@ -158,17 +166,17 @@ impl Pool {
         {
             // A hostname that is not a local address (NAT): let the kernel choose.
             if socket.bind(SocketAddr::new(ip, 0)).is_err() {
-                socket = fresh().map_err(|e| e.to_string())?;
+                socket = fresh()?;
             }
         }
-        let stream = socket.connect(peer).await.map_err(|e| e.to_string())?;
+        let stream = socket.connect(peer).await?;
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
         if let Err(err) = self.handshake(&mut framed).await {
             if err.is_authentication() && lock(&self.refused).insert(peer) {
                 log::warn!("rpc: cannot join peer {peer}: {err}");
             }
-            return Err(err.to_string());
+            return Err(err.into());
         }
         let (sink, mut stream) = framed.split();
         let (outgoing, queue) = mpsc::channel::<Message>(SEND_QUEUE);

@@ -7,7 +7,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
 use tokio_util::codec::{Decoder, Encoder};
 
-/// DESIGN §6: frames over 64 MiB are refused.
+/// docs/design.md ("Cluster"): frames over 64 MiB are refused.
 pub const MAX_FRAME: usize = 64 << 20;
 const HEADER: usize = 4;
 

@@ -1,4 +1,4 @@
-//! Node-to-node RPC (DESIGN §6): length-prefixed postcard frames over TCP, a handshake that
+//! Node-to-node RPC (docs/design.md, "Cluster"): length-prefixed postcard frames over TCP, a handshake that
 //! proves the cluster secret, a pipelined client pool and the server.
 
 pub mod auth;

@@ -1,8 +1,8 @@
 //! The rpc listener: authenticates each peer, then serves its pipelined requests
 //! concurrently and answers them in whatever order they finish.
 
-use super::auth::ServerHandshake;
-use super::frame::FrameCodec;
+use super::auth::{Refusal, ServerHandshake};
+use super::frame::{FrameCodec, FrameError};
 use super::message::{Message, Request, Response};
 use super::RpcSettings;
 use crate::store::Commit;
@@ -91,42 +91,52 @@ pub async fn serve<H: Handler>(
 
 type Connection = Framed<TcpStream, FrameCodec<Message>>;
 
-async fn step(framed: &mut Connection) -> Result<Message, String> {
+/// Why a peer's handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    /// Refused before it named itself (protocol, cluster).
+    #[error("{0}")]
+    Early(Refusal),
+    /// Named itself, then failed the proof.
+    #[error("{node} ({reason})")]
+    Proof { node: String, reason: Refusal },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("closed during the handshake")]
+    Closed,
+}
+
+async fn step(framed: &mut Connection) -> Result<Message, Rejection> {
     match framed.next().await {
         Some(Ok(message)) => Ok(message),
-        Some(Err(err)) => Err(err.to_string()),
-        None => Err("closed during the handshake".to_string()),
+        Some(Err(err)) => Err(err.into()),
+        None => Err(Rejection::Closed),
     }
 }
 
-async fn handshake(framed: &mut Connection, transport: &RpcSettings) -> Result<String, String> {
-    let mut handshake = ServerHandshake::new(&transport.secret, &transport.cluster);
+async fn refuse(framed: &mut Connection, reason: &Refusal) {
+    let reason = reason.to_string();
+    let _ = framed.send(Message::Refused { reason }).await;
+}
+
+async fn handshake(framed: &mut Connection, settings: &RpcSettings) -> Result<String, Rejection> {
+    let mut handshake = ServerHandshake::new(&settings.secret, &settings.cluster);
     let hello = step(framed).await?;
     let challenge = match handshake.hello(hello) {
         Ok(challenge) => challenge,
         Err(reason) => {
-            let _ = framed
-                .send(Message::Refused {
-                    reason: reason.clone(),
-                })
-                .await;
-            return Err(reason);
+            refuse(framed, &reason).await;
+            return Err(Rejection::Early(reason));
         }
     };
-    framed.send(challenge).await.map_err(|e| e.to_string())?;
+    framed.send(challenge).await?;
     let proof = step(framed).await?;
     if let Err(reason) = handshake.proof(proof) {
-        let _ = framed
-            .send(Message::Refused {
-                reason: reason.clone(),
-            })
-            .await;
-        return Err(format!("{} ({reason})", handshake.peer.unwrap_or_default()));
+        refuse(framed, &reason).await;
+        let node = handshake.peer.unwrap_or_default();
+        return Err(Rejection::Proof { node, reason });
     }
-    framed
-        .send(Message::Welcome)
-        .await
-        .map_err(|e| e.to_string())?;
+    framed.send(Message::Welcome).await?;
     Ok(handshake.peer.unwrap_or_default())
 }
 
