@@ -317,41 +317,6 @@ mod tests {
     }
 
     #[test]
-    fn put_get_remove_and_accounting() {
-        let store = MemoryStore::new(0, 1024);
-        put(&store, "a", "hello", 0);
-        put(&store, "a", "hi", 0);
-        assert_eq!(store.get(b"a", 100).unwrap().0[0].value, "hi");
-        let stats = store.stats();
-        assert_eq!(
-            (stats.items, stats.bytes),
-            (1, (1 + 2 + super::super::RECORD_OVERHEAD) as u64)
-        );
-        let _ = store.update(b"a", 100, &mut |_| Change::Remove);
-        assert_eq!(store.get(b"a", 100), None);
-        assert_eq!(store.stats().bytes, 0);
-    }
-
-    #[test]
-    fn expiry_is_lazy_and_purged() {
-        let store = MemoryStore::new(0, 1024);
-        put(&store, "short", "x", 150);
-        put(&store, "long", "x", 0);
-        assert!(store.get(b"short", 149).is_some());
-        assert!(store.get(b"short", 150).is_none());
-        assert_eq!(store.stats().items, 1);
-        put(&store, "short2", "x", 150);
-        assert_eq!(store.purge_expired(151), 1);
-        assert_eq!(store.stats().items, 1);
-        let mut seen = None;
-        let _ = store.update(b"short2", 151, &mut |r| {
-            seen = Some(r.is_some());
-            Change::Keep
-        });
-        assert_eq!(seen, Some(false));
-    }
-
-    #[test]
     fn lru_eviction_keeps_the_limit_and_recent_keys() {
         let value = "v".repeat(100);
         let limit = 2000 * (100 + 4 + super::super::RECORD_OVERHEAD) as u64;
@@ -367,37 +332,5 @@ mod tests {
         assert_eq!(stats.items + stats.evictions, 5000);
         assert!(store.get(b"4999", 100).is_some());
         assert!(store.get(b"0001", 100).is_none());
-    }
-
-    #[test]
-    fn tombstones_and_siblings_are_kept_but_not_counted_as_items() {
-        let store = MemoryStore::new(0, 1024);
-        let tombstone = Record {
-            tombstone: true,
-            ..record("", 200)
-        };
-        let _ = store.update(b"k", 100, &mut |_| {
-            Change::Put(Versions(vec![record("a", 0), record("b", 150)]))
-        });
-        assert_eq!(store.stats().items, 1);
-        // One sibling expires; the other stays.
-        assert_eq!(store.get(b"k", 160).unwrap().0.len(), 1);
-        let _ = store.update(b"k", 160, &mut |_| {
-            Change::Put(Versions::one(tombstone.clone()))
-        });
-        assert_eq!(store.stats().items, 0);
-        assert!(store.get(b"k", 160).is_some_and(|v| !v.has_live()));
-        assert_eq!(store.purge_expired(200), 1);
-        assert_eq!(store.stats(), StoreStats::default());
-    }
-
-    #[test]
-    fn clear_empties_everything() {
-        let store = MemoryStore::new(0, 1024);
-        for i in 0..100 {
-            put(&store, &i.to_string(), "x", 0);
-        }
-        store.clear();
-        assert_eq!(store.stats(), StoreStats::default());
     }
 }

@@ -4,6 +4,8 @@
 pub mod digest;
 pub mod disk;
 pub mod memory;
+#[cfg(test)]
+mod tests;
 
 pub use crate::record::{Record, Versions, RECORD_OVERHEAD};
 use bytes::Bytes;
