@@ -19,6 +19,7 @@ use super::counters::ClusterCounters;
 use super::error::PeerError;
 use super::member::Liveness;
 use crate::record::Versions;
+use crate::shutdown::Periodic;
 use crate::store::digest::fingerprint;
 use crate::store::{Change, Store};
 use crate::time::unix_now;
@@ -89,18 +90,13 @@ impl AntiEntropy {
     pub async fn run(
         self: Arc<Self>,
         interval: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = crate::shutdown::requested(&mut shutdown) => return,
-            }
+        let mut periodic = Periodic::new(interval, shutdown);
+        while periodic.tick().await {
             tokio::select! {
                 () = self.round() => {}
-                () = crate::shutdown::requested(&mut shutdown) => return,
+                () = periodic.stopping() => return,
             }
         }
     }

@@ -43,15 +43,11 @@ pub async fn deliver_hints(coordinator: &Coordinator) {
 pub async fn run(
     coordinator: Arc<Coordinator>,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => deliver_hints(&coordinator).await,
-            () = crate::shutdown::requested(&mut shutdown) => break,
-        }
+    let mut periodic = crate::shutdown::Periodic::new(interval, shutdown);
+    while periodic.tick().await {
+        deliver_hints(&coordinator).await;
     }
     coordinator.hints.persist();
 }

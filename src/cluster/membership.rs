@@ -320,15 +320,10 @@ impl Membership {
         self: Arc<Self>,
         peers: Peers,
         interval: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = crate::shutdown::requested(&mut shutdown) => return,
-            }
+        let mut periodic = crate::shutdown::Periodic::new(interval, shutdown);
+        while periodic.tick().await {
             let others: Vec<SocketAddr> = (self.active().into_iter())
                 .filter(|&a| a != self.me)
                 .collect();

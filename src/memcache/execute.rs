@@ -91,7 +91,7 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             data,
             noreply,
         } => {
-            let outcome = node.store(mode, key, flags, exptime, data).await?;
+            let outcome = node.store_item(mode, key, flags, exptime, data).await?;
             if !noreply {
                 reply::line(
                     out,

@@ -228,7 +228,7 @@ impl Node {
     }
 
     /// The storage commands: set, add, replace, append, prepend, cas.
-    pub async fn store(
+    pub async fn store_item(
         &self,
         mode: StoreMode,
         key: &[u8],

@@ -701,19 +701,9 @@ impl Committer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::causality::VectorClock;
-    use crate::store::Record;
-    use bytes::Bytes;
 
     fn versions(value: &str, expires_at: u64) -> Versions {
-        Versions::one(Record {
-            value: Bytes::copy_from_slice(value.as_bytes()),
-            flags: 3,
-            expires_at,
-            timestamp: 1,
-            clock: VectorClock::new().incremented(1),
-            tombstone: false,
-        })
+        Versions::one(crate::store::tests::record(value, expires_at))
     }
 
     fn put(store: &DiskStore, key: &str, value: &str, expires_at: u64) -> Commit {

@@ -295,20 +295,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::causality::VectorClock;
-    use crate::store::Record;
-    use bytes::Bytes;
-
-    fn record(value: &str, expires_at: u64) -> Record {
-        Record {
-            value: Bytes::copy_from_slice(value.as_bytes()),
-            flags: 0,
-            expires_at,
-            timestamp: 0,
-            clock: VectorClock::new(),
-            tombstone: false,
-        }
-    }
+    use crate::store::tests::record;
 
     fn put(store: &MemoryStore, key: &str, value: &str, expires_at: u64) {
         let _ = store.update(key.as_bytes(), 100, &mut |_| {

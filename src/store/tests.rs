@@ -9,7 +9,8 @@ use crate::record::{Record, Versions};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
-fn record(value: &str, expires_at: u64) -> Record {
+/// A live record written once by node 1 (the engines' own tests use it too).
+pub(super) fn record(value: &str, expires_at: u64) -> Record {
     Record {
         value: Bytes::copy_from_slice(value.as_bytes()),
         flags: 3,
