@@ -38,6 +38,17 @@ pub struct ServeOptions {
     pub user: Option<String>,
 }
 
+impl ServeOptions {
+    /// These options, completed by `other` where they say nothing.
+    pub fn or(self, other: ServeOptions) -> ServeOptions {
+        ServeOptions {
+            daemon: self.daemon || other.daemon,
+            pid_file: self.pid_file.or(other.pid_file),
+            user: self.user.or(other.user),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Action {
     /// Run a node in the foreground (the default)
@@ -235,6 +246,19 @@ mod tests {
         assert_eq!(nagios_target("::1", None), "[::1]:11211");
         assert_eq!(nagios_target("[::1]:5", None), "[::1]:5");
         assert_eq!(nagios_target("[::1]", Some(6)), "[::1]:6");
+    }
+
+    #[test]
+    fn serve_flags_belong_to_serving_only() {
+        use clap::Parser;
+        let parse = |args: &[&str]| super::Cli::try_parse_from(args);
+        assert!(parse(&["kai", "--daemon", "--pid-file", "/run/kai/kai.pid"]).is_ok());
+        assert!(parse(&["kai", "serve", "--daemon", "--user", "kai"]).is_ok());
+        assert!(parse(&["kai", "stats", "--daemon"]).is_err());
+        assert!(parse(&["kai", "check", "node", "--user", "kai"]).is_err());
+        assert!(parse(&["kai", "--config", "/etc/kai/kai.toml", "stats"]).is_ok());
+        assert!(parse(&["kai", "check", "cluster", "-H", "a", "-H", "b:1", "-p", "5"]).is_ok());
+        assert!(parse(&["kai", "check", "node", "-H", "a:11311"]).is_ok());
     }
 
     /// clap checks option clashes (a global `-c` against `kai check -c`) only when asked.

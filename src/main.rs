@@ -31,7 +31,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         None => serve(cli.config, cli.serve),
-        Some(Action::Serve(options)) => serve(cli.config, options),
+        // `kai --daemon serve` and `kai serve --daemon` mean the same.
+        Some(Action::Serve(options)) => serve(cli.config, cli.serve.or(options)),
         Some(Action::Config(ConfigAction::Check { ref file })) => {
             check_config(file.clone().or(cli.config))
         }

@@ -84,3 +84,16 @@ impl Versions {
         self.0.iter().any(|r| r.is_expired(now_secs))
     }
 }
+
+/// A live record written once by node 1, for tests of the layers above.
+#[cfg(test)]
+pub(crate) fn test_record(value: &str, expires_at: u64) -> Record {
+    Record {
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        flags: 3,
+        expires_at,
+        timestamp: 1,
+        clock: VectorClock::new().incremented(1),
+        tombstone: false,
+    }
+}

@@ -703,7 +703,7 @@ mod tests {
     use super::*;
 
     fn versions(value: &str, expires_at: u64) -> Versions {
-        Versions::one(crate::store::tests::record(value, expires_at))
+        Versions::one(crate::record::test_record(value, expires_at))
     }
 
     fn put(store: &DiskStore, key: &str, value: &str, expires_at: u64) -> Commit {

@@ -295,7 +295,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::record;
+    use crate::record::test_record as record;
 
     fn put(store: &MemoryStore, key: &str, value: &str, expires_at: u64) {
         let _ = store.update(key.as_bytes(), 100, &mut |_| {

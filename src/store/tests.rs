@@ -4,22 +4,9 @@
 use super::disk::{DiskStore, Durability};
 use super::memory::MemoryStore;
 use super::{Change, Commit, Store, StoreStats, RECORD_OVERHEAD};
-use crate::causality::VectorClock;
-use crate::record::{Record, Versions};
+use crate::record::{test_record as record, Record, Versions};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
-
-/// A live record written once by node 1 (the engines' own tests use it too).
-pub(super) fn record(value: &str, expires_at: u64) -> Record {
-    Record {
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        flags: 3,
-        expires_at,
-        timestamp: 1,
-        clock: VectorClock::new().incremented(1),
-        tombstone: false,
-    }
-}
 
 fn block(commit: Commit) {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -78,6 +78,12 @@ impl Kai {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Logged before the start is announced, so the caller sees the line.
+                {
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(addr) = line.split("serving memcache on ").nth(1) {
                     let addr = addr
                         .split_whitespace()
@@ -88,9 +94,6 @@ impl Kai {
                         let _ = tx.send(addr);
                     }
                 }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
