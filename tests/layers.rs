@@ -75,19 +75,23 @@ fn module_of(path: &Path) -> Vec<String> {
 }
 
 /// Every `crate::a::b…` path a file names, as module segments (lowercase ones only: types
-/// and functions end a module path).
+/// and functions end a module path). A group `crate::a::{b::C, d}` gives `a::b` and `a::d`.
 fn imports(text: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
-    // `use crate::{a::b, c}` groups: expand one level.
     for (at, _) in text.match_indices("crate::") {
         let rest = &text[at + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for item in group[..end].split(',') {
-                out.push(segments(item.trim()));
+        let prefix = segments(rest);
+        let after: usize = prefix.iter().map(|s| s.len() + 2).sum();
+        match rest.get(after..).and_then(|r| r.strip_prefix('{')) {
+            Some(group) => {
+                let end = group.find('}').unwrap_or(group.len());
+                for item in group[..end].split(',') {
+                    let mut path = prefix.clone();
+                    path.extend(segments(item.trim()));
+                    out.push(path);
+                }
             }
-        } else {
-            out.push(segments(rest));
+            None => out.push(prefix),
         }
     }
     out.retain(|s| !s.is_empty());
@@ -249,11 +253,20 @@ fn the_table_is_itself_acyclic_and_names_real_modules() {
 
 #[test]
 fn the_checker_sees_a_forbidden_import_and_a_cycle() {
-    let found = imports("use crate::{cluster::ring::Ring, store};\nlet x = crate::node::Item;");
+    let found = imports(
+        "use crate::{cluster::ring::Ring, store};\nlet x = crate::node::Item;\n\
+         use crate::cluster::{placement, rpc::message::Request};",
+    );
     assert_eq!(
         found,
-        [vec!["cluster", "ring"], vec!["store"], vec!["node"]]
-            .map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        [
+            vec!["cluster", "ring"],
+            vec!["store"],
+            vec!["node"],
+            vec!["cluster", "placement"],
+            vec!["cluster", "rpc", "message"],
+        ]
+        .map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     );
     let mut edges = BTreeMap::new();
     edges.insert("a".to_string(), BTreeSet::from(["b".to_string()]));

@@ -56,6 +56,20 @@ fn check_node_ok_warning_critical_unknown() {
     let _client = node.client();
     let p = port(&node);
     let text = expect_plugin(&["check", "node", "-H", "127.0.0.1", "-p", &p], "OK");
+    // Nagios users write the port either way.
+    expect_plugin(&["check", "node", "-H", &format!("127.0.0.1:{p}")], "OK");
+    let other = common::free_port().to_string();
+    expect_plugin(
+        &[
+            "check",
+            "node",
+            "-H",
+            &format!("127.0.0.1:{p}"),
+            "-p",
+            &other,
+        ],
+        "OK",
+    );
     assert!(
         text.contains("connections=") && text.contains("hit_ratio="),
         "{text}"
@@ -105,6 +119,10 @@ fn check_cluster_flags_nodes_that_disagree() {
     ]);
     assert_eq!(code, 0, "{text}");
     assert_plugin_output(&text, "OK");
+    // A bare host takes its port from -p.
+    let a_port = host(&a).rsplit_once(':').unwrap().1.to_string();
+    let (code, text) = kai(&["check", "cluster", "-H", "127.0.0.1", "-p", &a_port]);
+    assert_eq!(code, 0, "{text}");
     // Two nodes that each see only themselves: the split-brain signature.
     let (code, text) = kai(&["check", "cluster", "--host", &host(&a), "--host", &host(&b)]);
     assert_eq!(code, 2, "{text}");

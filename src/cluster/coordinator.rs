@@ -53,7 +53,6 @@ pub struct Read {
 type Replies = Vec<(SocketAddr, Option<Versions>)>;
 
 impl Coordinator {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: NodeId,
         membership: Arc<Membership>,

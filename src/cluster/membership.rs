@@ -84,7 +84,7 @@ pub struct Detection {
 impl Membership {
     /// Loads the persisted member list (if any). `path` is the member file, or None when
     /// nothing can be persisted. Nothing runs until [`Membership::start_detection`]; until
-    /// then every other member counts as suspect (usable), which in-process tests rely on.
+    /// then every other member counts as suspect (usable).
     pub fn open(me: SocketAddr, shape: RingShape, path: Option<PathBuf>) -> Arc<Membership> {
         let mut members = BTreeMap::new();
         if let Some(path) = &path {

@@ -49,6 +49,9 @@ pub enum NodeError {
     Cluster(#[from] ClusterError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A forwarded write came back with the outcome of another kind of operation.
+    #[error("unexpected outcome of {0} from its coordinator")]
+    UnexpectedOutcome(&'static str),
 }
 
 /// A value as a client sees it.
@@ -244,7 +247,7 @@ impl Node {
         };
         let outcome = match self.write(key, op).await? {
             Outcome::Store(outcome) => outcome,
-            other => unreachable!("a store answered {other:?}"),
+            _ => return Err(NodeError::UnexpectedOutcome("a store")),
         };
         let counters = &self.counters;
         match (mode, outcome) {
@@ -285,7 +288,7 @@ impl Node {
     ) -> Result<ArithOutcome, NodeError> {
         let outcome = match self.write(key, WriteOp::Arith { incr, delta }).await? {
             Outcome::Arith(outcome) => outcome,
-            other => unreachable!("incr/decr answered {other:?}"),
+            _ => return Err(NodeError::UnexpectedOutcome("incr/decr")),
         };
         let counters = &self.counters;
         let (hit, miss) = if incr {

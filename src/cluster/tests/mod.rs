@@ -109,6 +109,23 @@ impl TestCluster {
         }
     }
 
+    /// Cuts node `i` off, and both sides' failure detection notices.
+    fn partition(&self, i: usize) {
+        self.network.isolate(addr(i), &self.addrs());
+        self.mark(i, Liveness::Down);
+        for other in (0..self.nodes.len()).filter(|&o| o != i) {
+            (self.nodes[i].coordinator.membership()).set_liveness(addr(other), Liveness::Down);
+        }
+    }
+
+    /// Every link back, every node seen up.
+    fn heal(&self) {
+        self.network.heal();
+        for i in 0..self.nodes.len() {
+            self.mark(i, Liveness::Up);
+        }
+    }
+
     async fn set(&self, via: usize, key: &str, value: &str) -> Result<Outcome, ClusterError> {
         let op = WriteOp::Store {
             mode: StoreMode::Set,
@@ -391,21 +408,11 @@ async fn both_sides_of_a_partition_keep_concurrent_writes_as_siblings() {
     let cluster = TestCluster::start(3, quorum(3, 1, 1));
     cluster.set(0, "k", "before").await.unwrap();
     settle().await;
-    cluster.network.isolate(addr(0), &cluster.addrs());
-    cluster.mark(0, Liveness::Down);
-    for other in 1..3 {
-        cluster.nodes[0]
-            .coordinator
-            .membership()
-            .set_liveness(addr(other), Liveness::Down);
-    }
+    cluster.partition(0);
     cluster.set(0, "k", "left").await.unwrap();
     cluster.set(1, "k", "right").await.unwrap();
     settle().await;
-    cluster.network.heal();
-    for i in 0..3 {
-        cluster.mark(i, Liveness::Up);
-    }
+    cluster.heal();
     cluster.anti_entropy_round().await;
     for i in 0..3 {
         let versions = cluster.nodes[i].store.get(b"k", 0).unwrap();
