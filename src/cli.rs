@@ -196,6 +196,10 @@ pub enum CheckAction {
         /// (all hosts together)
         #[arg(long, value_name = "N", default_value_t = 100)]
         warn_sync: u64,
+        /// WARNING when a node measures a member's clock further off than this many
+        /// milliseconds [default: each node's own cluster.max_clock_skew]
+        #[arg(long, value_name = "MS")]
+        warn_skew: Option<u64>,
         /// Seconds to wait for each node
         #[arg(short = 't', long, default_value_t = 10)]
         timeout: u64,

@@ -169,6 +169,7 @@ fn check(action: CheckAction) -> ExitCode {
             expect_members,
             warn_hints,
             warn_sync,
+            warn_skew,
             timeout,
         } => admin::check::cluster(
             &(hosts.iter())
@@ -178,6 +179,7 @@ fn check(action: CheckAction) -> ExitCode {
                 expect_members,
                 warn_hints,
                 warn_sync,
+                warn_skew_ms: warn_skew,
             },
             Duration::from_secs(timeout),
         ),

@@ -106,6 +106,11 @@ const GAUGES: &[(&str, &str, &str)] = &[
         "Buckets that differ from a replica or wait to move to their owners",
     ),
     (
+        "kai_max_clock_offset_ms",
+        "kai_max_clock_offset_milliseconds",
+        "Largest clock offset measured to an active member",
+    ),
+    (
         "runtime_tasks",
         "kai_runtime_tasks",
         "Tasks alive in the runtime",
@@ -156,6 +161,18 @@ pub fn render(node: &Node) -> String {
         let name = format!("kai_cpu_{mode}_seconds_total");
         let value = get(stat).unwrap_or("0");
         let _ = writeln!(out, "# HELP {name} CPU time in {mode} mode.\n# TYPE {name} counter\n{name}{{node=\"{node_label}\"}} {value}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kai_peer_clock_offset_seconds How far each peer's clock is ahead of this node's (negative: behind).\n# TYPE kai_peer_clock_offset_seconds gauge"
+    );
+    for (peer, ms) in node.clock_offsets() {
+        let _ = writeln!(
+            out,
+            "kai_peer_clock_offset_seconds{{node=\"{node_label}\",peer=\"{}\"}} {:.3}",
+            label(&peer.to_string()),
+            ms as f64 / 1000.0
+        );
     }
     let _ = writeln!(
         out,

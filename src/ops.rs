@@ -4,11 +4,10 @@
 //! its quorum read and quorum write; a `WriteOp` is also what a node forwards to a replica.
 //! Text, binary and meta parsers all produce these operations and render these outcomes.
 
-use crate::causality::{self, NodeId, VectorClock};
+use crate::causality::{NodeId, VectorClock};
 use crate::record::{Record, Versions};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 
 /// Exptimes above this many seconds are absolute Unix times (memcached's REALTIME_MAXDELTA).
 pub const RELATIVE_EXPTIME_LIMIT: i64 = 30 * 24 * 60 * 60;
@@ -112,7 +111,7 @@ pub struct NewValue {
 /// replica holds it and `tombstone_grace` has passed since its timestamp.
 pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Outcome) {
     let live: Vec<&Record> = current.map_or_else(Vec::new, |v| v.live().collect());
-    let newest = causality::newest(&live).copied();
+    let newest = current.and_then(Versions::newest_live);
     match op {
         WriteOp::Store {
             mode,
@@ -215,18 +214,19 @@ pub struct Transition {
 }
 
 /// The one write rule: decide `op` against `current`, then build the new record on
-/// `writer` at `wall`, superseding every version in `current`. A touch answers with the
-/// record it creates.
+/// `writer` with timestamp `stamp` (a hybrid clock reading later than every version in
+/// `current`), superseding every version in `current`. A touch answers with the record it
+/// creates.
 pub fn transition(
     op: &WriteOp,
     current: Option<&Versions>,
     writer: NodeId,
-    wall: Duration,
+    stamp: u64,
 ) -> Transition {
     let (new, mut outcome) = decide(op, current);
     let record = new.map(|new| {
         let base = current.map(Versions::merged_clock).unwrap_or_default();
-        new_record(new, &base, writer, wall)
+        new_record(new, &base, writer, stamp)
     });
     if let (Outcome::Touched(touched), Some(record)) = (&mut outcome, &record) {
         *touched = Some(record.clone());
@@ -236,7 +236,7 @@ pub fn transition(
 
 /// The version a write creates on `writer`: its clock supersedes `base` (every version the
 /// writer knew of), its timestamp orders it among siblings.
-fn new_record(new: NewValue, base: &VectorClock, writer: NodeId, wall: Duration) -> Record {
+fn new_record(new: NewValue, base: &VectorClock, writer: NodeId, stamp: u64) -> Record {
     if let Some(touched) = new.touches {
         return Record {
             expires_at: new.expires_at,
@@ -247,7 +247,7 @@ fn new_record(new: NewValue, base: &VectorClock, writer: NodeId, wall: Duration)
         value: new.value,
         flags: new.flags,
         expires_at: new.expires_at,
-        timestamp: wall.as_micros() as u64,
+        timestamp: stamp,
         clock: base.incremented(writer),
         tombstone: new.tombstone,
     }
@@ -317,8 +317,8 @@ mod tests {
     #[test]
     fn a_transition_supersedes_every_current_version() {
         let siblings = Versions(vec![record("a", 1, 1), record("b", 2, 2)]);
-        let wall = Duration::from_micros(9);
-        let done = transition(&store(StoreMode::Set, "c"), Some(&siblings), 3, wall);
+        let stamp = 9;
+        let done = transition(&store(StoreMode::Set, "c"), Some(&siblings), 3, stamp);
         let new = done.record.expect("a set writes");
         assert!(siblings.0.iter().all(|s| new.clock.descends(&s.clock)));
         assert_eq!(
@@ -327,7 +327,7 @@ mod tests {
         );
         // A touch keeps clock and cas, and answers with the touched record.
         let touch = WriteOp::Touch { expires_at: 77 };
-        let done = transition(&touch, Some(&Versions::one(record("a", 1, 1))), 3, wall);
+        let done = transition(&touch, Some(&Versions::one(record("a", 1, 1))), 3, stamp);
         let touched = done.record.expect("a touch writes");
         assert_eq!((touched.expires_at, touched.timestamp), (77, 1));
         assert_eq!(done.outcome, Outcome::Touched(Some(touched)));

@@ -60,6 +60,12 @@ impl Versions {
         self.0.iter().filter(|r| !r.tombstone)
     }
 
+    /// The last-write-wins view: the version with the greatest timestamp, unless that is a
+    /// tombstone (a delete later than every concurrent write hides them).
+    pub fn newest_live(&self) -> Option<&Record> {
+        crate::causality::newest(&self.0).filter(|r| !r.tombstone)
+    }
+
     pub fn has_live(&self) -> bool {
         self.live().next().is_some()
     }

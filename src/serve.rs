@@ -3,6 +3,7 @@
 //! the runtime, wires node, cluster and listeners, serves, handles signals and shuts down in
 //! order (docs/design.md, "Service integration").
 
+use crate::time::HybridClock;
 use crate::address::resolve;
 use crate::cluster::anti_entropy::AntiEntropy;
 use crate::cluster::coordinator::Coordinator;
@@ -299,6 +300,7 @@ fn start_cluster(
     } else {
         log::info!("rpc on {me}, peers authenticated with the cluster secret");
     }
+    let clock = Arc::new(HybridClock::new());
     let settings = Arc::new(RpcSettings {
         secret,
         cluster: config.cluster.name.clone(),
@@ -306,6 +308,8 @@ fn start_cluster(
         timeout: config.rpc.timeout.0,
         max_connections: config.rpc.max_connections as usize,
         bind: Some(me.ip()),
+        clock: Arc::clone(&clock),
+        max_clock_skew: config.cluster.max_clock_skew.0,
     });
     let peers = Peers::new(Arc::new(Pool::new(Arc::clone(&settings))));
     let gossip = config.cluster.gossip_interval.0;
@@ -325,6 +329,7 @@ fn start_cluster(
         config.cluster.max_siblings as usize,
         config.cluster.tombstone_grace.0,
         Arc::clone(&counters),
+        clock,
     ));
     let coordinator = Coordinator::new(
         node.id(),

@@ -8,3 +8,86 @@ pub fn unix_now() -> Duration {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
 }
+
+/// A hybrid logical clock: write timestamps in Unix microseconds that follow the wall clock
+/// but never run backwards and never fall behind a timestamp this node has seen from a peer
+/// (docs/design.md, "Last write wins"). So a write coordinated after a node heard of
+/// another write, directly or through any peer message, is stamped later than it, however
+/// far the two wall clocks disagree.
+#[derive(Debug, Default)]
+pub struct HybridClock {
+    last: std::sync::atomic::AtomicU64,
+    /// Added to the wall clock: zero except in simulations of a skewed node.
+    skew_micros: i64,
+}
+
+impl HybridClock {
+    pub fn new() -> Self {
+        HybridClock::default()
+    }
+
+    /// A clock whose wall clock runs `skew_micros` off the real one (tests).
+    pub fn skewed(skew_micros: i64) -> Self {
+        HybridClock {
+            last: Default::default(),
+            skew_micros,
+        }
+    }
+
+    /// This node's wall clock in Unix microseconds.
+    pub fn wall_micros(&self) -> u64 {
+        (unix_now().as_micros() as u64).saturating_add_signed(self.skew_micros)
+    }
+
+    /// A fresh timestamp: later than every one handed out or observed before.
+    pub fn stamp(&self) -> u64 {
+        let wall = self.wall_micros();
+        let mut last = self.last.load(std::sync::atomic::Ordering::Acquire);
+        loop {
+            let next = wall.max(last + 1);
+            match self.last.compare_exchange_weak(
+                last,
+                next,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            ) {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// Takes in a timestamp from a peer (a message or a record it sent).
+    pub fn observe(&self, remote: u64) {
+        (self.last).fetch_max(remote, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The latest timestamp handed out or observed, without advancing (to send to peers).
+    pub fn peek(&self) -> u64 {
+        let last = self.last.load(std::sync::atomic::Ordering::Acquire);
+        last.max(self.wall_micros())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_rise_and_follow_what_peers_have_seen() {
+        let behind = HybridClock::skewed(-30_000_000);
+        let first = behind.stamp();
+        assert!(behind.stamp() > first);
+        // A peer 30 s ahead stamped a write; anything stamped here afterwards is later.
+        let ahead = HybridClock::skewed(30_000_000);
+        let theirs = ahead.stamp();
+        assert!(theirs > first + 59_000_000);
+        behind.observe(theirs);
+        let after = behind.stamp();
+        assert!(after > theirs);
+        // Observing an older stamp changes nothing.
+        behind.observe(first);
+        assert!(behind.stamp() > after);
+        assert!(behind.peek() >= after);
+    }
+}

@@ -110,6 +110,9 @@ pub struct ClusterLimits {
     pub warn_hints: u64,
     /// WARNING above this many buckets waiting for anti-entropy or a move (all hosts).
     pub warn_sync: u64,
+    /// WARNING when a node's largest member clock offset exceeds this (None: the limit
+    /// each node reports, its `cluster.max_clock_skew`).
+    pub warn_skew_ms: Option<u64>,
 }
 
 /// `kai check cluster`: every host answers, all agree on the member list and on who is up,
@@ -119,6 +122,7 @@ pub fn cluster(hosts: &[String], limits: &ClusterLimits, timeout: Duration) -> V
         expect_members,
         warn_hints,
         warn_sync,
+        warn_skew_ms,
     } = *limits;
     if hosts.is_empty() {
         return unknown("no --host given");
@@ -164,8 +168,26 @@ pub fn cluster(hosts: &[String], limits: &ClusterLimits, timeout: Duration) -> V
     };
     let hints = total("kai_pending_hints");
     let sync = total("kai_sync_pending_buckets");
+    let number = |stats: &super::client::Stats, name: &str| -> Option<u64> {
+        stat(stats, name)?.parse().ok()
+    };
+    // Nodes whose clocks disagree with a member's by more than the limit, as text.
+    let mut skewed = Vec::new();
+    let mut max_skew = 0;
+    for (host, stats) in &views {
+        let skew = number(stats, "kai_max_clock_offset_ms").unwrap_or(0);
+        max_skew = max_skew.max(skew);
+        let limit = warn_skew_ms.or_else(|| number(stats, "kai_max_clock_skew_ms"));
+        if limit.is_some_and(|limit| skew > limit) {
+            skewed.push(format!(
+                "{host} measures [{}]",
+                stat(stats, "kai_clock_offsets").unwrap_or("")
+            ));
+        }
+    }
+    let skew_threshold = warn_skew_ms.map(|w| w.to_string()).unwrap_or_default();
     let perfdata = format!(
-        "members={up};;{expect_members}:;0; reachable={};;;0;{} hints={hints};{warn_hints};;0; sync_buckets={sync};{warn_sync};;0;",
+        "members={up};;{expect_members}:;0; reachable={};;;0;{} hints={hints};{warn_hints};;0; sync_buckets={sync};{warn_sync};;0; clock_skew={max_skew}ms;{skew_threshold};;0;",
         views.len(),
         hosts.len()
     );
@@ -206,6 +228,13 @@ pub fn cluster(hosts: &[String], limits: &ClusterLimits, timeout: Duration) -> V
     if sync > warn_sync {
         let text = format!(
             "{sync} buckets wait for anti-entropy or an ownership move (more than {warn_sync})"
+        );
+        return verdict(Status::Warning, &text, &perfdata);
+    }
+    if !skewed.is_empty() {
+        let text = format!(
+            "clocks disagree by up to {max_skew} ms (check NTP): {} (member=ms, + ahead)",
+            skewed.join("; ")
         );
         return verdict(Status::Warning, &text, &perfdata);
     }

@@ -82,6 +82,8 @@ pub fn run(config: &Config, node: Option<&str>, command: Command) -> Result<Stri
         timeout: config.rpc.timeout.0.max(Duration::from_secs(10)),
         max_connections: 1,
         bind: None,
+        clock: Arc::new(crate::time::HybridClock::new()),
+        max_clock_skew: config.cluster.max_clock_skew.0,
     });
     let request = match &command {
         Command::Join(seed) => Request::AdminJoin { seed: seed.clone() },

@@ -77,15 +77,22 @@ impl Coordinator {
     /// `kai cluster status`: each member, its liveness, owned buckets and pending hints.
     pub fn status(&self) -> Vec<String> {
         let owned = placement::owned_buckets(&self.membership.ring(), self.replicas());
+        let offsets: std::collections::HashMap<_, _> =
+            self.peers.clock_offsets().into_iter().collect();
         (self.membership.records().into_iter())
             .map(|record| {
+                let clock = match offsets.get(&record.addr) {
+                    _ if record.addr == self.me => String::new(),
+                    Some(o) => format!(" clock_offset_ms={:+}", o.offset_us / 1000),
+                    None => " clock_offset_ms=unmeasured".to_string(),
+                };
                 let state = if record.left {
                     "left"
                 } else {
                     self.membership.liveness(record.addr).name()
                 };
                 format!(
-                    "{} {state} buckets={} hints={}{}",
+                    "{} {state} buckets={} hints={}{clock}{}",
                     record.addr,
                     owned.get(&record.addr).copied().unwrap_or(0),
                     self.hints.count_for(record.addr),

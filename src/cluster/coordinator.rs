@@ -18,7 +18,6 @@ use crate::causality::{self, NodeId};
 use crate::config::Quorum;
 use crate::ops::{self, Outcome, WriteOp};
 use crate::record::Versions;
-use crate::time::unix_now;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::net::SocketAddr;
@@ -72,6 +71,16 @@ impl Coordinator {
             hints,
             counters,
         })
+    }
+
+    /// A timestamp later than every version the new one supersedes, and than anything this
+    /// node has seen from its peers.
+    fn stamp_after(&self, current: Option<&Versions>) -> u64 {
+        let clock = self.replica.clock();
+        for version in current.iter().flat_map(|v| v.0.iter()) {
+            clock.observe(version.timestamp);
+        }
+        clock.stamp()
     }
 
     pub fn membership(&self) -> &Arc<Membership> {
@@ -279,7 +288,6 @@ impl Coordinator {
         key: &[u8],
         op: WriteOp,
     ) -> Result<Outcome, ClusterError> {
-        let wall = unix_now();
         let local = self.replica.get(key);
         let current = if op.needs_read() {
             let read = self.quorum_read(key).await?;
@@ -295,7 +303,7 @@ impl Coordinator {
         let ops::Transition {
             record,
             mut outcome,
-        } = ops::transition(&op, current.as_ref(), self.id, wall);
+        } = ops::transition(&op, current.as_ref(), self.id, self.stamp_after(current.as_ref()));
         let Some(record) = record else {
             return Ok(outcome);
         };

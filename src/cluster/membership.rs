@@ -358,6 +358,10 @@ impl Membership {
             frequency: interval * 3,
             num_members: NonZeroUsize::new(3).expect("non-zero"),
         });
+        // foca times out only the suspicions its own probes raised: one learned from gossip
+        // stays until the suspect refutes it, which it never does if the rumour missed it.
+        let suspicion_limit = config.suspect_to_down_after + config.probe_period * 2;
+        let mut suspicions = Suspicions::default();
         let mut foca: Swim = Foca::new(identity, config, StdRng::from_os_rng(), PostcardCodec);
         let mut runtime = foca::AccumulatingRuntime::new();
         let (timers, mut fired) = mpsc::unbounded_channel();
@@ -386,7 +390,10 @@ impl Membership {
                             let _ = foca.announce(SwimId::at(addr), &mut runtime);
                         }
                     }
-                    Ok(())
+                    let expired = suspicions.expired(&foca, suspicion_limit);
+                    // Declared down here, the member hears so on its next message and
+                    // rejoins under a new incarnation.
+                    foca.apply_many(expired.into_iter(), true, &mut runtime)
                 }
             };
             if let Err(err) = result {
@@ -451,6 +458,35 @@ impl Membership {
 
     pub fn shape(&self) -> &RingShape {
         &self.shape
+    }
+}
+
+/// When each suspicion (member identity and incarnation) was first seen.
+#[derive(Default)]
+struct Suspicions(HashMap<(SwimId, foca::Incarnation), std::time::Instant>);
+
+impl Suspicions {
+    /// The suspects held longer than `limit`, as Down updates; forgets refuted ones.
+    fn expired(&mut self, foca: &Swim, limit: Duration) -> Vec<foca::Member<SwimId>> {
+        let now = std::time::Instant::now();
+        let current: Vec<(SwimId, foca::Incarnation)> = (foca.iter_membership_state())
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        self.0.retain(|suspicion, _| current.contains(suspicion));
+        let mut expired = Vec::new();
+        for suspicion in current {
+            let since = *self.0.entry(suspicion.clone()).or_insert(now);
+            if now.duration_since(since) > limit {
+                log::info!(
+                    "member {} stayed suspect for {limit:?}; declaring it down",
+                    suspicion.0.addr
+                );
+                let (id, incarnation) = suspicion;
+                expired.push(foca::Member::new(id, incarnation, foca::State::Down));
+            }
+        }
+        expired
     }
 }
 

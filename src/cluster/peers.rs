@@ -7,6 +7,7 @@ use super::error::PeerError;
 use super::member::MemberRecord;
 use super::rpc::client::{Pool, RpcError};
 use super::rpc::message::{Request, Response};
+use super::rpc::offsets::ClockOffset;
 use crate::ops::{Outcome, WriteOp};
 use crate::record::Versions;
 use bytes::Bytes;
@@ -20,6 +21,10 @@ pub trait PeerTransport: Send + Sync + 'static {
         -> BoxFuture<'_, Result<Response, RpcError>>;
     /// One-way failure-detection datagram; dropped when the peer cannot be reached.
     fn send_swim(&self, peer: SocketAddr, data: Bytes);
+    /// Each peer's clock offset as last measured (none where clocks are not measured).
+    fn clock_offsets(&self) -> Vec<(SocketAddr, ClockOffset)> {
+        Vec::new()
+    }
 }
 
 impl PeerTransport for Arc<Pool> {
@@ -33,6 +38,10 @@ impl PeerTransport for Arc<Pool> {
 
     fn send_swim(&self, peer: SocketAddr, data: Bytes) {
         self.send(peer, data);
+    }
+
+    fn clock_offsets(&self) -> Vec<(SocketAddr, ClockOffset)> {
+        self.offsets().all()
     }
 }
 
@@ -55,6 +64,10 @@ impl Peers {
             Response::Error(reason) => Err(PeerError::Refused { peer, reason }),
             response => Ok(response),
         }
+    }
+
+    pub fn clock_offsets(&self) -> Vec<(SocketAddr, ClockOffset)> {
+        self.0.clock_offsets()
     }
 
     pub fn send_swim(&self, peer: SocketAddr, data: Bytes) {

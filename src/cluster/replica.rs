@@ -6,7 +6,7 @@ use super::counters::ClusterCounters;
 use crate::causality;
 use crate::record::{Record, Versions};
 use crate::store::{Change, Commit, Store};
-use crate::time::unix_now;
+use crate::time::{unix_now, HybridClock};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ pub struct Replica {
     max_siblings: usize,
     tombstone_grace: Duration,
     counters: Arc<ClusterCounters>,
+    clock: Arc<HybridClock>,
 }
 
 impl Replica {
@@ -24,13 +25,20 @@ impl Replica {
         max_siblings: usize,
         tombstone_grace: Duration,
         counters: Arc<ClusterCounters>,
+        clock: Arc<HybridClock>,
     ) -> Replica {
         Replica {
             store,
             max_siblings,
             tombstone_grace,
             counters,
+            clock,
         }
+    }
+
+    /// This node's hybrid clock: stamps the writes it coordinates.
+    pub fn clock(&self) -> &Arc<HybridClock> {
+        &self.clock
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -45,6 +53,9 @@ impl Replica {
     /// Stores versions received as a replica. Returns whether a live value was there
     /// before, and when the change is durable.
     pub fn apply(&self, key: &[u8], incoming: Versions) -> (bool, Commit) {
+        for version in &incoming.0 {
+            self.clock.observe(version.timestamp);
+        }
         let mut had_live = false;
         let commit = self
             .store

@@ -116,6 +116,9 @@ pub struct ClusterSection {
     pub tombstone_grace: Span,
     pub conflict_resolution: ConflictResolution,
     pub max_siblings: u32,
+    /// A peer clock further off than this is logged as a warning; `kai check cluster`
+    /// warns about it too.
+    pub max_clock_skew: Span,
 }
 
 impl Default for ClusterSection {
@@ -132,6 +135,7 @@ impl Default for ClusterSection {
             tombstone_grace: Span(Duration::from_secs(3600)),
             conflict_resolution: ConflictResolution::LastWriteWins,
             max_siblings: 8,
+            max_clock_skew: Span(Duration::from_secs(1)),
         }
     }
 }

@@ -108,6 +108,12 @@ pub fn check(config: &Config, warnings: &mut Vec<String>) -> Result<(), Problem>
     if cluster.sync_rate.0 == 0 {
         return Err(problem("cluster.sync_rate", "must be greater than zero"));
     }
+    if cluster.max_clock_skew.is_zero() {
+        return Err(problem(
+            "cluster.max_clock_skew",
+            "must be greater than zero",
+        ));
+    }
     if !(1..=64).contains(&cluster.max_siblings) {
         return Err(problem("cluster.max_siblings", "must be between 1 and 64"));
     }

@@ -81,6 +81,8 @@ pub struct Node {
     flush_generation: AtomicU64,
     /// conflict_resolution = "siblings", read by every get without touching the config lock.
     siblings_mode: AtomicBool,
+    /// Stamps writes while this node serves alone.
+    clock: crate::time::HybridClock,
 }
 
 fn item(record: &Record) -> Item {
@@ -125,6 +127,7 @@ impl Node {
             started: Instant::now(),
             flush_generation: AtomicU64::new(0),
             siblings_mode: AtomicBool::new(siblings),
+            clock: crate::time::HybridClock::new(),
         }
     }
 
@@ -173,10 +176,9 @@ impl Node {
         if let Some(cluster) = self.cluster() {
             return Ok(cluster.write(key, op).await?);
         }
-        let wall = unix_now();
         let mut outcome = Outcome::Deleted(false);
-        let commit = self.store.update(key, wall.as_secs(), &mut |current| {
-            let done = ops::transition(&op, current, self.id, wall);
+        let commit = self.store.update(key, unix_now().as_secs(), &mut |current| {
+            let done = ops::transition(&op, current, self.id, self.clock.stamp());
             outcome = done.outcome;
             match done.record {
                 None => Change::Keep,
@@ -195,14 +197,12 @@ impl Node {
         let found = match touch {
             None => {
                 let versions = self.read(key).await?;
-                let live = versions.iter().flat_map(|v| v.live());
                 if self.siblings_mode.load(Ordering::Relaxed) {
+                    let live = versions.iter().flat_map(|v| v.live());
                     live.map(item).collect()
                 } else {
-                    crate::causality::newest_of(live)
-                        .map(item)
-                        .into_iter()
-                        .collect()
+                    let newest = versions.as_ref().and_then(Versions::newest_live);
+                    newest.map(item).into_iter().collect()
                 }
             }
             Some(exptime) => {
@@ -358,6 +358,18 @@ impl Node {
     }
 
     /// Members seen up, as `host:port`, sorted.
+    /// Each active member's clock offset from this node in ms, as last measured.
+    pub fn clock_offsets(&self) -> Vec<(std::net::SocketAddr, i64)> {
+        let Some(cluster) = self.cluster.get() else {
+            return Vec::new();
+        };
+        let active = cluster.membership().active();
+        (cluster.peers().clock_offsets().into_iter())
+            .filter(|(peer, _)| active.contains(peer))
+            .map(|(peer, offset)| (peer, offset.offset_us / 1000))
+            .collect()
+    }
+
     pub fn members_up(&self) -> Vec<String> {
         match self.cluster.get() {
             Some(cluster) => (cluster.membership().up().iter())

@@ -105,6 +105,14 @@ impl Node {
             .cluster
             .get()
             .map_or(0, |cluster| cluster.hints().total());
+        let offsets = self.clock_offsets();
+        let max_offset_ms = (offsets.iter())
+            .map(|(_, ms)| ms.unsigned_abs())
+            .max()
+            .unwrap_or(0);
+        let offsets: Vec<String> = (offsets.iter())
+            .map(|(peer, ms)| format!("{peer}={ms}"))
+            .collect();
         vec![
             ("kai_version", VERSION.to_string()),
             ("kai_node", self.address.clone()),
@@ -135,6 +143,12 @@ impl Node {
             ("kai_sync_bytes", count(|c| &c.sync_bytes)),
             ("kai_sync_pending_buckets", count(|c| &c.pending_buckets)),
             ("kai_purged_tombstones", count(|c| &c.purged_tombstones)),
+            ("kai_clock_offsets", offsets.join(" ")),
+            ("kai_max_clock_offset_ms", max_offset_ms.to_string()),
+            (
+                "kai_max_clock_skew_ms",
+                config.cluster.max_clock_skew.0.as_millis().to_string(),
+            ),
         ]
     }
 

@@ -178,8 +178,9 @@ impl<'a> ServerHandshake<'a> {
         }
     }
 
-    /// Answers the client's Hello with a Challenge, or an error to send as Refused.
-    pub fn hello(&mut self, message: Message) -> Result<Message, Refusal> {
+    /// Answers the client's Hello with a Challenge carrying `now_us` (this node's wall
+    /// clock), or an error to send as Refused.
+    pub fn hello(&mut self, message: Message, now_us: u64) -> Result<Message, Refusal> {
         let Message::Hello {
             protocol,
             cluster,
@@ -206,6 +207,7 @@ impl<'a> ServerHandshake<'a> {
         Ok(Message::Challenge {
             nonce: self.nonce,
             proof: proof(self.secret, SERVER, self.cluster, &nonce, &self.nonce),
+            now_us,
         })
     }
 
@@ -254,29 +256,30 @@ impl<'a> ClientHandshake<'a> {
         }
     }
 
-    pub fn challenge(&self, message: Message) -> Result<Message, HandshakeError> {
+    pub fn challenge(&self, message: &Message) -> Result<Message, HandshakeError> {
         match message {
             Message::Challenge {
                 nonce,
                 proof: claimed,
+                ..
             } => {
                 if !verify(
                     self.secret,
                     SERVER,
                     self.cluster,
                     &self.nonce,
-                    &nonce,
-                    &claimed,
+                    nonce,
+                    claimed,
                 ) {
                     return Err(HandshakeError::Rejected(
                         "peer does not know the cluster secret".into(),
                     ));
                 }
                 Ok(Message::Proof {
-                    proof: proof(self.secret, CLIENT, self.cluster, &nonce, &self.nonce),
+                    proof: proof(self.secret, CLIENT, self.cluster, nonce, &self.nonce),
                 })
             }
-            Message::Refused { reason } => Err(HandshakeError::Refused(reason)),
+            Message::Refused { reason } => Err(HandshakeError::Refused(reason.clone())),
             _ => Err(HandshakeError::Rejected(
                 "unexpected handshake message".into(),
             )),
@@ -293,7 +296,7 @@ pub fn forged_handshake_accepted(data: &[u8]) -> bool {
     let Ok((hello, rest)) = postcard::take_from_bytes::<Message>(data) else {
         return false;
     };
-    if server.hello(hello).is_err() {
+    if server.hello(hello, 0).is_err() {
         return false;
     }
     postcard::from_bytes::<Message>(rest).is_ok_and(|proof| server.proof(proof).is_ok())
@@ -308,8 +311,8 @@ mod tests {
         let (cs, ss) = (Secret::new(client_secret), Secret::new(server_secret));
         let client = ClientHandshake::new(&cs, "kai");
         let mut server = ServerHandshake::new(&ss, "kai");
-        let challenge = server.hello(client.hello("127.0.0.1:1")).unwrap();
-        let proof = match client.challenge(challenge) {
+        let challenge = server.hello(client.hello("127.0.0.1:1"), 0).unwrap();
+        let proof = match client.challenge(&challenge) {
             Ok(proof) => proof,
             Err(err) => return Some(err.to_string()),
         };
@@ -335,8 +338,8 @@ mod tests {
         let handshake = |client: &Secret, server: &Secret| {
             let hello = ClientHandshake::new(client, "kai");
             let mut accept = ServerHandshake::new(server, "kai");
-            let challenge = accept.hello(hello.hello("a")).unwrap();
-            match hello.challenge(challenge) {
+            let challenge = accept.hello(hello.hello("a"), 0).unwrap();
+            match hello.challenge(&challenge) {
                 Ok(proof) => accept.proof(proof).is_ok(),
                 Err(_) => false,
             }
@@ -361,14 +364,14 @@ mod tests {
         let secret = Secret::new("s3cret");
         let client = ClientHandshake::new(&secret, "kai");
         let mut first = ServerHandshake::new(&secret, "kai");
-        let challenge = first.hello(client.hello("a")).unwrap();
-        let proof = client.challenge(challenge).unwrap();
+        let challenge = first.hello(client.hello("a"), 0).unwrap();
+        let proof = client.challenge(&challenge).unwrap();
         let Message::Proof { proof: recorded } = proof else {
             panic!()
         };
         // A second connection gets a new server nonce: the old proof is worthless.
         let mut second = ServerHandshake::new(&secret, "kai");
-        second.hello(client.hello("a")).unwrap();
+        second.hello(client.hello("a"), 0).unwrap();
         assert!(second.proof(Message::Proof { proof: recorded }).is_err());
     }
 
@@ -376,7 +379,7 @@ mod tests {
     fn cluster_name_and_protocol_must_match() {
         let secret = Secret::new("s");
         let mut server = ServerHandshake::new(&secret, "prod");
-        let err = server.hello(ClientHandshake::new(&secret, "test").hello("a"));
+        let err = server.hello(ClientHandshake::new(&secret, "test").hello("a"), 0);
         assert!(matches!(err, Err(Refusal::Cluster { .. })));
         let hello = Message::Hello {
             protocol: 99,
@@ -385,7 +388,7 @@ mod tests {
             nonce: [0; 32],
         };
         assert!(server
-            .hello(hello)
+            .hello(hello, 0)
             .unwrap_err()
             .to_string()
             .contains("protocol"));

@@ -4,6 +4,7 @@
 use super::auth::{ClientHandshake, HandshakeError};
 use super::frame::FrameCodec;
 use super::message::{Message, Request, Response};
+use super::offsets::{ClockOffset, ClockOffsets};
 use super::RpcSettings;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -40,7 +41,9 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 /// Requests queued per peer connection before callers wait.
 const SEND_QUEUE: usize = 4096;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+/// Calls awaiting a reply: where to deliver it, and when the request left (our wall clock,
+/// µs) for the clock-offset sample the reply makes.
+type Pending = Arc<Mutex<HashMap<u64, (oneshot::Sender<Response>, u64)>>>;
 
 struct Connection {
     outgoing: mpsc::Sender<Message>,
@@ -56,6 +59,7 @@ struct PeerSlot {
 
 pub struct Pool {
     transport: Arc<RpcSettings>,
+    offsets: Arc<ClockOffsets>,
     peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<PeerSlot>>>>,
     next_id: AtomicU64,
     /// Peers whose refusal was logged already (once per peer).
@@ -65,6 +69,7 @@ pub struct Pool {
 impl Pool {
     pub fn new(transport: Arc<RpcSettings>) -> Self {
         Pool {
+            offsets: Arc::new(ClockOffsets::new(transport.max_clock_skew)),
             transport,
             peers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -74,6 +79,11 @@ impl Pool {
 
     pub fn timeout(&self) -> Duration {
         self.transport.timeout
+    }
+
+    /// Each peer's clock offset as last measured.
+    pub fn offsets(&self) -> &ClockOffsets {
+        &self.offsets
     }
 
     /// Sends `body` to `peer` and waits for its reply, all within `rpc.timeout`.
@@ -86,18 +96,28 @@ impl Pool {
     }
 
     async fn call_unbounded(&self, peer: SocketAddr, body: Request) -> Result<Response, RpcError> {
-        let deadline_ms = (crate::time::unix_now() + self.transport.timeout).as_millis() as u64;
+        let clock = &self.transport.clock;
+        let started_us = clock.wall_micros();
         let connection = self.connection(peer).await?;
+        // The deadline on the peer's clock, widened by the offset's uncertainty.
+        let offset = self.offsets.get(peer).unwrap_or(ClockOffset {
+            offset_us: 0,
+            rtt_us: 0,
+        });
+        let deadline_us = (started_us + self.transport.timeout.as_micros() as u64)
+            .saturating_add_signed(offset.offset_us)
+            + offset.rtt_us / 2;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        lock(&connection.pending).insert(id, reply);
+        lock(&connection.pending).insert(id, (reply, clock.wall_micros()));
         // Forget the id however this call ends (reply, timeout, or the caller going away).
         let _forget = Forget(&connection.pending, id);
         if connection
             .outgoing
             .send(Message::Request {
                 id,
-                deadline_ms,
+                deadline_us,
+                hlc: clock.peek(),
                 body,
             })
             .await
@@ -172,7 +192,7 @@ impl Pool {
         let stream = socket.connect(peer).await?;
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
-        if let Err(err) = self.handshake(&mut framed).await {
+        if let Err(err) = self.handshake(&mut framed, peer).await {
             if err.is_authentication() && lock(&self.refused).insert(peer) {
                 log::warn!("rpc: cannot join peer {peer}: {err}");
             }
@@ -184,10 +204,20 @@ impl Pool {
         let alive = Arc::new(AtomicBool::new(true));
         tokio::spawn(super::write_batched(sink, queue));
         let (reader_pending, reader_alive) = (Arc::clone(&pending), Arc::clone(&alive));
+        let (clock, offsets) = (Arc::clone(&self.transport.clock), Arc::clone(&self.offsets));
         tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
-                if let Message::Response { id, body } = message {
-                    if let Some(reply) = lock(&reader_pending).remove(&id) {
+                if let Message::Response {
+                    id,
+                    now_us,
+                    hlc,
+                    body,
+                } = message
+                {
+                    let received_us = clock.wall_micros();
+                    clock.observe(hlc);
+                    if let Some((reply, sent_us)) = lock(&reader_pending).remove(&id) {
+                        offsets.sample(peer, sent_us, now_us, received_us);
                         let _ = reply.send(body);
                     }
                 }
@@ -206,12 +236,19 @@ impl Pool {
     async fn handshake(
         &self,
         framed: &mut Framed<TcpStream, FrameCodec<Message>>,
+        peer: SocketAddr,
     ) -> Result<(), HandshakeError> {
         let transport = &self.transport;
         let handshake = ClientHandshake::new(&transport.secret, &transport.cluster);
+        let sent_us = transport.clock.wall_micros();
         framed.send(handshake.hello(&transport.node)).await?;
         let challenge = framed.next().await.ok_or(HandshakeError::Closed)??;
-        framed.send(handshake.challenge(challenge)?).await?;
+        let received_us = transport.clock.wall_micros();
+        let proof = handshake.challenge(&challenge)?;
+        if let Message::Challenge { now_us, .. } = challenge {
+            self.offsets.sample(peer, sent_us, now_us, received_us);
+        }
+        framed.send(proof).await?;
         match framed.next().await.ok_or(HandshakeError::Closed)?? {
             Message::Welcome => Ok(()),
             Message::Refused { reason } => Err(HandshakeError::Refused(reason)),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change of these messages.
-pub const PEER_PROTOCOL: u32 = 2;
+pub const PEER_PROTOCOL: u32 = 3;
 
 pub type Nonce = [u8; 32];
 pub type Proof = [u8; 32];
@@ -22,10 +22,12 @@ pub enum Message {
         node: String,
         nonce: Nonce,
     },
-    /// Server → client: the server's proof of the secret and a fresh challenge back.
+    /// Server → client: the server's proof of the secret and a fresh challenge back, with
+    /// the server's wall clock (Unix µs): the client's first measure of the clock offset.
     Challenge {
         nonce: Nonce,
         proof: Proof,
+        now_us: u64,
     },
     /// Client → server: the client's proof of the secret.
     Proof {
@@ -37,14 +39,20 @@ pub enum Message {
     },
     Request {
         id: u64,
-        /// Unix milliseconds (sender's clock) after which the sender has given up: a request
-        /// held up by a partition and delivered late by TCP must not run (a late forwarded
-        /// write would supersede writes acknowledged since).
-        deadline_ms: u64,
+        /// When the sender gives up, in Unix µs on the *receiver's* clock (the sender's clock
+        /// corrected by the offset it measured): a request held up by a partition and
+        /// delivered late by TCP must not run (a late forwarded write would supersede writes
+        /// acknowledged since), whatever the two wall clocks say.
+        deadline_us: u64,
+        /// The sender's hybrid clock (docs/design.md, "Last write wins").
+        hlc: u64,
         body: Request,
     },
     Response {
         id: u64,
+        /// The responder's wall clock when it answered (Unix µs): a clock-offset sample.
+        now_us: u64,
+        hlc: u64,
         body: Response,
     },
     /// SWIM traffic (foca's own encoding); one-way, no reply.

@@ -5,10 +5,13 @@ pub mod auth;
 pub mod client;
 pub mod frame;
 pub mod message;
+pub mod offsets;
 pub mod server;
 
 use futures_util::{Sink, SinkExt};
+use crate::time::HybridClock;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -24,6 +27,11 @@ pub struct RpcSettings {
     /// Source address of outgoing connections: the node's own address, so peers (and
     /// firewalls) see connections coming from the node they name.
     pub bind: Option<IpAddr>,
+    /// This node's hybrid clock: its wall clock times the deadlines, its reading rides on
+    /// every request and reply.
+    pub clock: Arc<HybridClock>,
+    /// Peer clock offsets above this are logged as warnings.
+    pub max_clock_skew: Duration,
 }
 
 /// Writes what `queue` delivers to `sink`, batching whatever is ready into one flush (one

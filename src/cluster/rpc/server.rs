@@ -6,6 +6,7 @@ use super::frame::{FrameCodec, FrameError};
 use super::message::{Message, Request, Response};
 use super::RpcSettings;
 use crate::store::Commit;
+use crate::time::HybridClock;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashSet;
@@ -35,9 +36,9 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Replies queued per connection before the reader stops taking requests.
 const REPLY_QUEUE: usize = 1024;
-/// How far peers' clocks may disagree before requests count as late (last-write-wins
-/// assumes synchronised clocks anyway).
-const CLOCK_SKEW_MS: u64 = 1000;
+/// Slack on a request's deadline: the sender corrects it by the clock offset it measured
+/// (and that measure's uncertainty), so this covers only drift since the last sample.
+const DEADLINE_SLACK_US: u64 = 250_000;
 
 pub async fn serve<H: Handler>(
     listener: TcpListener,
@@ -72,7 +73,7 @@ pub async fn serve<H: Handler>(
             };
             match tokio::time::timeout(transport.timeout, handshake(&mut framed, &transport)).await
             {
-                Ok(Ok(_node)) => connection(framed, handler).await,
+                Ok(Ok(_node)) => connection(framed, handler, Arc::clone(&transport.clock)).await,
                 Ok(Err(reason)) => {
                     // One log line per peer address: a misconfigured node retries forever.
                     if refused
@@ -90,6 +91,23 @@ pub async fn serve<H: Handler>(
 }
 
 type Connection = Framed<TcpStream, FrameCodec<Message>>;
+
+/// The reply to request `id`, stamped with this node's clocks when it is sent.
+struct Reply {
+    id: u64,
+    clock: Arc<HybridClock>,
+}
+
+impl Reply {
+    fn with(self, body: Response) -> Message {
+        Message::Response {
+            id: self.id,
+            now_us: self.clock.wall_micros(),
+            hlc: self.clock.peek(),
+            body,
+        }
+    }
+}
 
 /// Why a peer's handshake did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +140,7 @@ async fn refuse(framed: &mut Connection, reason: &Refusal) {
 async fn handshake(framed: &mut Connection, settings: &RpcSettings) -> Result<String, Rejection> {
     let mut handshake = ServerHandshake::new(&settings.secret, &settings.cluster);
     let hello = step(framed).await?;
-    let challenge = match handshake.hello(hello) {
+    let challenge = match handshake.hello(hello, settings.clock.wall_micros()) {
         Ok(challenge) => challenge,
         Err(reason) => {
             refuse(framed, &reason).await;
@@ -140,15 +158,17 @@ async fn handshake(framed: &mut Connection, settings: &RpcSettings) -> Result<St
     Ok(handshake.peer.unwrap_or_default())
 }
 
-async fn connection<H: Handler>(framed: Connection, handler: Arc<H>) {
+async fn connection<H: Handler>(framed: Connection, handler: Arc<H>, clock: Arc<HybridClock>) {
     let (sink, mut stream) = framed.split();
     let (replies, queue) = mpsc::channel::<Message>(REPLY_QUEUE);
     let writer = tokio::spawn(super::write_batched(sink, queue));
+    let mut late_requests = 0u64;
     while let Some(Ok(message)) = stream.next().await {
         match message {
             Message::Request {
                 id,
-                deadline_ms,
+                deadline_us,
+                hlc,
                 body,
             } => {
                 let (handler, replies) = (Arc::clone(&handler), replies.clone());
@@ -156,19 +176,31 @@ async fn connection<H: Handler>(framed: Connection, handler: Arc<H>) {
                 let Ok(slot) = replies.reserve_owned().await else {
                     break;
                 };
-                let now_ms = crate::time::unix_now().as_millis() as u64;
-                if now_ms > deadline_ms.saturating_add(CLOCK_SKEW_MS) {
-                    let late = now_ms - deadline_ms;
-                    log::debug!("rpc: dropped a request that arrived {late} ms after its deadline");
+                clock.observe(hlc);
+                let reply = Reply {
+                    id,
+                    clock: Arc::clone(&clock),
+                };
+                let now_us = clock.wall_micros();
+                if now_us > deadline_us.saturating_add(DEADLINE_SLACK_US) {
+                    let late_ms = (now_us - deadline_us) / 1000;
+                    late_requests += 1;
+                    // A healed partition can deliver a burst: the first and every 100th.
+                    if late_requests % 100 == 1 {
+                        log::warn!(
+                            "rpc: refused a request that arrived {late_ms} ms after its \
+                             deadline ({late_requests} on this connection)"
+                        );
+                    }
                     let body = Response::Error(format!(
-                        "request arrived {late} ms after its deadline; not run"
+                        "request arrived {late_ms} ms after its deadline; not run"
                     ));
-                    slot.send(Message::Response { id, body });
+                    slot.send(reply.with(body));
                     continue;
                 }
                 let body = match handler.immediate(body) {
                     Immediate::Reply(body) => {
-                        slot.send(Message::Response { id, body });
+                        slot.send(reply.with(body));
                         continue;
                     }
                     Immediate::AfterCommit(body, commit) => {
@@ -177,7 +209,7 @@ async fn connection<H: Handler>(framed: Connection, handler: Arc<H>) {
                                 Ok(()) => body,
                                 Err(err) => Response::Error(format!("store: {err}")),
                             };
-                            slot.send(Message::Response { id, body });
+                            slot.send(reply.with(body));
                         });
                         continue;
                     }
@@ -185,7 +217,7 @@ async fn connection<H: Handler>(framed: Connection, handler: Arc<H>) {
                 };
                 tokio::spawn(async move {
                     let body = handler.request(body).await;
-                    slot.send(Message::Response { id, body });
+                    slot.send(reply.with(body));
                 });
             }
             Message::Swim(data) => handler.swim(data),

@@ -74,6 +74,7 @@ impl TestCluster {
                     8,
                     Duration::from_secs(3600),
                     Arc::clone(&counters),
+                    Arc::new(crate::time::HybridClock::new()),
                 ));
                 let coordinator = Coordinator::new(
                     i as u64 + 1,
