@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := target/venv
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 # Test dependencies: the reference memcached and its tools, the packaging toolchain.
-APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc lintian nftables rpm \
+APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc lintian nftables rpm faketime \
                 rpmlint systemd-container
 PREFIX  ?= /usr/local
 DESTDIR ?=

@@ -3,7 +3,6 @@
 //! the runtime, wires node, cluster and listeners, serves, handles signals and shuts down in
 //! order (docs/design.md, "Service integration").
 
-use crate::time::HybridClock;
 use crate::address::resolve;
 use crate::cluster::anti_entropy::AntiEntropy;
 use crate::cluster::coordinator::Coordinator;
@@ -25,6 +24,7 @@ use crate::node::{Node, VERSION};
 use crate::store::disk::{self, DiskStore};
 use crate::store::memory::MemoryStore;
 use crate::store::Store;
+use crate::time::HybridClock;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -369,19 +369,34 @@ fn start_cluster(
         ("failure detection", detection.swim),
     ];
     tokio::spawn(rpc_server::serve(rpc, settings, handler));
-    for seed in config.cluster.seeds.clone() {
-        if resolve(&seed).is_ok_and(|a| a == me) {
-            continue;
-        }
+    let seeds: Vec<String> = (config.cluster.seeds.iter())
+        .filter(|seed| !resolve(seed).is_ok_and(|a| a == me))
+        .cloned()
+        .collect();
+    if !seeds.is_empty() {
+        membership.expect_cluster();
+    }
+    for seed in seeds {
         let coordinator = Arc::clone(&coordinator);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let mut last_warning: Option<std::time::Instant> = None;
             // Until the seed answers once; afterwards member exchange keeps us in touch.
             loop {
                 match coordinator.join(&seed).await {
                     Ok(()) => {
                         log::info!("joined the cluster through seed {seed}");
                         return;
+                    }
+                    Err(err) if coordinator.membership().is_awaiting_join() => {
+                        // Loud while it lasts: clients get SERVER_ERROR meanwhile.
+                        if last_warning.is_none_or(|t| t.elapsed() >= NOT_JOINED_WARNING) {
+                            last_warning = Some(std::time::Instant::now());
+                            log::warn!(
+                                "not joined: seed {seed}: {err}; client requests are refused \
+                                 until a seed answers"
+                            );
+                        }
                     }
                     Err(err) => log::debug!("seed {seed}: {err}"),
                 }
@@ -397,6 +412,9 @@ fn start_cluster(
         workers,
     })
 }
+
+/// How often a node that has not joined repeats its warning.
+const NOT_JOINED_WARNING: Duration = Duration::from_secs(30);
 
 /// SIGHUP: re-read the configuration; apply what can change live, keep the rest (and the
 /// whole running configuration when the new one is invalid).
@@ -427,6 +445,9 @@ fn reload(node: &Node, path: Option<&std::path::Path>) {
 }
 
 fn status_line(node: &Node) -> String {
+    if node.is_awaiting_join() {
+        return "not joined: waiting for a seed to answer; client requests refused".into();
+    }
     format!(
         "{} items, {} client connections, {} members up",
         node.curr_items(),

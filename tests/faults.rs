@@ -738,3 +738,203 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
         "transfer at {fastest:.0} B/s over sync_rate {RATE}"
     );
 }
+
+/// `kai check cluster` over `running`: exit code and status line.
+fn check_cluster(cluster: &Cluster, running: &[usize]) -> (i32, String) {
+    let mut args = vec!["check".to_string(), "cluster".into()];
+    for &i in running {
+        args.extend(["--host".into(), cluster.members[i].memcache.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cluster.kai(&args)
+}
+
+/// Node `observer`'s measured clock offset of node `of`, in ms.
+fn measured_offset_ms(cluster: &Cluster, observer: usize, of: usize) -> Option<i64> {
+    let offsets = cluster.stats(observer)["kai_clock_offsets"].clone();
+    let name = format!("{}=", cluster.members[of].rpc);
+    (offsets.split_whitespace())
+        .find_map(|pair| pair.strip_prefix(&name))
+        .and_then(|ms| ms.parse().ok())
+}
+
+fn pending_hints(cluster: &Cluster, running: &[usize]) -> u64 {
+    (running.iter())
+        .map(|&i| {
+            cluster.stats(i)["kai_pending_hints"]
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// One node of five runs 30 s behind, then (restarted) 30 s ahead, under the workload:
+/// it joins, serves, takes replica writes and hints, and nothing acknowledged is lost.
+#[test]
+fn a_node_30_seconds_off_joins_serves_and_loses_nothing() {
+    let mut cluster = Cluster::start(56, 4, &settings(2, "last-write-wins", ""));
+    let skewed = cluster.add_member();
+    cluster.skew_clock(skewed, "-30s");
+    cluster.start_node(skewed, true);
+    assert!(
+        cluster.wait_converged(&all(5), CONVERGE),
+        "the node 30 s behind did not join:\n{}",
+        cluster.logs()
+    );
+    let started = Instant::now();
+    let workload = Workload::start(&cluster, "e");
+    std::thread::sleep(Duration::from_secs(6));
+    let behind = measured_offset_ms(&cluster, 0, skewed).expect("offset measured");
+    assert!(
+        (-31_000..=-29_000).contains(&behind),
+        "measured {behind} ms"
+    );
+    let (code, text) = check_cluster(&cluster, &all(5));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("clocks disagree"), "{text}");
+    // Now 30 s ahead: its replica writes and hints from the others must still land.
+    cluster.kill(skewed);
+    cluster.skew_clock(skewed, "+30s");
+    cluster.start_node(skewed, false);
+    assert!(
+        cluster.wait_converged(&all(5), CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let ledger = workload.finish();
+    let ahead = measured_offset_ms(&cluster, 1, skewed).expect("offset measured");
+    assert!((29_000..=31_000).contains(&ahead), "measured {ahead} ms");
+    let settled = common::wait_until(CONVERGE, || pending_hints(&cluster, &all(5)) == 0);
+    assert!(settled, "hints never delivered:\n{}", cluster.logs());
+    wait_digests_agree(&cluster, &all(5));
+    let verdict = verify(&cluster, &all(5), &ledger, true);
+    summary_row(
+        "one node's clock 30 s behind, then 30 s ahead, N=3 R=2 W=2",
+        ledger.acknowledged(),
+        verdict.lost.len(),
+        verdict.siblings,
+        started.elapsed(),
+    );
+    assert!(
+        cluster.logs().contains("clock of peer"),
+        "no node warned about the skew"
+    );
+    assert!(
+        verdict.lost.is_empty(),
+        "lost:\n{}",
+        verdict.lost.join("\n")
+    );
+    assert_eq!(ledger.phantom_reads, 0);
+}
+
+/// Membership changes while a node is cut off: a new node joins and the cut-off node is
+/// removed; after healing the removed node learns it and is joined back.
+#[test]
+fn join_and_remove_during_a_partition_then_the_removed_node_returns() {
+    let mut cluster = Cluster::start(57, 4, &settings(2, "last-write-wins", ""));
+    assert!(
+        cluster.wait_converged(&all(4), CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    let started = Instant::now();
+    let workload = Workload::start(&cluster, "f");
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.isolate(3);
+    assert!(
+        cluster.wait_converged(&[0, 1, 2], CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    let joined = cluster.add_member();
+    cluster.start_node(joined, true);
+    let config = cluster.config_file(0);
+    let path = config.path().to_str().unwrap().to_string();
+    let cut_off = cluster.members[3].rpc.to_string();
+    let (code, text) = cluster.kai(&["--config", &path, "cluster", "remove", &cut_off]);
+    assert_eq!(code, 0, "{text}");
+    let majority = [0, 1, 2, joined];
+    assert!(
+        cluster.wait_converged(&majority, CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.heal();
+    let heard = common::wait_until(CONVERGE, || {
+        cluster
+            .logs()
+            .contains("this node was removed from the cluster")
+    });
+    assert!(heard, "the removed node never heard:\n{}", cluster.logs());
+    // Back in: the operator joins it again through a seed.
+    let config = cluster.config_file(3);
+    let path = config.path().to_str().unwrap().to_string();
+    let seed = cluster.members[0].rpc.to_string();
+    let (code, text) = cluster.kai(&["--config", &path, "cluster", "join", &seed]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        cluster.wait_converged(&all(5), CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let ledger = workload.finish();
+    wait_digests_agree(&cluster, &all(5));
+    let verdict = verify(&cluster, &all(5), &ledger, true);
+    summary_row(
+        "join and remove during a partition, the removed node joined back, N=3 R=2 W=2",
+        ledger.acknowledged(),
+        verdict.lost.len(),
+        verdict.siblings,
+        started.elapsed(),
+    );
+    assert!(
+        verdict.lost.is_empty(),
+        "lost:\n{}",
+        verdict.lost.join("\n")
+    );
+    assert_eq!(ledger.phantom_reads, 0);
+}
+
+/// A node comes back under its old address with an empty data dir (a replaced disk):
+/// it rejoins through its seed and is filled again; no acknowledged write is lost.
+#[test]
+fn a_node_restarted_with_an_empty_data_dir_loses_nothing() {
+    let mut cluster = Cluster::start(58, 5, &settings(2, "last-write-wins", ""));
+    assert!(
+        cluster.wait_converged(&all(5), CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    let started = Instant::now();
+    let workload = Workload::start(&cluster, "g");
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.kill(2);
+    cluster.wipe(2);
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.start_node(2, true);
+    assert!(
+        cluster.wait_converged(&all(5), CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let ledger = workload.finish();
+    wait_digests_agree(&cluster, &all(5));
+    let verdict = verify(&cluster, &all(5), &ledger, true);
+    summary_row(
+        "a node restarted with an empty data dir, N=3 R=2 W=2",
+        ledger.acknowledged(),
+        verdict.lost.len(),
+        verdict.siblings,
+        started.elapsed(),
+    );
+    assert!(
+        verdict.lost.is_empty(),
+        "lost:\n{}",
+        verdict.lost.join("\n")
+    );
+    assert_eq!(ledger.phantom_reads, 0);
+}

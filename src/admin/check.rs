@@ -80,7 +80,8 @@ pub fn node(
     } else {
         1.0
     };
-    let status = if critical.is_some_and(|r| r.alerts(connections)) {
+    let joining = stat(&stats, "kai_cluster_state") == Some("joining");
+    let status = if joining || critical.is_some_and(|r| r.alerts(connections)) {
         Status::Critical
     } else if warning.is_some_and(|r| r.alerts(connections)) {
         Status::Warning
@@ -93,8 +94,13 @@ pub fn node(
         range_text(warning),
         range_text(critical),
     );
+    let not_joined = if joining {
+        "not joined (no seed has answered; client requests refused), "
+    } else {
+        ""
+    };
     let text = format!(
-        "{} ({}) up {}s, {connections} of {max} connections, {items} items",
+        "{not_joined}{} ({}) up {}s, {connections} of {max} connections, {items} items",
         host,
         stat(&stats, "kai_node").unwrap_or("?"),
         stat(&stats, "uptime").unwrap_or("?"),

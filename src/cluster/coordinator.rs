@@ -303,7 +303,12 @@ impl Coordinator {
         let ops::Transition {
             record,
             mut outcome,
-        } = ops::transition(&op, current.as_ref(), self.id, self.stamp_after(current.as_ref()));
+        } = ops::transition(
+            &op,
+            current.as_ref(),
+            self.id,
+            self.stamp_after(current.as_ref()),
+        );
         let Some(record) = record else {
             return Ok(outcome);
         };

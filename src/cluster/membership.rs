@@ -42,6 +42,9 @@ pub struct Membership {
     /// More than this node in the ring: read on every client request, so kept apart from
     /// the view's lock.
     clustered: AtomicBool,
+    /// Seeds are configured and no other member is known yet: this node belongs to a
+    /// cluster it has not reached, and must not serve as a cluster of one.
+    awaiting_join: AtomicBool,
     /// Liveness of the other members as failure detection last reported it.
     liveness: RwLock<HashMap<SocketAddr, Liveness>>,
     /// Where the member list is persisted; None when data_dir is not writable.
@@ -112,6 +115,7 @@ impl Membership {
             me,
             shape,
             clustered,
+            awaiting_join: AtomicBool::new(false),
             view: RwLock::new(View { members, ring }),
             liveness: RwLock::new(HashMap::new()),
             path,
@@ -159,6 +163,19 @@ impl Membership {
     /// False while this node is the ring's only member.
     pub fn is_clustered(&self) -> bool {
         self.clustered.load(Ordering::Acquire)
+    }
+
+    /// Called when seeds are configured: until a member list with another member arrives,
+    /// [`Membership::is_awaiting_join`] holds.
+    pub fn expect_cluster(&self) {
+        if !self.is_clustered() {
+            self.awaiting_join.store(true, Ordering::Release);
+        }
+    }
+
+    /// Seeds are configured and none has answered yet (see `expect_cluster`).
+    pub fn is_awaiting_join(&self) -> bool {
+        self.awaiting_join.load(Ordering::Acquire)
     }
 
     /// Time since the ring last changed.
@@ -238,7 +255,14 @@ impl Membership {
                 return false;
             }
             view.ring = Arc::new(build_ring(self.me, &self.shape, &view.members));
-            (self.clustered).store(view.ring.nodes() != [self.me], Ordering::Release);
+            let clustered = view.ring.nodes() != [self.me];
+            (self.clustered).store(clustered, Ordering::Release);
+            if clustered && self.awaiting_join.swap(false, Ordering::AcqRel) {
+                log::info!(
+                    "joined: the ring now has {} members",
+                    view.ring.nodes().len()
+                );
+            }
             *write_lock(&self.ring_changed) = std::time::Instant::now();
         }
         self.persist();

@@ -49,6 +49,10 @@ pub enum NodeError {
     Cluster(#[from] ClusterError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// Seeds are configured and none has answered: serving alone would acknowledge writes
+    /// the cluster never sees (docs/design.md, "Joining").
+    #[error("not joined: no seed has answered yet")]
+    NotJoined,
     /// A forwarded write came back with the outcome of another kind of operation.
     #[error("unexpected outcome of {0} from its coordinator")]
     UnexpectedOutcome(&'static str),
@@ -135,6 +139,29 @@ impl Node {
         &self.counters
     }
 
+    /// Whether this node waits to join the cluster its seeds name.
+    pub fn is_awaiting_join(&self) -> bool {
+        (self.cluster.get()).is_some_and(|c| c.membership().is_awaiting_join())
+    }
+
+    /// `standalone` (no seeds, alone), `joining` (seeds, none answered) or `joined`.
+    pub fn cluster_state(&self) -> &'static str {
+        if self.is_awaiting_join() {
+            "joining"
+        } else if self.cluster().is_some() {
+            "joined"
+        } else {
+            "standalone"
+        }
+    }
+
+    fn check_joined(&self) -> Result<(), NodeError> {
+        if self.is_awaiting_join() {
+            return Err(NodeError::NotJoined);
+        }
+        Ok(())
+    }
+
     fn cluster(&self) -> Option<&Arc<Coordinator>> {
         self.cluster.get().filter(|c| c.is_clustered())
     }
@@ -160,6 +187,7 @@ impl Node {
 
     /// Reads every version of `key`: from the replicas' quorum in a cluster, else locally.
     async fn read(&self, key: &[u8]) -> Result<Option<Versions>, NodeError> {
+        self.check_joined()?;
         match self.cluster() {
             Some(cluster) => {
                 let read = cluster.read(key).await?;
@@ -173,19 +201,22 @@ impl Node {
     /// Runs a write: through the coordinator in a cluster, else atomically on the local
     /// store (where a delete needs no tombstone: there is no replica to resurrect it).
     async fn write(&self, key: &[u8], op: WriteOp) -> Result<Outcome, NodeError> {
+        self.check_joined()?;
         if let Some(cluster) = self.cluster() {
             return Ok(cluster.write(key, op).await?);
         }
         let mut outcome = Outcome::Deleted(false);
-        let commit = self.store.update(key, unix_now().as_secs(), &mut |current| {
-            let done = ops::transition(&op, current, self.id, self.clock.stamp());
-            outcome = done.outcome;
-            match done.record {
-                None => Change::Keep,
-                Some(record) if record.tombstone => Change::Remove,
-                Some(record) => Change::Put(Versions::one(record)),
-            }
-        });
+        let commit = self
+            .store
+            .update(key, unix_now().as_secs(), &mut |current| {
+                let done = ops::transition(&op, current, self.id, self.clock.stamp());
+                outcome = done.outcome;
+                match done.record {
+                    None => Change::Keep,
+                    Some(record) if record.tombstone => Change::Remove,
+                    Some(record) => Change::Put(Versions::one(record)),
+                }
+            });
         commit.wait().await?;
         Ok(outcome)
     }

@@ -123,6 +123,7 @@ impl Node {
                 config.cluster.virtual_nodes.to_string(),
             ),
             ("kai_store", config.store.engine.name().to_string()),
+            ("kai_cluster_state", self.cluster_state().to_string()),
             ("kai_curr_nodes", up.join(" ")),
             ("kai_members", members.len().to_string()),
             ("kai_ring_digest", ring_digest),

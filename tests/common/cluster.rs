@@ -34,6 +34,8 @@ pub struct Cluster {
     rpc_port: u16,
     memcache_port: u16,
     partition: Option<String>,
+    /// Extra environment of node i's process (libfaketime for a skewed clock).
+    pub env: HashMap<usize, Vec<(String, String)>>,
 }
 
 impl Cluster {
@@ -56,6 +58,7 @@ impl Cluster {
             rpc_port,
             memcache_port,
             partition: None,
+            env: HashMap::new(),
         };
         for _ in 0..size {
             let i = cluster.add_member();
@@ -100,7 +103,9 @@ impl Cluster {
     /// Starts node `i` (again); `seeded` false proves it rejoins from its data dir alone.
     pub fn start_node(&mut self, i: usize, seeded: bool) {
         let config = self.config(i, seeded);
-        let kai = Kai::start_with_config(tempfile::tempdir().unwrap(), &config, &[]);
+        let env = self.env.get(&i).cloned().unwrap_or_default();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let kai = Kai::start_with_config(tempfile::tempdir().unwrap(), &config, &env);
         self.members[i].process = Some(kai);
     }
 
@@ -116,6 +121,30 @@ impl Cluster {
             kai.child.kill().unwrap(); // SIGKILL
             kai.child.wait().unwrap();
         }
+    }
+
+    /// Runs node `i` (from its next start) with its wall clock `offset` off, e.g. "-30s"
+    /// (libfaketime; timers keep the real monotonic clock).
+    pub fn skew_clock(&mut self, i: usize, offset: &str) {
+        let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+        assert!(
+            std::path::Path::new(lib).exists(),
+            "libfaketime is not installed"
+        );
+        self.env.insert(
+            i,
+            vec![
+                ("LD_PRELOAD".into(), lib.into()),
+                ("FAKETIME".into(), offset.into()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+                ("FAKETIME_DONT_RESET".into(), "1".into()),
+            ],
+        );
+    }
+
+    /// Starts node `i` again with an empty data dir (a replaced disk, a reinstalled host).
+    pub fn wipe(&mut self, i: usize) {
+        self.members[i].data = tempfile::tempdir().unwrap();
     }
 
     pub fn node(&self, i: usize) -> &Kai {

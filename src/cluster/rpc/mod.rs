@@ -7,9 +7,11 @@ pub mod frame;
 pub mod message;
 pub mod offsets;
 pub mod server;
+#[cfg(test)]
+mod tests;
 
-use futures_util::{Sink, SinkExt};
 use crate::time::HybridClock;
+use futures_util::{Sink, SinkExt};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;

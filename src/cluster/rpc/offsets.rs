@@ -69,12 +69,19 @@ impl ClockOffsets {
             log::warn!(
                 "clock of peer {peer} is {} ms {} ours (limit {} ms): check NTP on both",
                 skew.as_millis(),
-                if estimate.best.offset_us > 0 { "ahead of" } else { "behind" },
+                if estimate.best.offset_us > 0 {
+                    "ahead of"
+                } else {
+                    "behind"
+                },
                 self.warn_above.as_millis()
             );
         } else if skew < self.warn_above / 2 && estimate.warned {
             estimate.warned = false;
-            log::info!("clock of peer {peer} is back within {} ms", skew.as_millis());
+            log::info!(
+                "clock of peer {peer} is back within {} ms",
+                skew.as_millis()
+            );
         }
     }
 

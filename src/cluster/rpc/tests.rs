@@ -1,0 +1,134 @@
+//! The rpc client and server over real loopback sockets, with skewed clocks.
+
+use super::auth::{ClientHandshake, Secret};
+use super::client::Pool;
+use super::frame::FrameCodec;
+use super::message::{Message, Request, Response};
+use super::server::{self, Handler, Immediate};
+use super::RpcSettings;
+use crate::time::HybridClock;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+const SECOND: i64 = 1_000_000;
+
+struct Echo;
+
+impl Handler for Echo {
+    fn immediate(&self, _body: Request) -> Immediate {
+        Immediate::Reply(Response::Done("ran".into()))
+    }
+
+    async fn request(self: Arc<Self>, _body: Request) -> Response {
+        Response::Done("ran".into())
+    }
+
+    fn swim(&self, _data: Bytes) {}
+}
+
+fn settings(clock: Arc<HybridClock>) -> Arc<RpcSettings> {
+    Arc::new(RpcSettings {
+        secret: Secret::new("s"),
+        cluster: "kai".into(),
+        node: "127.0.0.1:1".into(),
+        timeout: Duration::from_secs(2),
+        max_connections: 16,
+        bind: None,
+        clock,
+        max_clock_skew: Duration::from_secs(1),
+    })
+}
+
+/// A server whose wall clock runs `skew` µs off; returns its address and clock.
+async fn server(skew: i64) -> (SocketAddr, Arc<HybridClock>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clock = Arc::new(HybridClock::skewed(skew));
+    tokio::spawn(server::serve(
+        listener,
+        settings(Arc::clone(&clock)),
+        Arc::new(Echo),
+    ));
+    (addr, clock)
+}
+
+#[tokio::test]
+async fn peers_30_seconds_off_are_served_and_their_offsets_measured() {
+    let pool = Pool::new(settings(Arc::new(HybridClock::new())));
+    for skew in [30 * SECOND, -30 * SECOND] {
+        let (addr, _) = server(skew).await;
+        for _ in 0..3 {
+            let reply = pool.call(addr, Request::SyncDigests).await.unwrap();
+            assert!(matches!(reply, Response::Done(ref text) if text == "ran"));
+        }
+        let offset = pool.offsets().get(addr).unwrap();
+        assert!(
+            (offset.offset_us - skew).abs() < SECOND / 2,
+            "measured {offset:?} for a skew of {skew} µs"
+        );
+    }
+    assert_eq!(pool.offsets().all().len(), 2);
+}
+
+/// Completes a handshake by hand; returns the framed stream and the server's clock reading.
+async fn handshake(addr: SocketAddr) -> (Framed<TcpStream, FrameCodec<Message>>, u64) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
+    let secret = Secret::new("s");
+    let client = ClientHandshake::new(&secret, "kai");
+    framed.send(client.hello("127.0.0.1:2")).await.unwrap();
+    let challenge = framed.next().await.unwrap().unwrap();
+    let Message::Challenge { now_us, .. } = challenge else {
+        panic!("{challenge:?}")
+    };
+    framed
+        .send(client.challenge(&challenge).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(framed.next().await, Some(Ok(Message::Welcome))));
+    (framed, now_us)
+}
+
+async fn answer(
+    framed: &mut Framed<TcpStream, FrameCodec<Message>>,
+    deadline_us: u64,
+    hlc: u64,
+) -> Response {
+    let request = Message::Request {
+        id: 9,
+        deadline_us,
+        hlc,
+        body: Request::SyncDigests,
+    };
+    framed.send(request).await.unwrap();
+    match framed.next().await.unwrap().unwrap() {
+        Message::Response { id: 9, body, .. } => body,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn deadlines_are_judged_on_the_receivers_clock() {
+    // The server runs 30 s ahead; deadlines are expressed in its clock.
+    let (addr, clock) = server(30 * SECOND).await;
+    let (mut framed, server_now) = handshake(addr).await;
+    // Due in a second on the server's clock (29 s in the past on ours): runs.
+    let reply = answer(&mut framed, server_now + SECOND as u64, 0).await;
+    assert!(matches!(reply, Response::Done(_)), "{reply:?}");
+    // Two seconds overdue on the server's clock (28 s in the future on ours): refused,
+    // as a write held up by a partition must be.
+    let reply = answer(&mut framed, server_now - 2 * SECOND as u64, 0).await;
+    match reply {
+        Response::Error(text) => assert!(text.contains("after its deadline"), "{text}"),
+        other => panic!("a late request ran: {other:?}"),
+    }
+    // The sender's hybrid clock pulls the server's forward.
+    let ahead = clock.wall_micros() + 60 * SECOND as u64;
+    answer(&mut framed, clock.wall_micros() + SECOND as u64, ahead).await;
+    assert!(clock.stamp() > ahead);
+}
