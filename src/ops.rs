@@ -56,15 +56,17 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
-    /// A plain `set` or `delete` needs no quorum read: it supersedes whatever the
-    /// coordinator holds. Everything else decides on the current value.
+    /// A plain `set` needs no quorum read: it supersedes whatever the coordinator holds
+    /// (a version it lacks stays a concurrent sibling). Everything else decides on the
+    /// current value, and a delete must supersede every version a quorum holds, or a
+    /// version its coordinator lacked would outlive the tombstone (the simulation found it).
     pub fn needs_read(&self) -> bool {
         !matches!(
             self,
             WriteOp::Store {
                 mode: StoreMode::Set,
                 ..
-            } | WriteOp::Delete
+            }
         )
     }
 }

@@ -19,6 +19,9 @@ pub struct HybridClock {
     last: std::sync::atomic::AtomicU64,
     /// Added to the wall clock: zero except in simulations of a skewed node.
     skew_micros: i64,
+    /// Simulations read tokio's (paused, virtual) clock from this instant instead of the
+    /// wall clock, so a seed replays the same timestamps.
+    virtual_start: Option<tokio::time::Instant>,
 }
 
 impl HybridClock {
@@ -31,12 +34,27 @@ impl HybridClock {
         HybridClock {
             last: Default::default(),
             skew_micros,
+            virtual_start: None,
+        }
+    }
+
+    /// A skewed clock on tokio's virtual time, starting at a fixed date (simulations).
+    #[cfg(test)]
+    pub fn simulated(skew_micros: i64) -> Self {
+        HybridClock {
+            virtual_start: Some(tokio::time::Instant::now()),
+            ..HybridClock::skewed(skew_micros)
         }
     }
 
     /// This node's wall clock in Unix microseconds.
     pub fn wall_micros(&self) -> u64 {
-        (unix_now().as_micros() as u64).saturating_add_signed(self.skew_micros)
+        let wall = match self.virtual_start {
+            // 2026-01-01 plus the virtual time elapsed.
+            Some(start) => 1_767_225_600_000_000 + start.elapsed().as_micros() as u64,
+            None => unix_now().as_micros() as u64,
+        };
+        wall.saturating_add_signed(self.skew_micros)
     }
 
     /// A fresh timestamp: later than every one handed out or observed before.

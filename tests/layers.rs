@@ -51,12 +51,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("memcache", &["node", "ops", "stats"]),
     ("metrics", &["node"]),
-    ("admin", &["address", "cluster", "config", "record"]),
+    ("admin", &["address", "cluster", "config", "record", "time"]),
     (
         "serve",
         &[
             "address", "cluster", "config", "daemon", "logging", "memcache", "metrics", "node",
-            "shutdown", "store",
+            "shutdown", "store", "time",
         ],
     ),
 ];

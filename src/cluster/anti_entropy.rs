@@ -25,7 +25,7 @@ use crate::store::{Change, Store};
 use crate::time::unix_now;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -129,7 +129,7 @@ impl AntiEntropy {
         let mut fetched: FuturesUnordered<_> = (peers.iter())
             .map(|&peer| async move { (peer, self.remote_digests(peer).await) })
             .collect();
-        let mut remote: HashMap<SocketAddr, Vec<u64>> = HashMap::new();
+        let mut remote: BTreeMap<SocketAddr, Vec<u64>> = BTreeMap::new();
         while let Some((peer, digests)) = fetched.next().await {
             match digests {
                 Ok(d) if d.len() == ring.buckets() as usize => {
@@ -228,8 +228,8 @@ impl AntiEntropy {
     /// whether every push was acknowledged.
     async fn exchange(&self, bucket: u32, peer: SocketAddr, pull: bool) -> Result<bool, PeerError> {
         let peers = self.cluster.peers();
-        let remote: HashMap<Bytes, u64> = peers.keys(peer, bucket).await?.into_iter().collect();
-        let local: HashMap<Bytes, u64> = self.local_keys(bucket).into_iter().collect();
+        let remote: BTreeMap<Bytes, u64> = peers.keys(peer, bucket).await?.into_iter().collect();
+        let local: BTreeMap<Bytes, u64> = self.local_keys(bucket).into_iter().collect();
         if pull {
             let wanted: Vec<Bytes> = (remote.iter())
                 .filter(|(key, print)| local.get(*key) != Some(print))
@@ -328,7 +328,7 @@ impl AntiEntropy {
         &self,
         bucket: u32,
         owners: &[SocketAddr],
-        up: &HashMap<SocketAddr, Vec<u64>>,
+        up: &BTreeMap<SocketAddr, Vec<u64>>,
     ) -> bool {
         if owners.iter().any(|o| !up.contains_key(o)) {
             // An owner is down or unreachable: keep the data until all can confirm.

@@ -90,9 +90,11 @@ impl Replica {
         (had_live, commit)
     }
 
-    /// A tombstone written before this (Unix microseconds) is past its grace period.
+    /// A tombstone written before this (Unix microseconds, on the clock that stamps
+    /// writes) is past its grace period.
     fn tombstones_due_before(&self) -> u64 {
-        unix_now().saturating_sub(self.tombstone_grace).as_micros() as u64
+        let grace = self.tombstone_grace.as_micros() as u64;
+        self.clock.wall_micros().saturating_sub(grace)
     }
 
     /// Only tombstones whose grace has passed: once every replica held them, safe to forget.

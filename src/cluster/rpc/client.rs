@@ -135,7 +135,8 @@ impl Pool {
             let timeout = pool.transport.timeout;
             let _ = tokio::time::timeout(timeout, async {
                 if let Ok(connection) = pool.connection(peer).await {
-                    let _ = connection.outgoing.send(Message::Swim(data)).await;
+                    let hlc = pool.transport.clock.peek();
+                    let _ = connection.outgoing.send(Message::Swim { hlc, data }).await;
                 }
             })
             .await;

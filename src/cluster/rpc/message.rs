@@ -55,8 +55,12 @@ pub enum Message {
         hlc: u64,
         body: Response,
     },
-    /// SWIM traffic (foca's own encoding); one-way, no reply.
-    Swim(Bytes),
+    /// SWIM traffic (foca's own encoding); one-way, no reply. Its hybrid clock reading
+    /// keeps every node's clock within a probe period of the others'.
+    Swim {
+        hlc: u64,
+        data: Bytes,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

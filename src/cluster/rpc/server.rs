@@ -220,7 +220,10 @@ async fn connection<H: Handler>(framed: Connection, handler: Arc<H>, clock: Arc<
                     slot.send(reply.with(body));
                 });
             }
-            Message::Swim(data) => handler.swim(data),
+            Message::Swim { hlc, data } => {
+                clock.observe(hlc);
+                handler.swim(data);
+            }
             other => {
                 log::debug!("rpc: unexpected {other:?} after the handshake");
                 break;

@@ -4,6 +4,7 @@
 //! milliseconds and without root.
 
 mod network;
+mod simulation;
 
 use super::anti_entropy::AntiEntropy;
 use super::coordinator::Coordinator;
@@ -45,6 +46,50 @@ fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, i as u8 + 1], 11011))
 }
 
+/// Node `i` over `store`, knowing `members`, attached to `network` (replacing any earlier
+/// incarnation at its address). Every other member counts as suspect until marked.
+fn start_node(
+    network: &Arc<FakeNetwork>,
+    i: usize,
+    members: &[MemberRecord],
+    quorum: Quorum,
+    store: Arc<dyn Store>,
+    hints: Arc<Hints>,
+    clock: Arc<crate::time::HybridClock>,
+) -> TestNode {
+    let shape = RingShape {
+        virtual_nodes: 32,
+        buckets: BUCKETS,
+        replicas: quorum.n as usize,
+    };
+    let membership = Membership::open(addr(i), shape, None);
+    membership.merge(members);
+    let counters = Arc::new(ClusterCounters::default());
+    let replica = Arc::new(Replica::new(
+        Arc::clone(&store),
+        8,
+        Duration::from_secs(3600),
+        Arc::clone(&counters),
+        Arc::clone(&clock),
+    ));
+    let coordinator = Coordinator::new(
+        i as u64 + 1,
+        membership,
+        Peers::new(network.link(addr(i))),
+        replica,
+        quorum,
+        hints,
+        counters,
+    );
+    let handler = PeerHandler::new(Arc::clone(&coordinator), Box::new(|_| {}));
+    network.attach(addr(i), Arc::new(handler), clock);
+    TestNode {
+        addr: addr(i),
+        coordinator,
+        store,
+    }
+}
+
 impl TestCluster {
     fn start(size: usize, quorum: Quorum) -> TestCluster {
         let network = FakeNetwork::new(7);
@@ -57,41 +102,14 @@ impl TestCluster {
             .collect();
         let nodes = (0..size)
             .map(|i| {
-                let shape = RingShape {
-                    virtual_nodes: 32,
-                    buckets: BUCKETS,
-                    replicas: quorum.n as usize,
-                };
-                let membership = Membership::open(addr(i), shape, None);
-                membership.merge(&records);
-                for other in (0..size).filter(|&o| o != i) {
-                    membership.set_liveness(addr(other), Liveness::Up);
-                }
                 let store: Arc<dyn Store> = Arc::new(MemoryStore::new(0, BUCKETS));
-                let counters = Arc::new(ClusterCounters::default());
-                let replica = Arc::new(Replica::new(
-                    Arc::clone(&store),
-                    8,
-                    Duration::from_secs(3600),
-                    Arc::clone(&counters),
-                    Arc::new(crate::time::HybridClock::new()),
-                ));
-                let coordinator = Coordinator::new(
-                    i as u64 + 1,
-                    membership,
-                    Peers::new(network.link(addr(i))),
-                    replica,
-                    quorum,
-                    Arc::new(Hints::load(None)),
-                    counters,
-                );
-                let handler = PeerHandler::new(Arc::clone(&coordinator), Box::new(|_| {}));
-                network.attach(addr(i), Arc::new(handler));
-                TestNode {
-                    addr: addr(i),
-                    coordinator,
-                    store,
+                let hints = Arc::new(Hints::load(None));
+                let clock = Arc::new(crate::time::HybridClock::new());
+                let node = start_node(&network, i, &records, quorum, store, hints, clock);
+                for other in (0..size).filter(|&o| o != i) {
+                    (node.coordinator.membership()).set_liveness(addr(other), Liveness::Up);
                 }
+                node
             })
             .collect();
         TestCluster { network, nodes }
