@@ -31,16 +31,25 @@ impl VectorClock {
             .map_or(0, |(_, c)| *c)
     }
 
-    /// This clock with `node`'s counter advanced by one. Built on the stack and allocated
-    /// once: every write calls this.
+    /// This clock with `node`'s counter advanced by one.
     pub fn incremented(&self, node: NodeId) -> Self {
+        self.advanced(node, 0)
+    }
+
+    /// This clock with `node`'s counter advanced by one, and to at least `at_least`. Writes
+    /// pass their hybrid timestamp, so a node's counter never repeats even for a key it no
+    /// longer holds (handed off, or a wiped data dir): a repeated counter made a new write
+    /// look older than the one it replaced (the simulation found it). Built on the stack
+    /// and allocated once: every write calls this.
+    pub fn advanced(&self, node: NodeId, at_least: u64) -> Self {
         let mut entries = [(0, 0); MAX_CLOCK_ENTRIES + 1];
         let mut len = 0;
         let mut placed = false;
         for &(other, counter) in self.entries() {
             if !placed && other >= node {
                 placed = true;
-                entries[len] = (node, if other == node { counter + 1 } else { 1 });
+                let next = if other == node { counter + 1 } else { 1 };
+                entries[len] = (node, next.max(at_least));
                 len += 1;
                 if other == node {
                     continue;
@@ -50,7 +59,7 @@ impl VectorClock {
             len += 1;
         }
         if !placed {
-            entries[len] = (node, 1);
+            entries[len] = (node, at_least.max(1));
             len += 1;
         }
         if len > MAX_CLOCK_ENTRIES {
@@ -141,7 +150,11 @@ pub fn reconcile<V: Versioned>(mut versions: Vec<V>) -> Vec<V> {
 /// At most `max_siblings` are kept, oldest dropped first; returns the survivors and how
 /// many were dropped for the bound (to be logged).
 pub fn apply<V: Versioned>(local: Vec<V>, incoming: V, max_siblings: usize) -> (Vec<V>, usize) {
-    if local.iter().any(|l| l.clock().descends(incoming.clock())) {
+    // Equal clocks with different contents (a coordinator that lost its data dir reusing a
+    // counter): every replica keeps the same one, the greater by timestamp and digest.
+    let beaten =
+        |held: &V| held.clock() == incoming.clock() && order_key(held) < order_key(&incoming);
+    if (local.iter()).any(|l| l.clock().descends(incoming.clock()) && !beaten(l)) {
         return (local, 0);
     }
     let mut kept: Vec<V> = local

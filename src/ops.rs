@@ -250,7 +250,7 @@ fn new_record(new: NewValue, base: &VectorClock, writer: NodeId, stamp: u64) -> 
         flags: new.flags,
         expires_at: new.expires_at,
         timestamp: stamp,
-        clock: base.incremented(writer),
+        clock: base.advanced(writer, stamp),
         tombstone: new.tombstone,
     }
 }

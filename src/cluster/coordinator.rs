@@ -29,6 +29,11 @@ use std::time::Duration;
 /// list: the previous owners, which may not have handed the key over yet.
 const MOVE_WINDOW: Duration = Duration::from_secs(300);
 
+/// How long the read a write decides on waits for the holders beyond its quorum (and how
+/// fast a failed call must have failed to be retried): far below rpc.timeout, so a write
+/// forwarded to this node is answered before its forwarder gives up.
+const THOROUGH_GRACE: Duration = Duration::from_millis(200);
+
 pub struct Coordinator {
     pub(super) me: SocketAddr,
     id: NodeId,
@@ -132,14 +137,24 @@ impl Coordinator {
 
     /// A quorum read of every version of `key`.
     pub async fn read(self: &Arc<Self>, key: &[u8]) -> Result<Read, ClusterError> {
-        let read = self.quorum_read(key).await;
+        let read = self.quorum_read(key, false).await;
         if let Err(err) = &read {
             self.counters.count_failure(err);
         }
         read
     }
 
-    async fn quorum_read(self: &Arc<Self>, key: &[u8]) -> Result<Read, ClusterError> {
+    /// A quorum read. `thorough` (the read a write decides on) asks every possible holder
+    /// (replicas, the next fallbacks, members that left lately) and waits for them all,
+    /// retrying a failed call once, instead of stopping at the first R that found
+    /// something: with a sloppy quorum the first R may be a fallback and a replica that
+    /// missed the latest write, and a delete or cas decided on them would undo an
+    /// acknowledged write (the simulation found both).
+    async fn quorum_read(
+        self: &Arc<Self>,
+        key: &[u8],
+        thorough: bool,
+    ) -> Result<Read, ClusterError> {
         let placement = self.placement(key);
         let needed = self.needed(self.quorum.r);
         if placement.replicas.len() < needed {
@@ -154,20 +169,62 @@ impl Coordinator {
         if let Some(at) = order.iter().position(|&r| r == self.me) {
             order[..=at].rotate_right(1);
         }
-        // While buckets move, a key may still be only with its previous owners.
-        if self.moving() {
+        // While buckets move, a key may still be only with its previous owners, or with a
+        // member that left and has not handed it over yet.
+        let moving = self.moving();
+        if moving || thorough {
             order.extend(&placement.next);
         }
+        if moving {
+            let departed = self.membership.departed_within(MOVE_WINDOW);
+            let reachable = |a: &SocketAddr| *a != self.me && self.membership.is_available(*a);
+            order.extend(departed.into_iter().filter(reachable));
+        }
+        let exhaustive = thorough;
+        let first = if exhaustive { order.len() } else { needed };
         let mut unasked = order.into_iter();
         let ask = |replica: SocketAddr| {
             let (coordinator, key) = (Arc::clone(self), key.clone());
-            async move { (replica, coordinator.replica_get(replica, key).await) }
+            async move {
+                let started = tokio::time::Instant::now();
+                let mut result = coordinator.replica_get(replica, key.clone()).await;
+                // A call that failed fast (a lost message, a broken connection) once more.
+                if result.is_err() && exhaustive && started.elapsed() < THOROUGH_GRACE {
+                    result = coordinator.replica_get(replica, key).await;
+                }
+                (replica, result)
+            }
         };
-        let mut pending: FuturesUnordered<_> = unasked.by_ref().take(needed).map(ask).collect();
+        let mut pending: FuturesUnordered<_> = unasked.by_ref().take(first).map(ask).collect();
         let mut replies: Replies = Vec::new();
         let mut failures = Vec::new();
         let found = |replies: &Replies| replies.iter().any(|(_, v)| v.is_some());
-        while replies.len() < needed || !found(&replies) {
+        // A thorough read waits for the stragglers only this long once it has its quorum.
+        let mut grace_until = None;
+        let owners = placement.owners.clone();
+        // A thorough read needs R replies from the key's owners: fallbacks are asked too,
+        // but counting them could make a quorum that meets none of the write's (the
+        // simulation found it), so a write may not be decided on them.
+        let counted = |replies: &Replies| {
+            (replies.iter())
+                .filter(|(a, _)| !exhaustive || owners.contains(a))
+                .count()
+        };
+        loop {
+            let enough = counted(&replies) >= needed;
+            if enough && (exhaustive || found(&replies)) {
+                if !exhaustive || pending.is_empty() {
+                    break;
+                }
+                let until = *grace_until
+                    .get_or_insert_with(|| tokio::time::Instant::now() + THOROUGH_GRACE);
+                match tokio::time::timeout_at(until, pending.next()).await {
+                    Ok(Some((replica, Ok(versions)))) => replies.push((replica, versions)),
+                    Ok(Some((_, Err(err)))) => failures.push(err),
+                    Ok(None) | Err(_) => break,
+                }
+                continue;
+            }
             if pending.len() + replies.len() < needed || (pending.is_empty() && !found(&replies)) {
                 match unasked.next() {
                     Some(replica) => {
@@ -184,9 +241,9 @@ impl Coordinator {
                 None => break,
             }
         }
-        if replies.len() < needed {
+        if counted(&replies) < needed {
             return Err(ClusterError::ReadQuorum {
-                replies: replies.len(),
+                replies: counted(&replies),
                 needed,
                 failures: Failures(failures),
             });
@@ -290,7 +347,10 @@ impl Coordinator {
     ) -> Result<Outcome, ClusterError> {
         let local = self.replica.get(key);
         let current = if op.needs_read() {
-            let read = self.quorum_read(key).await?;
+            // The read a write decides on asks every possible holder while buckets move: a
+            // delete or cas that missed the one node still holding a version would be
+            // decided on stale state (the simulation found it).
+            let read = self.quorum_read(key, true).await?;
             match (read.versions, &local) {
                 (Some(read), Some(local)) => Some(Versions(causality::reconcile(
                     read.0.into_iter().chain(local.0.iter().cloned()).collect(),
@@ -312,7 +372,6 @@ impl Coordinator {
         let Some(record) = record else {
             return Ok(outcome);
         };
-        let versions = Versions::one(record);
         let placement = self.placement(key);
         let key = Bytes::copy_from_slice(key);
         // Owners that are down get a hint now; those that fail below get one then.
@@ -321,7 +380,15 @@ impl Coordinator {
                 self.hints.add(owner, &key);
             }
         }
-        let (mut had_live, local_commit) = self.replica.apply(&key, versions.clone());
+        // A touch keeps its version's clock; any other write gets a fresh one here.
+        let (versions, mut had_live, local_commit) = if matches!(outcome, Outcome::Touched(_)) {
+            let versions = Versions::one(record);
+            let (had_live, commit) = self.replica.apply(&key, versions.clone());
+            (versions, had_live, commit)
+        } else {
+            let (stored, had_live, commit) = self.replica.apply_coordinated(&key, record, self.id);
+            (Versions::one(stored), had_live, commit)
+        };
         let needed = self.needed(self.quorum.w);
         let mut acks = 1;
         let (done, mut results) = tokio::sync::mpsc::channel(placement.replicas.len().max(1));

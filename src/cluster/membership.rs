@@ -54,6 +54,9 @@ pub struct Membership {
     swim_inputs: std::sync::Mutex<Option<mpsc::UnboundedReceiver<SwimInput>>>,
     /// When the ring last changed (or the node started).
     ring_changed: RwLock<std::time::Instant>,
+    /// Members that left or were removed, and when this node heard: they may still hold
+    /// keys they have not handed to the new owners.
+    departed: RwLock<Vec<(SocketAddr, std::time::Instant)>>,
 }
 
 type Swim = Foca<SwimId, PostcardCodec, StdRng, NoCustomBroadcast>;
@@ -122,6 +125,7 @@ impl Membership {
             swim,
             swim_inputs: std::sync::Mutex::new(Some(inputs)),
             ring_changed: RwLock::new(std::time::Instant::now()),
+            departed: RwLock::new(Vec::new()),
         });
         membership.persist();
         membership
@@ -214,6 +218,15 @@ impl Membership {
         self.liveness(addr) != Liveness::Down
     }
 
+    /// Members that left within `window` and are not back: reads may still find keys there.
+    pub fn departed_within(&self, window: Duration) -> Vec<SocketAddr> {
+        let active = self.active();
+        (read_lock(&self.departed).iter())
+            .filter(|(addr, at)| at.elapsed() < window && !active.contains(addr))
+            .map(|(addr, _)| *addr)
+            .collect()
+    }
+
     /// Members seen up (this node included), sorted.
     pub fn up(&self) -> Vec<SocketAddr> {
         (self.active().into_iter())
@@ -230,6 +243,11 @@ impl Membership {
             for record in incoming {
                 let known = view.members.get(&record.addr);
                 if known.is_none_or(|k| record.supersedes(k)) {
+                    if record.left && known.is_some_and(|k| !k.left) {
+                        let mut departed = write_lock(&self.departed);
+                        departed.retain(|(a, _)| *a != record.addr);
+                        departed.push((record.addr, std::time::Instant::now()));
+                    }
                     match (known, record.left) {
                         (_, true) => log::warn!(
                             "member {} left the cluster (generation {})",

@@ -53,16 +53,55 @@ impl Replica {
     /// Stores versions received as a replica. Returns whether a live value was there
     /// before, and when the change is durable.
     pub fn apply(&self, key: &[u8], incoming: Versions) -> (bool, Commit) {
+        let (_, had_live, commit) = self.store_versions(key, incoming, None);
+        (had_live, commit)
+    }
+
+    /// Stores a version this node coordinates (not a touch). Its clock is raised, in the
+    /// same atomic step, to descend every version held here at that moment: two writes
+    /// coordinated here at once then get distinct clocks (the later descends the earlier)
+    /// rather than equal clocks with different contents (the simulation found it). Returns
+    /// the version as stored, to replicate.
+    pub fn apply_coordinated(
+        &self,
+        key: &[u8],
+        record: Record,
+        writer: causality::NodeId,
+    ) -> (Record, bool, Commit) {
+        let (stored, had_live, commit) =
+            self.store_versions(key, Versions::one(record), Some(writer));
+        let stored = stored.0.into_iter().next().expect("one version");
+        (stored, had_live, commit)
+    }
+
+    fn store_versions(
+        &self,
+        key: &[u8],
+        incoming: Versions,
+        coordinated_by: Option<causality::NodeId>,
+    ) -> (Versions, bool, Commit) {
         for version in &incoming.0 {
             self.clock.observe(version.timestamp);
         }
         let mut had_live = false;
+        let mut stored = incoming.clone();
         let commit = self
             .store
             .update(key, unix_now().as_secs(), &mut |current| {
                 had_live = current.is_some_and(Versions::has_live);
                 let mut kept = current.map(|v| v.0.clone()).unwrap_or_default();
                 let before = kept.clone();
+                let mut incoming = incoming.clone();
+                if let (Some(writer), Some(current)) = (coordinated_by, current) {
+                    for version in &mut incoming.0 {
+                        let held = current.merged_clock();
+                        if !version.clock.descends(&held) {
+                            let stamp = version.timestamp;
+                            version.clock = version.clock.merged(&held).advanced(writer, stamp);
+                        }
+                    }
+                }
+                stored = incoming.clone();
                 for version in &incoming.0 {
                     // The same version with another expiry: a touch, which keeps clock and cas.
                     let same =
@@ -87,7 +126,7 @@ impl Replica {
                     Change::Put(Versions(kept))
                 }
             });
-        (had_live, commit)
+        (stored, had_live, commit)
     }
 
     /// A tombstone written before this (Unix microseconds, on the clock that stamps

@@ -18,11 +18,6 @@ use std::collections::BTreeMap;
 
 const KEYS: usize = 6;
 
-/// Seeds that fail today, every one with a join or a removal while nodes crash or are cut
-/// off: ownership moves can lose or resurrect a version or leave replicas apart
-/// (docs/fault-tests.md, "Open defects"). Reported on each run, not failed; any other
-/// failing seed fails the test.
-const OPEN_DEFECTS: &[u64] = &[151, 321, 369, 698, 799, 949];
 const STEPS: usize = 70;
 
 /// One client operation on a key, in the order the client issued them (one at a time).
@@ -454,31 +449,38 @@ impl Sim {
             detail.push_str(&format!("\nbucket {bucket}: {}", line.join(" | ")));
         }
         for key in self.history.keys() {
-            let owners: Vec<SocketAddr> = ring.nodes_for(key.as_bytes()).take(3).collect();
-            for (i, n) in self.nodes.iter().enumerate() {
-                let held = n.node.store.get(key.as_bytes(), 0);
-                let values: Vec<String> = (held.iter().flat_map(|v| v.0.iter()))
-                    .map(|r| {
-                        format!(
-                            "{}{}",
-                            String::from_utf8_lossy(&r.value),
-                            if r.tombstone { "(tomb)" } else { "" }
-                        )
-                    })
-                    .collect();
-                let owner = if owners.contains(&addr(i)) {
-                    "owner"
-                } else {
-                    ""
-                };
-                detail.push_str(&format!("\n{key} node {i} {owner}: {values:?}"));
-            }
+            detail.push_str(&self.holdings(key));
         }
         panic!(
             "replicas never converged (digests agree: {}, pending hints per node: {hints:?}){detail}{}",
             self.converged(),
             self.report()
         );
+    }
+
+    /// What every node holds of `key`, for failure reports.
+    fn holdings(&self, key: &str) -> String {
+        let member = self.usable()[0];
+        let ring = self.nodes[member].node.coordinator.membership().ring();
+        let owners: Vec<SocketAddr> = ring.nodes_for(key.as_bytes()).take(3).collect();
+        let mut detail = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let held = n.node.store.get(key.as_bytes(), 0);
+            let values: Vec<String> = (held.iter().flat_map(|v| v.0.iter()))
+                .map(|r| {
+                    let kind = if r.tombstone { "(tombstone)" } else { "" };
+                    let value = String::from_utf8_lossy(&r.value);
+                    format!("{value}{kind} {:?}@{}", r.clock, r.timestamp)
+                })
+                .collect();
+            let owner = if owners.contains(&addr(i)) {
+                " (owner)"
+            } else {
+                ""
+            };
+            detail.push_str(&format!("\n{key} on node {i}{owner}: {values:?}"));
+        }
+        detail
     }
 
     fn converged(&self) -> bool {
@@ -518,9 +520,10 @@ impl Sim {
                     }
                 }
                 if let Some(problem) = problem {
+                    let held = self.holdings(&key);
                     panic!(
                         "{key} via node {via} reads {values:?}: {problem}; its operations: \
-                         {attempts:?}{}",
+                         {attempts:?}{held}{}",
                         self.report()
                     );
                 }
@@ -650,17 +653,10 @@ fn seeded_fault_schedules_lose_nothing_acknowledged() {
             }
         }
     }
-    let known: Vec<u64> = (failed.iter().copied())
-        .filter(|s| OPEN_DEFECTS.contains(s))
-        .collect();
-    let new: Vec<u64> = (failed.iter().copied())
-        .filter(|s| !OPEN_DEFECTS.contains(s))
-        .collect();
-    eprintln!("simulation: open defects still failing: {known:?}");
     assert!(
-        new.is_empty(),
-        "{} of {count} seeds failed: {new:?}",
-        new.len()
+        failed.is_empty(),
+        "{} of {count} seeds failed: {failed:?}",
+        failed.len()
     );
     eprintln!("simulation: {count} seeds passed; {picks} last-write-wins reads chose a concurrent sibling");
 }
