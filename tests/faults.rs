@@ -792,6 +792,16 @@ fn a_node_30_seconds_off_joins_serves_and_loses_nothing() {
     let (code, text) = check_cluster(&cluster, &all(5));
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("clocks disagree"), "{text}");
+    let host = cluster.members[0].memcache.to_string();
+    let (code, table) = cluster.kai(&["cluster", "status", "-H", &host]);
+    assert_eq!(code, 0, "{table}");
+    let row = (table.lines())
+        .find(|l| l.starts_with(&cluster.members[skewed].rpc.to_string()))
+        .unwrap_or_else(|| panic!("{table}"));
+    let shown: i64 = (row.strip_suffix(" ms"))
+        .and_then(|r| r.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no clock offset in {row:?}"));
+    assert!((-31_000..=-29_000).contains(&shown), "{row}");
     // Now 30 s ahead: its replica writes and hints from the others must still land.
     cluster.kill(skewed);
     cluster.skew_clock(skewed, "+30s");

@@ -17,8 +17,8 @@ use std::time::Duration;
 pub fn status(host: &str, timeout: Duration) -> Result<String, FetchError> {
     let lines = fetch(host, "stats cluster", timeout)?;
     let mut out = format!(
-        "{:<24} {:<8} {:>8} {:>8}\n",
-        "MEMBER", "STATE", "BUCKETS", "HINTS"
+        "{:<24} {:<8} {:>8} {:>8} {:>10}\n",
+        "MEMBER", "STATE", "BUCKETS", "HINTS", "CLOCK"
     );
     for (_, line) in lines.iter().filter(|(name, _)| name == "member") {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -33,8 +33,14 @@ pub fn status(host: &str, timeout: Duration) -> Result<String, FetchError> {
         } else {
             ""
         };
+        // The member's clock offset from this node's, as this node measured it.
+        let clock = match field("clock_offset_ms=").as_str() {
+            _ if !me.is_empty() => "-".to_string(),
+            "?" | "unmeasured" => "?".to_string(),
+            ms => format!("{ms} ms"),
+        };
         out.push_str(&format!(
-            "{:<24} {:<8} {:>8} {:>8}{me}\n",
+            "{:<24} {:<8} {:>8} {:>8} {clock:>10}{me}\n",
             fields.first().unwrap_or(&"?"),
             fields.get(1).unwrap_or(&"?"),
             field("buckets="),
