@@ -149,7 +149,8 @@ impl Coordinator {
     /// retrying a failed call once, instead of stopping at the first R that found
     /// something: with a sloppy quorum the first R may be a fallback and a replica that
     /// missed the latest write, and a delete or cas decided on them would undo an
-    /// acknowledged write (the simulation found both).
+    /// acknowledged write (the simulation found both). While buckets move it also needs R
+    /// of the key's owners before the last membership change.
     async fn quorum_read(
         self: &Arc<Self>,
         key: &[u8],
@@ -174,6 +175,19 @@ impl Coordinator {
         let moving = self.moving();
         if moving || thorough {
             order.extend(&placement.next);
+        }
+        // The key's owners before the last membership change: a write they took may not have
+        // reached the new owners yet, so while buckets move a thorough read needs them too.
+        let previous_owners: Vec<SocketAddr> = match self.membership.previous_ring() {
+            Some(ring) if thorough && moving => {
+                ring.nodes_for(key.as_ref()).take(self.replicas()).collect()
+            }
+            _ => Vec::new(),
+        };
+        for &owner in &previous_owners {
+            if !order.contains(&owner) && self.membership.is_available(owner) {
+                order.push(owner);
+            }
         }
         if moving {
             let departed = self.membership.departed_within(MOVE_WINDOW);
@@ -205,13 +219,26 @@ impl Coordinator {
         // A thorough read needs R replies from the key's owners: fallbacks are asked too,
         // but counting them could make a quorum that meets none of the write's (the
         // simulation found it), so a write may not be decided on them.
+        let previous_needed = needed.min(previous_owners.len());
+        // Replies that count toward R: a thorough read counts only owners, and while buckets
+        // move it needs R of the previous owners as well.
         let counted = |replies: &Replies| {
-            (replies.iter())
-                .filter(|(a, _)| !exhaustive || owners.contains(a))
-                .count()
+            let from =
+                |group: &[SocketAddr]| (replies.iter()).filter(|(a, _)| group.contains(a)).count();
+            if exhaustive {
+                from(&owners)
+            } else {
+                replies.len()
+            }
+        };
+        let enough = |replies: &Replies| {
+            let previous = (replies.iter())
+                .filter(|(a, _)| previous_owners.contains(a))
+                .count();
+            counted(replies) >= needed && previous >= previous_needed
         };
         loop {
-            let enough = counted(&replies) >= needed;
+            let enough = enough(&replies);
             if enough && (exhaustive || found(&replies)) {
                 if !exhaustive || pending.is_empty() {
                     break;
@@ -241,7 +268,7 @@ impl Coordinator {
                 None => break,
             }
         }
-        if counted(&replies) < needed {
+        if !enough(&replies) {
             return Err(ClusterError::ReadQuorum {
                 replies: counted(&replies),
                 needed,

@@ -57,6 +57,9 @@ pub struct Membership {
     /// Members that left or were removed, and when this node heard: they may still hold
     /// keys they have not handed to the new owners.
     departed: RwLock<Vec<(SocketAddr, std::time::Instant)>>,
+    /// The ring before the last change of its members (never a ring of this node alone):
+    /// while buckets move, its owners may hold writes the new owners lack.
+    previous_ring: RwLock<Option<Arc<Ring>>>,
 }
 
 type Swim = Foca<SwimId, PostcardCodec, StdRng, NoCustomBroadcast>;
@@ -126,6 +129,7 @@ impl Membership {
             swim_inputs: std::sync::Mutex::new(Some(inputs)),
             ring_changed: RwLock::new(std::time::Instant::now()),
             departed: RwLock::new(Vec::new()),
+            previous_ring: RwLock::new(None),
         });
         membership.persist();
         membership
@@ -185,6 +189,11 @@ impl Membership {
     /// Time since the ring last changed.
     pub fn ring_age(&self) -> Duration {
         read_lock(&self.ring_changed).elapsed()
+    }
+
+    /// The ring before the last membership change, if there was one with other members.
+    pub fn previous_ring(&self) -> Option<Arc<Ring>> {
+        read_lock(&self.previous_ring).clone()
     }
 
     pub fn ring(&self) -> Arc<Ring> {
@@ -272,7 +281,20 @@ impl Membership {
             if !changed {
                 return false;
             }
-            view.ring = Arc::new(build_ring(self.me, &self.shape, &view.members));
+            let ring = Arc::new(build_ring(self.me, &self.shape, &view.members));
+            if ring.nodes() != view.ring.nodes() {
+                let previous = if view.ring.nodes().len() > 1 {
+                    Some(Arc::clone(&view.ring))
+                } else {
+                    // This node just joined: before, the cluster was everyone else.
+                    let mut others = view.members.clone();
+                    others.remove(&self.me);
+                    let others_active = others.values().any(|r| !r.left);
+                    others_active.then(|| Arc::new(build_ring(self.me, &self.shape, &others)))
+                };
+                *write_lock(&self.previous_ring) = previous;
+            }
+            view.ring = ring;
             let clustered = view.ring.nodes() != [self.me];
             (self.clustered).store(clustered, Ordering::Release);
             if clustered && self.awaiting_join.swap(false, Ordering::AcqRel) {
