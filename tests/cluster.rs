@@ -529,3 +529,40 @@ fn hints_written_just_before_sigterm_survive_the_restart() {
         cluster.logs()
     );
 }
+
+/// A node whose seed is not up yet has not joined: it refuses clients (it would otherwise
+/// acknowledge writes the cluster never sees), says so in stats and to Nagios, and joins
+/// as soon as the seed starts; the start itself never waits for the seed.
+#[test]
+fn a_node_that_has_not_joined_refuses_clients_until_its_seed_answers() {
+    let mut cluster = Cluster::start(39, 0, "quorum = { n = 3, r = 2, w = 2 }\n");
+    let (seed, waiting) = (cluster.add_member(), cluster.add_member());
+    cluster.start_node(waiting, true);
+    let mut client = cluster.client(waiting);
+    let refused = "SERVER_ERROR not joined: no seed has answered yet\r\n";
+    assert_eq!(client.call("set k 0 0 1\r\nv\r\n"), refused);
+    assert_eq!(client.call("get k\r\n"), refused);
+    assert_eq!(cluster.stats(waiting)["kai_cluster_state"], "joining");
+    let host = cluster.members[waiting].memcache.to_string();
+    let (code, text) = cluster.kai(&["check", "node", "-H", &host]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("not joined"), "{text}");
+    assert!(
+        common::wait_until(CONVERGE, || cluster
+            .node(waiting)
+            .log()
+            .contains("not joined: seed")),
+        "no warning while not joined"
+    );
+    // The seed (its own seed: it starts the cluster) comes up; the other joins through it.
+    cluster.start_node(seed, true);
+    assert!(
+        cluster.wait_converged(&[seed, waiting], CONVERGE),
+        "{}",
+        cluster.logs()
+    );
+    assert_eq!(cluster.stats(waiting)["kai_cluster_state"], "joined");
+    assert_eq!(cluster.stats(seed)["kai_cluster_state"], "joined");
+    assert_eq!(client.call("set k 0 0 1\r\nv\r\n"), "STORED\r\n");
+    assert_eq!(cluster.client(seed).get("k").as_deref(), Some(&b"v"[..]));
+}

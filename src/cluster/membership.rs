@@ -668,6 +668,32 @@ mod tests {
     }
 
     #[test]
+    fn a_suspicion_learned_from_gossip_expires_into_down() {
+        let me = SwimId::at(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let other = SwimId::at(SocketAddr::from(([127, 0, 0, 2], 1)));
+        let config = foca::Config::new_lan(NonZeroU32::new(3).unwrap());
+        let mut foca: Swim = Foca::new(me, config, StdRng::seed_from_u64(1), PostcardCodec);
+        let mut runtime = foca::AccumulatingRuntime::new();
+        // Heard from gossip, not from a probe of ours: foca sets no timer for it.
+        let suspect = foca::Member::new(other.clone(), 0, foca::State::Suspect);
+        foca.apply_many(std::iter::once(suspect), true, &mut runtime)
+            .unwrap();
+        while let Some((_, timer)) = runtime.to_schedule() {
+            assert!(!matches!(timer, foca::Timer::ChangeSuspectToDown { .. }));
+        }
+        let mut suspicions = Suspicions::default();
+        assert!(suspicions
+            .expired(&foca, Duration::from_secs(60))
+            .is_empty());
+        let expired = suspicions.expired(&foca, Duration::ZERO);
+        assert_eq!(expired.len(), 1);
+        foca.apply_many(expired.into_iter(), true, &mut runtime)
+            .unwrap();
+        let state = foca.iter_membership_state().find(|m| m.id() == &other);
+        assert_eq!(state.map(|m| m.state()), Some(foca::State::Down));
+    }
+
+    #[test]
     fn member_file_round_trip_and_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("members");
