@@ -24,7 +24,6 @@ use crate::node::{Node, VERSION};
 use crate::store::disk::{self, DiskStore};
 use crate::store::memory::MemoryStore;
 use crate::store::Store;
-use crate::time::HybridClock;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -300,7 +299,7 @@ fn start_cluster(
     } else {
         log::info!("rpc on {me}, peers authenticated with the cluster secret");
     }
-    let clock = Arc::new(HybridClock::new());
+    let clock = Arc::clone(node.clock());
     let settings = Arc::new(RpcSettings {
         secret,
         cluster: config.cluster.name.clone(),

@@ -739,6 +739,26 @@ fn joining_two_nodes_and_removing_one_under_load_misses_no_key() {
     );
 }
 
+/// After a scenario on all five nodes: waits for the replicas to agree, reads every key
+/// through every node, writes the summary row and fails on any lost or made-up value.
+fn judge_all_five(cluster: &Cluster, ledger: &Ledger, scenario: &str, started: Instant) {
+    wait_digests_agree(cluster, &all(5));
+    let verdict = verify(cluster, &all(5), ledger, true);
+    summary_row(
+        scenario,
+        ledger.acknowledged(),
+        verdict.lost.len(),
+        verdict.siblings,
+        started.elapsed(),
+    );
+    assert!(
+        verdict.lost.is_empty(),
+        "lost:\n{}",
+        verdict.lost.join("\n")
+    );
+    assert_eq!(ledger.phantom_reads, 0);
+}
+
 /// `kai check cluster` over `running`: exit code and status line.
 fn check_cluster(cluster: &Cluster, running: &[usize]) -> (i32, String) {
     let mut args = vec!["check".to_string(), "cluster".into()];
@@ -758,6 +778,25 @@ fn measured_offset_ms(cluster: &Cluster, observer: usize, of: usize) -> Option<i
         .and_then(|ms| ms.parse().ok())
 }
 
+/// Node `observer`'s Prometheus sample of node `of`'s clock offset, in seconds.
+fn prometheus_offset(cluster: &Cluster, observer: usize, of: usize) -> f64 {
+    let log = cluster.node(observer).log();
+    let addr = (log.lines())
+        .find_map(|l| l.split("serving metrics on ").nth(1))
+        .expect("metrics listener")
+        .trim()
+        .to_string();
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: kai\r\n\r\n").unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let peer = format!("peer=\"{}\"", cluster.members[of].rpc);
+    (response.lines())
+        .find(|l| l.starts_with("kai_peer_clock_offset_seconds{") && l.contains(&peer))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no offset of {peer} in:\n{response}"))
+}
+
 fn pending_hints(cluster: &Cluster, running: &[usize]) -> u64 {
     (running.iter())
         .map(|&i| {
@@ -772,7 +811,12 @@ fn pending_hints(cluster: &Cluster, running: &[usize]) -> u64 {
 /// it joins, serves, takes replica writes and hints, and nothing acknowledged is lost.
 #[test]
 fn a_node_30_seconds_off_joins_serves_and_loses_nothing() {
-    let mut cluster = Cluster::start(56, 4, &settings(2, "last-write-wins", ""));
+    let mut cluster = Cluster::start(56, 0, &settings(2, "last-write-wins", ""));
+    cluster.metrics = true;
+    for _ in 0..4 {
+        let i = cluster.add_member();
+        cluster.start_node(i, true);
+    }
     let skewed = cluster.add_member();
     cluster.skew_clock(skewed, "-30s");
     cluster.start_node(skewed, true);
@@ -802,6 +846,8 @@ fn a_node_30_seconds_off_joins_serves_and_loses_nothing() {
         .and_then(|r| r.rsplit(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no clock offset in {row:?}"));
     assert!((-31_000..=-29_000).contains(&shown), "{row}");
+    let exported = prometheus_offset(&cluster, 0, skewed);
+    assert!((-31.0..=-29.0).contains(&exported), "exported {exported} s");
     // Now 30 s ahead: its replica writes and hints from the others must still land.
     cluster.kill(skewed);
     cluster.skew_clock(skewed, "+30s");
@@ -817,25 +863,16 @@ fn a_node_30_seconds_off_joins_serves_and_loses_nothing() {
     assert!((29_000..=31_000).contains(&ahead), "measured {ahead} ms");
     let settled = common::wait_until(CONVERGE, || pending_hints(&cluster, &all(5)) == 0);
     assert!(settled, "hints never delivered:\n{}", cluster.logs());
-    wait_digests_agree(&cluster, &all(5));
-    let verdict = verify(&cluster, &all(5), &ledger, true);
-    summary_row(
-        "one node's clock 30 s behind, then 30 s ahead, N=3 R=2 W=2",
-        ledger.acknowledged(),
-        verdict.lost.len(),
-        verdict.siblings,
-        started.elapsed(),
-    );
     assert!(
         cluster.logs().contains("clock of peer"),
         "no node warned about the skew"
     );
-    assert!(
-        verdict.lost.is_empty(),
-        "lost:\n{}",
-        verdict.lost.join("\n")
+    judge_all_five(
+        &cluster,
+        &ledger,
+        "one node's clock 30 s behind, then 30 s ahead, N=3 R=2 W=2",
+        started,
     );
-    assert_eq!(ledger.phantom_reads, 0);
 }
 
 /// Membership changes while a node is cut off: a new node joins and the cut-off node is
@@ -891,21 +928,12 @@ fn join_and_remove_during_a_partition_then_the_removed_node_returns() {
     );
     std::thread::sleep(Duration::from_secs(2));
     let ledger = workload.finish();
-    wait_digests_agree(&cluster, &all(5));
-    let verdict = verify(&cluster, &all(5), &ledger, true);
-    summary_row(
+    judge_all_five(
+        &cluster,
+        &ledger,
         "join and remove during a partition, the removed node joined back, N=3 R=2 W=2",
-        ledger.acknowledged(),
-        verdict.lost.len(),
-        verdict.siblings,
-        started.elapsed(),
+        started,
     );
-    assert!(
-        verdict.lost.is_empty(),
-        "lost:\n{}",
-        verdict.lost.join("\n")
-    );
-    assert_eq!(ledger.phantom_reads, 0);
 }
 
 /// A node comes back under its old address with an empty data dir (a replaced disk):
@@ -932,19 +960,10 @@ fn a_node_restarted_with_an_empty_data_dir_loses_nothing() {
     );
     std::thread::sleep(Duration::from_secs(3));
     let ledger = workload.finish();
-    wait_digests_agree(&cluster, &all(5));
-    let verdict = verify(&cluster, &all(5), &ledger, true);
-    summary_row(
+    judge_all_five(
+        &cluster,
+        &ledger,
         "a node restarted with an empty data dir, N=3 R=2 W=2",
-        ledger.acknowledged(),
-        verdict.lost.len(),
-        verdict.siblings,
-        started.elapsed(),
+        started,
     );
-    assert!(
-        verdict.lost.is_empty(),
-        "lost:\n{}",
-        verdict.lost.join("\n")
-    );
-    assert_eq!(ledger.phantom_reads, 0);
 }

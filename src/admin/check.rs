@@ -174,16 +174,14 @@ pub fn cluster(hosts: &[String], limits: &ClusterLimits, timeout: Duration) -> V
     };
     let hints = total("kai_pending_hints");
     let sync = total("kai_sync_pending_buckets");
-    let number = |stats: &super::client::Stats, name: &str| -> Option<u64> {
-        stat(stats, name)?.parse().ok()
-    };
     // Nodes whose clocks disagree with a member's by more than the limit, as text.
     let mut skewed = Vec::new();
     let mut max_skew = 0;
     for (host, stats) in &views {
-        let skew = number(stats, "kai_max_clock_offset_ms").unwrap_or(0);
+        let skew = number(stats, "kai_max_clock_offset_ms") as u64;
         max_skew = max_skew.max(skew);
-        let limit = warn_skew_ms.or_else(|| number(stats, "kai_max_clock_skew_ms"));
+        let limit = warn_skew_ms
+            .or_else(|| stat(stats, "kai_max_clock_skew_ms").and_then(|v| v.parse().ok()));
         if limit.is_some_and(|limit| skew > limit) {
             skewed.push(format!(
                 "{host} measures [{}]",

@@ -194,8 +194,7 @@ impl Coordinator {
             let reachable = |a: &SocketAddr| *a != self.me && self.membership.is_available(*a);
             order.extend(departed.into_iter().filter(reachable));
         }
-        let exhaustive = thorough;
-        let first = if exhaustive { order.len() } else { needed };
+        let first = if thorough { order.len() } else { needed };
         let mut unasked = order.into_iter();
         let ask = |replica: SocketAddr| {
             let (coordinator, key) = (Arc::clone(self), key.clone());
@@ -203,7 +202,7 @@ impl Coordinator {
                 let started = tokio::time::Instant::now();
                 let mut result = coordinator.replica_get(replica, key.clone()).await;
                 // A call that failed fast (a lost message, a broken connection) once more.
-                if result.is_err() && exhaustive && started.elapsed() < THOROUGH_GRACE {
+                if result.is_err() && thorough && started.elapsed() < THOROUGH_GRACE {
                     result = coordinator.replica_get(replica, key).await;
                 }
                 (replica, result)
@@ -215,32 +214,27 @@ impl Coordinator {
         let found = |replies: &Replies| replies.iter().any(|(_, v)| v.is_some());
         // A thorough read waits for the stragglers only this long once it has its quorum.
         let mut grace_until = None;
-        let owners = placement.owners.clone();
-        // A thorough read needs R replies from the key's owners: fallbacks are asked too,
-        // but counting them could make a quorum that meets none of the write's (the
-        // simulation found it), so a write may not be decided on them.
+        // What counts toward R. A thorough read counts only owners: a fallback and a
+        // replica that missed the latest write must not make its quorum (the simulation
+        // found it). While buckets move it needs R of the previous owners as well.
         let previous_needed = needed.min(previous_owners.len());
-        // Replies that count toward R: a thorough read counts only owners, and while buckets
-        // move it needs R of the previous owners as well.
+        let from = |replies: &Replies, group: &[SocketAddr]| {
+            (replies.iter()).filter(|(a, _)| group.contains(a)).count()
+        };
         let counted = |replies: &Replies| {
-            let from =
-                |group: &[SocketAddr]| (replies.iter()).filter(|(a, _)| group.contains(a)).count();
-            if exhaustive {
-                from(&owners)
+            if thorough {
+                from(replies, &placement.owners)
             } else {
                 replies.len()
             }
         };
         let enough = |replies: &Replies| {
-            let previous = (replies.iter())
-                .filter(|(a, _)| previous_owners.contains(a))
-                .count();
-            counted(replies) >= needed && previous >= previous_needed
+            counted(replies) >= needed && from(replies, &previous_owners) >= previous_needed
         };
         loop {
             let enough = enough(&replies);
-            if enough && (exhaustive || found(&replies)) {
-                if !exhaustive || pending.is_empty() {
+            if enough && (thorough || found(&replies)) {
+                if !thorough || pending.is_empty() {
                     break;
                 }
                 let until = *grace_until

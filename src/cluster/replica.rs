@@ -84,24 +84,19 @@ impl Replica {
             self.clock.observe(version.timestamp);
         }
         let mut had_live = false;
-        let mut stored = incoming.clone();
+        let mut raised: Option<Versions> = None;
         let commit = self
             .store
             .update(key, unix_now().as_secs(), &mut |current| {
                 had_live = current.is_some_and(Versions::has_live);
                 let mut kept = current.map(|v| v.0.clone()).unwrap_or_default();
                 let before = kept.clone();
-                let mut incoming = incoming.clone();
-                if let (Some(writer), Some(current)) = (coordinated_by, current) {
-                    for version in &mut incoming.0 {
-                        let held = current.merged_clock();
-                        if !version.clock.descends(&held) {
-                            let stamp = version.timestamp;
-                            version.clock = version.clock.merged(&held).advanced(writer, stamp);
-                        }
+                let incoming = match (coordinated_by, current) {
+                    (Some(writer), Some(current)) => {
+                        &*raised.insert(raise_clocks(&incoming, current, writer))
                     }
-                }
-                stored = incoming.clone();
+                    _ => &incoming,
+                };
                 for version in &incoming.0 {
                     // The same version with another expiry: a touch, which keeps clock and cas.
                     let same =
@@ -126,7 +121,7 @@ impl Replica {
                     Change::Put(Versions(kept))
                 }
             });
-        (stored, had_live, commit)
+        (raised.unwrap_or(incoming), had_live, commit)
     }
 
     /// A tombstone written before this (Unix microseconds, on the clock that stamps
@@ -167,4 +162,21 @@ impl Replica {
         drop(commit);
         (self.counters.purged_tombstones).fetch_add(dropped as u64, Ordering::Relaxed);
     }
+}
+
+/// `incoming` with each clock raised to descend every version `held` here as well, by an
+/// increment of `writer`'s entry (see `Replica::apply_coordinated`).
+fn raise_clocks(incoming: &Versions, held: &Versions, writer: causality::NodeId) -> Versions {
+    let held = held.merged_clock();
+    let raised = (incoming.0.iter()).map(|version| {
+        let mut version = version.clone();
+        if !version.clock.descends(&held) {
+            version.clock = version
+                .clock
+                .merged(&held)
+                .advanced(writer, version.timestamp);
+        }
+        version
+    });
+    Versions(raised.collect())
 }

@@ -85,8 +85,9 @@ pub struct Node {
     flush_generation: AtomicU64,
     /// conflict_resolution = "siblings", read by every get without touching the config lock.
     siblings_mode: AtomicBool,
-    /// Stamps writes while this node serves alone.
-    clock: crate::time::HybridClock,
+    /// Stamps this node's writes, alone or (shared with the cluster's replica and rpc) as
+    /// a coordinator.
+    clock: Arc<crate::time::HybridClock>,
 }
 
 fn item(record: &Record) -> Item {
@@ -131,12 +132,16 @@ impl Node {
             started: Instant::now(),
             flush_generation: AtomicU64::new(0),
             siblings_mode: AtomicBool::new(siblings),
-            clock: crate::time::HybridClock::new(),
+            clock: Arc::new(crate::time::HybridClock::new()),
         }
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    pub fn clock(&self) -> &Arc<crate::time::HybridClock> {
+        &self.clock
     }
 
     /// Whether this node waits to join the cluster its seeds name.

@@ -36,6 +36,8 @@ pub struct Cluster {
     partition: Option<String>,
     /// Extra environment of node i's process (libfaketime for a skewed clock).
     pub env: HashMap<usize, Vec<(String, String)>>,
+    /// Nodes started from now on serve Prometheus metrics on their host, port 0.
+    pub metrics: bool,
 }
 
 impl Cluster {
@@ -59,6 +61,7 @@ impl Cluster {
             memcache_port,
             partition: None,
             env: HashMap::new(),
+            metrics: false,
         };
         for _ in 0..size {
             let i = cluster.add_member();
@@ -89,8 +92,13 @@ impl Cluster {
         } else {
             String::new()
         };
+        let metrics = if self.metrics {
+            format!("\n[metrics]\nlisten = \"{}:0\"\n", m.host)
+        } else {
+            String::new()
+        };
         format!(
-            "[node]\nhostname = \"{}\"\ndata_dir = \"{}\"\n[memcache]\nlisten = \"{}\"\n[rpc]\nlisten = \"{}\"\ntimeout = \"1s\"\n{}[cluster]\n{seeds}gossip_interval = \"250ms\"\n{}",
+            "[node]\nhostname = \"{}\"\ndata_dir = \"{}\"\n[memcache]\nlisten = \"{}\"\n[rpc]\nlisten = \"{}\"\ntimeout = \"1s\"\n{}[cluster]\n{seeds}gossip_interval = \"250ms\"\n{}{metrics}",
             m.host,
             m.data.path().display(),
             m.memcache,

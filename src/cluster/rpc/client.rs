@@ -38,6 +38,8 @@ enum ConnectError {
 /// After a failed connect, calls to that peer fail at once for this long instead of each
 /// waiting for its own connect to fail.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// How often a connection's replies feed the peer's clock-offset estimate.
+const OFFSET_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 /// Requests queued per peer connection before callers wait.
 const SEND_QUEUE: usize = 4096;
 
@@ -207,6 +209,9 @@ impl Pool {
         let (reader_pending, reader_alive) = (Arc::clone(&pending), Arc::clone(&alive));
         let (clock, offsets) = (Arc::clone(&self.transport.clock), Arc::clone(&self.offsets));
         tokio::spawn(async move {
+            // One offset sample per interval is plenty; the shared table stays off the
+            // per-reply path.
+            let mut next_sample = Instant::now();
             while let Some(Ok(message)) = stream.next().await {
                 if let Message::Response {
                     id,
@@ -215,10 +220,12 @@ impl Pool {
                     body,
                 } = message
                 {
-                    let received_us = clock.wall_micros();
                     clock.observe(hlc);
                     if let Some((reply, sent_us)) = lock(&reader_pending).remove(&id) {
-                        offsets.sample(peer, sent_us, now_us, received_us);
+                        if Instant::now() >= next_sample {
+                            next_sample = Instant::now() + OFFSET_SAMPLE_INTERVAL;
+                            offsets.sample(peer, sent_us, now_us, clock.wall_micros());
+                        }
                         let _ = reply.send(body);
                     }
                 }

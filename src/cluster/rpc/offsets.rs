@@ -97,10 +97,6 @@ impl ClockOffsets {
         all.sort_by_key(|(a, _)| *a);
         all
     }
-
-    pub fn warn_above(&self) -> Duration {
-        self.warn_above
-    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,17 @@ fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, i as u8 + 1], 11011))
 }
 
+/// Nodes 0..size as members, each in its first generation.
+fn member_records(size: usize) -> Vec<MemberRecord> {
+    (0..size)
+        .map(|i| MemberRecord {
+            addr: addr(i),
+            generation: 1,
+            left: false,
+        })
+        .collect()
+}
+
 /// Node `i` over `store`, knowing `members`, attached to `network` (replacing any earlier
 /// incarnation at its address). Every other member counts as suspect until marked.
 fn start_node(
@@ -93,13 +104,7 @@ fn start_node(
 impl TestCluster {
     fn start(size: usize, quorum: Quorum) -> TestCluster {
         let network = FakeNetwork::new(7);
-        let records: Vec<MemberRecord> = (0..size)
-            .map(|i| MemberRecord {
-                addr: addr(i),
-                generation: 1,
-                left: false,
-            })
-            .collect();
+        let records = member_records(size);
         let nodes = (0..size)
             .map(|i| {
                 let store: Arc<dyn Store> = Arc::new(MemoryStore::new(0, BUCKETS));

@@ -65,13 +65,7 @@ impl Sim {
         let size = rng.random_range(3..=5);
         let quorum = quorum(3, 2, 2);
         let network = FakeNetwork::new(seed);
-        let members: Vec<MemberRecord> = (0..size)
-            .map(|i| MemberRecord {
-                addr: addr(i),
-                generation: 1,
-                left: false,
-            })
-            .collect();
+        let members = member_records(size);
         let mut sim = Sim {
             siblings: seed % 2 == 1,
             rng,
@@ -92,27 +86,32 @@ impl Sim {
                 _ => sim.rng.random_range(-5_000..=5_000),
             };
             sim.note(format!("node {i} clock skew {} ms", skew / 1000));
-            let store: Arc<dyn Store> = Arc::new(MemoryStore::new(0, BUCKETS));
-            let hints = Arc::new(Hints::load(None));
-            let clock = Arc::new(HybridClock::simulated(skew));
-            let node = start_node(
-                &sim.network,
-                i,
-                &sim.members,
-                quorum,
-                store,
-                Arc::clone(&hints),
-                Arc::clone(&clock),
-            );
-            sim.nodes.push(SimNode {
-                node,
-                hints,
-                clock,
-                running: true,
-            });
+            sim.add_node(i, skew);
         }
         sim.detect();
         sim
+    }
+
+    /// Starts node `i`, new and empty, with its clock `skew` µs off.
+    fn add_node(&mut self, i: usize, skew: i64) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(0, BUCKETS));
+        let hints = Arc::new(Hints::load(None));
+        let clock = Arc::new(HybridClock::simulated(skew));
+        let node = start_node(
+            &self.network,
+            i,
+            &self.members,
+            self.quorum,
+            store,
+            Arc::clone(&hints),
+            Arc::clone(&clock),
+        );
+        self.nodes.push(SimNode {
+            node,
+            hints,
+            clock,
+            running: true,
+        });
     }
 
     fn note(&mut self, event: String) {
@@ -327,24 +326,7 @@ impl Sim {
             left: false,
         };
         self.members.push(record.clone());
-        let hints = Arc::new(Hints::load(None));
-        let clock = Arc::new(HybridClock::simulated(0));
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(0, BUCKETS));
-        let node = start_node(
-            &self.network,
-            i,
-            &self.members,
-            self.quorum,
-            store,
-            Arc::clone(&hints),
-            Arc::clone(&clock),
-        );
-        self.nodes.push(SimNode {
-            node,
-            hints,
-            clock,
-            running: true,
-        });
+        self.add_node(i, 0);
         // Gossip reaches every running member (the others learn on restart).
         for n in self.nodes.iter().filter(|n| n.running) {
             n.node
