@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
@@ -51,6 +51,13 @@ struct Connection {
     outgoing: mpsc::Sender<Message>,
     pending: Pending,
     alive: Arc<AtomicBool>,
+    /// Added to a deadline to put it on the peer's clock: the measured offset plus half
+    /// its round trip (µs), refreshed with each sample, read without a lock per call.
+    deadline_shift_us: Arc<AtomicI64>,
+}
+
+fn deadline_shift(offset: Option<ClockOffset>) -> i64 {
+    offset.map_or(0, |o| o.offset_us + (o.rtt_us / 2) as i64)
 }
 
 #[derive(Default)]
@@ -102,13 +109,10 @@ impl Pool {
         let started_us = clock.wall_micros();
         let connection = self.connection(peer).await?;
         // The deadline on the peer's clock, widened by the offset's uncertainty.
-        let offset = self.offsets.get(peer).unwrap_or(ClockOffset {
-            offset_us: 0,
-            rtt_us: 0,
-        });
-        let deadline_us = (started_us + self.transport.timeout.as_micros() as u64)
-            .saturating_add_signed(offset.offset_us)
-            + offset.rtt_us / 2;
+        // The deadline on the peer's clock, widened by the offset's uncertainty.
+        let shift = connection.deadline_shift_us.load(Ordering::Relaxed);
+        let deadline_us =
+            (started_us + self.transport.timeout.as_micros() as u64).saturating_add_signed(shift);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         lock(&connection.pending).insert(id, (reply, clock.wall_micros()));
@@ -208,6 +212,8 @@ impl Pool {
         tokio::spawn(super::write_batched(sink, queue));
         let (reader_pending, reader_alive) = (Arc::clone(&pending), Arc::clone(&alive));
         let (clock, offsets) = (Arc::clone(&self.transport.clock), Arc::clone(&self.offsets));
+        let deadline_shift_us = Arc::new(AtomicI64::new(deadline_shift(self.offsets.get(peer))));
+        let shift = Arc::clone(&deadline_shift_us);
         tokio::spawn(async move {
             // One offset sample per interval is plenty; the shared table stays off the
             // per-reply path.
@@ -225,6 +231,8 @@ impl Pool {
                         if Instant::now() >= next_sample {
                             next_sample = Instant::now() + OFFSET_SAMPLE_INTERVAL;
                             offsets.sample(peer, sent_us, now_us, clock.wall_micros());
+                            let best = deadline_shift(offsets.get(peer));
+                            shift.store(best, Ordering::Relaxed);
                         }
                         let _ = reply.send(body);
                     }
@@ -238,6 +246,7 @@ impl Pool {
             outgoing,
             pending,
             alive,
+            deadline_shift_us,
         })
     }
 
