@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const RELATIVE_EXPTIME_LIMIT: i64 = 30 * 24 * 60 * 60;
 
 /// The storage commands. Part of the peer wire format (inside a forwarded `WriteOp`).
+/// Text `cas` is `Set` with a cas guard; binary and meta put a guard on any mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreMode {
     Set,
@@ -20,7 +21,18 @@ pub enum StoreMode {
     Replace,
     Append,
     Prepend,
-    Cas(u64),
+}
+
+/// A compare-and-swap guard: the write happens only if a live version has this cas unique.
+/// `None` writes unconditionally.
+pub type CasGuard = Option<u64>;
+
+/// What an incr/decr on a missing key does: nothing (text), or create the key with an
+/// initial value (binary's initial/expiration, meta's `N`/`J` flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vivify {
+    pub initial: u64,
+    pub expires_at: u64,
 }
 
 /// memcached's exptime rule: 0 never expires, negative is already expired, up to 30 days is
@@ -40,14 +52,19 @@ pub fn expiry(exptime: i64, now_secs: u64) -> u64 {
 pub enum WriteOp {
     Store {
         mode: StoreMode,
+        cas: CasGuard,
         flags: u32,
         expires_at: u64,
         data: Bytes,
     },
-    Delete,
+    Delete {
+        cas: CasGuard,
+    },
     Arith {
         incr: bool,
         delta: u64,
+        cas: CasGuard,
+        vivify: Option<Vivify>,
     },
     /// touch, and gat/gats (which also want the touched value back).
     Touch {
@@ -65,6 +82,7 @@ impl WriteOp {
             self,
             WriteOp::Store {
                 mode: StoreMode::Set,
+                cas: None,
                 ..
             }
         )
@@ -84,16 +102,42 @@ pub enum ArithOutcome {
     Value(u64),
     NotFound,
     NonNumeric,
+    /// The cas guard matched no live version.
+    Exists,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    /// The cas guard matched no live version.
+    Exists,
+}
+
+/// What a write answers. `cas` is the cas unique of the version it created (0 when it
+/// wrote nothing): binary and meta clients get it back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Store(StoreOutcome),
-    /// Whether a live value was there to delete.
-    Deleted(bool),
-    Arith(ArithOutcome),
+    Store(StoreOutcome, u64),
+    Deleted(DeleteOutcome),
+    Arith(ArithOutcome, u64),
     /// The touched value (its cas is that of the new version).
     Touched(Option<Record>),
+}
+
+impl Outcome {
+    /// Records the cas of the version this write stored (after the coordinator raised its
+    /// clock, the stored version's, not the one decided on).
+    pub fn set_cas(&mut self, stored: &Record) {
+        if let Outcome::Store(_, cas) | Outcome::Arith(_, cas) = self {
+            *cas = cas_unique(stored);
+        }
+    }
+}
+
+/// The guard's verdict against the live versions (with siblings, any one may match).
+fn guard_holds(cas: CasGuard, live: &[&Record]) -> bool {
+    cas.is_none_or(|unique| live.iter().any(|r| cas_unique(r) == unique))
 }
 
 /// The content of the version a write creates; the caller adds clock and timestamp.
@@ -117,11 +161,12 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
     match op {
         WriteOp::Store {
             mode,
+            cas,
             flags,
             expires_at,
             data,
         } => {
-            let refuse = |outcome| (None, Outcome::Store(outcome));
+            let refuse = |outcome| (None, Outcome::Store(outcome, 0));
             let (value, flags, expires_at) = match (mode, newest) {
                 (StoreMode::Add, Some(_)) | (StoreMode::Replace, None) => {
                     return refuse(StoreOutcome::NotStored)
@@ -129,13 +174,9 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                 (StoreMode::Append | StoreMode::Prepend, None) => {
                     return refuse(StoreOutcome::NotStored)
                 }
-                (StoreMode::Cas(_), None) => return refuse(StoreOutcome::NotFound),
+                (StoreMode::Set, None) if cas.is_some() => return refuse(StoreOutcome::NotFound),
                 // With siblings, a cas taken from any of them may resolve them all.
-                (StoreMode::Cas(unique), Some(_))
-                    if !live.iter().any(|r| cas_unique(r) == *unique) =>
-                {
-                    return refuse(StoreOutcome::Exists)
-                }
+                (_, Some(_)) if !guard_holds(*cas, &live) => return refuse(StoreOutcome::Exists),
                 (StoreMode::Append, Some(record)) => (
                     Bytes::from([&record.value[..], data].concat()),
                     record.flags,
@@ -155,9 +196,16 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                 tombstone: false,
                 touches: None,
             };
-            (Some(new), Outcome::Store(StoreOutcome::Stored))
+            (Some(new), Outcome::Store(StoreOutcome::Stored, 0))
         }
-        WriteOp::Delete => {
+        WriteOp::Delete { cas } => {
+            if newest.is_some() && !guard_holds(*cas, &live) {
+                return (None, Outcome::Deleted(DeleteOutcome::Exists));
+            }
+            let found = match newest {
+                Some(_) => DeleteOutcome::Deleted,
+                None => DeleteOutcome::NotFound,
+            };
             let tombstone = NewValue {
                 value: Bytes::new(),
                 flags: 0,
@@ -165,14 +213,35 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                 tombstone: true,
                 touches: None,
             };
-            (Some(tombstone), Outcome::Deleted(newest.is_some()))
+            (Some(tombstone), Outcome::Deleted(found))
         }
-        WriteOp::Arith { incr, delta } => {
+        WriteOp::Arith {
+            incr,
+            delta,
+            cas,
+            vivify,
+        } => {
+            let refuse = |outcome| (None, Outcome::Arith(outcome, 0));
             let Some(record) = newest else {
-                return (None, Outcome::Arith(ArithOutcome::NotFound));
+                let Some(vivify) = vivify else {
+                    return refuse(ArithOutcome::NotFound);
+                };
+                // A created counter holds the initial value as is (memcached's rule).
+                let new = NewValue {
+                    value: Bytes::from(vivify.initial.to_string().into_bytes()),
+                    flags: 0,
+                    expires_at: vivify.expires_at,
+                    tombstone: false,
+                    touches: None,
+                };
+                let outcome = Outcome::Arith(ArithOutcome::Value(vivify.initial), 0);
+                return (Some(new), outcome);
             };
+            if !guard_holds(*cas, &live) {
+                return refuse(ArithOutcome::Exists);
+            }
             let Some(number) = numeric_value(&record.value) else {
-                return (None, Outcome::Arith(ArithOutcome::NonNumeric));
+                return refuse(ArithOutcome::NonNumeric);
             };
             let result = if *incr {
                 number.wrapping_add(*delta)
@@ -188,7 +257,7 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                 tombstone: false,
                 touches: None,
             };
-            (Some(new), Outcome::Arith(ArithOutcome::Value(result)))
+            (Some(new), Outcome::Arith(ArithOutcome::Value(result), 0))
         }
         WriteOp::Touch { expires_at } => match newest {
             None => (None, Outcome::Touched(None)),
@@ -230,8 +299,11 @@ pub fn transition(
         let base = current.map(Versions::merged_clock).unwrap_or_default();
         new_record(new, &base, writer, stamp)
     });
-    if let (Outcome::Touched(touched), Some(record)) = (&mut outcome, &record) {
-        *touched = Some(record.clone());
+    if let Some(record) = &record {
+        outcome.set_cas(record);
+        if let Outcome::Touched(touched) = &mut outcome {
+            *touched = Some(record.clone());
+        }
     }
     Transition { record, outcome }
 }
@@ -293,8 +365,13 @@ mod tests {
     }
 
     fn store(mode: StoreMode, data: &str) -> WriteOp {
+        guarded(mode, None, data)
+    }
+
+    fn guarded(mode: StoreMode, cas: CasGuard, data: &str) -> WriteOp {
         WriteOp::Store {
             mode,
+            cas,
             flags: 1,
             expires_at: 0,
             data: Bytes::copy_from_slice(data.as_bytes()),
@@ -325,7 +402,7 @@ mod tests {
         assert!(siblings.0.iter().all(|s| new.clock.descends(&s.clock)));
         assert_eq!(
             (new.timestamp, done.outcome),
-            (9, Outcome::Store(StoreOutcome::Stored))
+            (9, Outcome::Store(StoreOutcome::Stored, cas_unique(&new)))
         );
         // A touch keeps clock and cas, and answers with the touched record.
         let touch = WriteOp::Touch { expires_at: 77 };
@@ -355,8 +432,8 @@ mod tests {
             ..record("", 2, 1)
         });
         let outcome = |op: &WriteOp, current| decide(op, current).1;
-        let stored = Outcome::Store(StoreOutcome::Stored);
-        let not_stored = Outcome::Store(StoreOutcome::NotStored);
+        let stored = Outcome::Store(StoreOutcome::Stored, 0);
+        let not_stored = Outcome::Store(StoreOutcome::NotStored, 0);
         assert_eq!(
             outcome(&store(StoreMode::Add, "x"), Some(&present)),
             not_stored
@@ -369,12 +446,12 @@ mod tests {
         let (new, _) = decide(&store(StoreMode::Append, "!"), Some(&present));
         assert_eq!(new.map(|n| (n.value, n.flags)), Some(("old!".into(), 5)));
         assert_eq!(
-            outcome(&WriteOp::Delete, Some(&deleted)),
-            Outcome::Deleted(false)
+            outcome(&WriteOp::Delete { cas: None }, Some(&deleted)),
+            Outcome::Deleted(DeleteOutcome::NotFound)
         );
         assert_eq!(
-            outcome(&WriteOp::Delete, Some(&present)),
-            Outcome::Deleted(true)
+            outcome(&WriteOp::Delete { cas: None }, Some(&present)),
+            Outcome::Deleted(DeleteOutcome::Deleted)
         );
     }
 
@@ -387,23 +464,80 @@ mod tests {
             &WriteOp::Arith {
                 incr: true,
                 delta: 1,
+                cas: None,
+                vivify: None,
             },
             Some(&siblings),
         );
-        assert_eq!(outcome, Outcome::Arith(ArithOutcome::Value(42)));
+        assert_eq!(outcome, Outcome::Arith(ArithOutcome::Value(42), 0));
         assert_eq!(new.unwrap().value, "42");
         // Either sibling's cas resolves the conflict; a foreign one does not.
         for unique in [cas_unique(&older), cas_unique(&newer)] {
-            let op = store(StoreMode::Cas(unique), "v");
+            let op = guarded(StoreMode::Set, Some(unique), "v");
             assert_eq!(
                 decide(&op, Some(&siblings)).1,
-                Outcome::Store(StoreOutcome::Stored)
+                Outcome::Store(StoreOutcome::Stored, 0)
             );
         }
-        let op = store(StoreMode::Cas(cas_unique(&older) ^ 1), "v");
+        let op = guarded(StoreMode::Set, Some(cas_unique(&older) ^ 1), "v");
         assert_eq!(
             decide(&op, Some(&siblings)).1,
-            Outcome::Store(StoreOutcome::Exists)
+            Outcome::Store(StoreOutcome::Exists, 0)
+        );
+    }
+
+    #[test]
+    fn guards_on_delete_arith_and_append_and_vivified_counters() {
+        let present = Versions::one(record("5", 1, 1));
+        let unique = cas_unique(&present.0[0]);
+        let outcome = |op: &WriteOp, current| decide(op, current).1;
+        let delete = |cas| WriteOp::Delete { cas };
+        assert_eq!(
+            outcome(&delete(Some(unique ^ 1)), Some(&present)),
+            Outcome::Deleted(DeleteOutcome::Exists)
+        );
+        assert_eq!(
+            outcome(&delete(Some(unique)), Some(&present)),
+            Outcome::Deleted(DeleteOutcome::Deleted)
+        );
+        let arith = |cas, vivify| WriteOp::Arith {
+            incr: false,
+            delta: 9,
+            cas,
+            vivify,
+        };
+        assert_eq!(
+            outcome(&arith(Some(unique ^ 1), None), Some(&present)),
+            Outcome::Arith(ArithOutcome::Exists, 0)
+        );
+        assert_eq!(
+            outcome(&arith(Some(unique), None), Some(&present)),
+            Outcome::Arith(ArithOutcome::Value(0), 0)
+        );
+        let appended = guarded(StoreMode::Append, Some(unique ^ 1), "!");
+        assert_eq!(
+            outcome(&appended, Some(&present)),
+            Outcome::Store(StoreOutcome::Exists, 0)
+        );
+        // A missing counter is created with the initial value itself, not initial - delta.
+        let vivify = Vivify {
+            initial: 100,
+            expires_at: 7,
+        };
+        let (new, answer) = decide(&arith(None, Some(vivify)), None);
+        let new = new.expect("vivify writes");
+        assert_eq!((new.value, new.expires_at, new.flags), ("100".into(), 7, 0));
+        assert_eq!(answer, Outcome::Arith(ArithOutcome::Value(100), 0));
+        // A cas guard on a missing key: set answers not found, append not stored.
+        let cas_set = guarded(StoreMode::Set, Some(1), "v");
+        assert_eq!(
+            outcome(&cas_set, None),
+            Outcome::Store(StoreOutcome::NotFound, 0)
+        );
+        let cas_append = guarded(StoreMode::Append, Some(1), "v");
+        assert_eq!(
+            outcome(&cas_append, None),
+            Outcome::Store(StoreOutcome::NotStored, 0)
         );
     }
 }

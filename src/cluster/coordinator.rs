@@ -408,6 +408,7 @@ impl Coordinator {
             (versions, had_live, commit)
         } else {
             let (stored, had_live, commit) = self.replica.apply_coordinated(&key, record, self.id);
+            outcome.set_cas(&stored);
             (Versions::one(stored), had_live, commit)
         };
         let needed = self.needed(self.quorum.w);
@@ -449,8 +450,10 @@ impl Coordinator {
                 failures: Failures(failures),
             });
         }
-        if let Outcome::Deleted(found) = &mut outcome {
-            *found |= had_live;
+        if let (Outcome::Deleted(found @ ops::DeleteOutcome::NotFound), true) =
+            (&mut outcome, had_live)
+        {
+            *found = ops::DeleteOutcome::Deleted;
         }
         Ok(outcome)
     }

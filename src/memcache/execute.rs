@@ -2,7 +2,7 @@
 
 use super::parse::{Command, Keys};
 use super::reply;
-use crate::node::{ArithOutcome, Node, NodeError, StoreOutcome};
+use crate::node::{ArithOutcome, DeleteOutcome, Node, NodeError, StoreOutcome};
 use std::sync::Arc;
 use tokio::io::AsyncWrite;
 
@@ -85,13 +85,16 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
         Command::Retrieve { .. } => unreachable!("retrievals stream through retrieve()"),
         Command::Store {
             mode,
+            cas,
             key,
             flags,
             exptime,
             data,
             noreply,
         } => {
-            let outcome = node.store_item(mode, key, flags, exptime, data).await?;
+            let (outcome, _) = node
+                .store_item(mode, cas, key, flags, exptime, data)
+                .await?;
             if !noreply {
                 reply::line(
                     out,
@@ -117,7 +120,7 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             }
         }
         Command::Delete { key, noreply } => {
-            let found = node.delete(key).await?;
+            let found = node.delete(key, None).await? == DeleteOutcome::Deleted;
             if !noreply {
                 reply::line(out, if found { "DELETED" } else { "NOT_FOUND" });
             }
@@ -128,14 +131,15 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             delta,
             noreply,
         } => {
-            let outcome = node.arith(key, incr, delta).await?;
+            let (outcome, _) = node.arith(key, incr, delta, None, None).await?;
             if !noreply {
                 match outcome {
                     ArithOutcome::Value(n) => {
                         reply::number(out, n);
                         out.extend_from_slice(b"\r\n");
                     }
-                    ArithOutcome::NotFound => reply::line(out, "NOT_FOUND"),
+                    // (Text incr/decr carries no cas guard, so Exists cannot happen.)
+                    ArithOutcome::NotFound | ArithOutcome::Exists => reply::line(out, "NOT_FOUND"),
                     ArithOutcome::NonNumeric => reply::line(
                         out,
                         "CLIENT_ERROR cannot increment or decrement non-numeric value",

@@ -41,6 +41,8 @@ pub enum Command<'a> {
     },
     Store {
         mode: StoreMode,
+        /// Set for `cas`.
+        cas: Option<u64>,
         key: &'a [u8],
         flags: u32,
         exptime: i64,
@@ -252,25 +254,23 @@ fn storage<'a>(
     let key = words.get(1).unwrap_or_default();
     let flags = parse_u32(words.get(2).unwrap_or_default());
     let exptime = parse_i64(words.get(3).unwrap_or_default());
-    let cas = if is_cas {
-        parse_u64(words.get(5).unwrap_or_default())
-    } else {
-        Some(0)
+    let cas = match is_cas {
+        true => parse_u64(words.get(5).unwrap_or_default()).map(Some),
+        false => Some(None),
     };
     let (Some(flags), Some(exptime), Some(cas), true) = (flags, exptime, cas, valid_key(key))
     else {
         return reply(BAD_FORMAT, swallow);
     };
     let mode = match words.get(0).unwrap_or_default() {
-        b"set" => StoreMode::Set,
         b"add" => StoreMode::Add,
         b"replace" => StoreMode::Replace,
         b"append" => StoreMode::Append,
         b"prepend" => StoreMode::Prepend,
-        _ => StoreMode::Cas(cas),
+        _ => StoreMode::Set,
     };
     if length > max_item_size {
-        let unlink = mode == StoreMode::Set;
+        let unlink = mode == StoreMode::Set && cas.is_none();
         return Parsed::Frame(Frame {
             command: Command::TooLarge {
                 key,
@@ -296,6 +296,7 @@ fn storage<'a>(
     Parsed::Frame(Frame {
         command: Command::Store {
             mode,
+            cas,
             key,
             flags,
             exptime,

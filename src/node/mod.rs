@@ -13,7 +13,7 @@ use crate::cluster::coordinator::Coordinator;
 use crate::cluster::error::ClusterError;
 use crate::config::{Config, ConflictResolution};
 use crate::ops::{self, expiry, StoreMode};
-pub use crate::ops::{ArithOutcome, Outcome, StoreOutcome, WriteOp};
+pub use crate::ops::{ArithOutcome, CasGuard, DeleteOutcome, Outcome, StoreOutcome, WriteOp};
 use crate::record::{Record, Versions};
 use crate::stats::{Counters, Unreconciled};
 use crate::store::{Change, Store, StoreError};
@@ -210,7 +210,7 @@ impl Node {
         if let Some(cluster) = self.cluster() {
             return Ok(cluster.write(key, op).await?);
         }
-        let mut outcome = Outcome::Deleted(false);
+        let mut outcome = Outcome::Deleted(DeleteOutcome::NotFound);
         let commit = self
             .store
             .update(key, unix_now().as_secs(), &mut |current| {
@@ -227,103 +227,149 @@ impl Node {
     }
 
     /// `get`/`gets`, or with `touch` set `gat`/`gats`. Several items only with siblings
-    /// under `conflict_resolution = "siblings"`.
+    /// under `conflict_resolution = "siblings"`, newest first.
     pub async fn get(&self, key: &[u8], touch: Option<i64>) -> Result<Vec<Item>, NodeError> {
-        let now = unix_now().as_secs();
         let found = match touch {
-            None => {
-                let versions = self.read(key).await?;
-                if self.siblings_mode.load(Ordering::Relaxed) {
-                    let live = versions.iter().flat_map(|v| v.live());
-                    live.map(item).collect()
-                } else {
-                    let newest = versions.as_ref().and_then(Versions::newest_live);
-                    newest.map(item).into_iter().collect()
-                }
-            }
-            Some(exptime) => {
-                self.counters.cmd_touch.add(1);
-                let op = WriteOp::Touch {
-                    expires_at: expiry(exptime, now),
-                };
-                let touched = match self.write(key, op).await? {
-                    Outcome::Touched(Some(record)) => vec![item(&record)],
-                    _ => Vec::new(),
-                };
-                let (hit, miss) = (&self.counters.touch_hits, &self.counters.touch_misses);
-                (if touched.is_empty() { miss } else { hit }).add(1);
-                touched
-            }
+            None => self.read_items(key).await?,
+            Some(exptime) => self.touch_item(key, exptime).await?.into_iter().collect(),
         };
+        self.count_retrieval(&found);
+        Ok(found)
+    }
+
+    /// A get for protocols that answer one value per key (binary, meta): the newest live
+    /// version, which under siblings is the newest sibling. Its cas resolves them all.
+    pub async fn get_one(&self, key: &[u8], touch: Option<i64>) -> Result<Option<Item>, NodeError> {
+        let found = match touch {
+            None => self.read_items(key).await?.into_iter().next(),
+            Some(exptime) => self.touch_item(key, exptime).await?,
+        };
+        self.count_retrieval(found.as_slice());
+        Ok(found)
+    }
+
+    async fn read_items(&self, key: &[u8]) -> Result<Vec<Item>, NodeError> {
+        let versions = self.read(key).await?;
+        if self.siblings_mode.load(Ordering::Relaxed) {
+            let mut live: Vec<&Record> = versions.iter().flat_map(|v| v.live()).collect();
+            live.sort_by_key(|r| std::cmp::Reverse(r.timestamp));
+            Ok(live.into_iter().map(item).collect())
+        } else {
+            let newest = versions.as_ref().and_then(Versions::newest_live);
+            Ok(newest.map(item).into_iter().collect())
+        }
+    }
+
+    async fn touch_item(&self, key: &[u8], exptime: i64) -> Result<Option<Item>, NodeError> {
+        self.counters.cmd_touch.add(1);
+        let op = WriteOp::Touch {
+            expires_at: expiry(exptime, unix_now().as_secs()),
+        };
+        let touched = match self.write(key, op).await? {
+            Outcome::Touched(Some(record)) => Some(item(&record)),
+            _ => None,
+        };
+        let (hit, miss) = (&self.counters.touch_hits, &self.counters.touch_misses);
+        (if touched.is_some() { hit } else { miss }).add(1);
+        Ok(touched)
+    }
+
+    fn count_retrieval(&self, found: &[Item]) {
         if found.is_empty() {
             self.counters.get_misses.add(1);
         }
-        for item in &found {
+        for item in found {
             self.counters.get_hits.add(1);
             self.counters.cmd_get.add(1);
             self.counters.bytes_read.add(item.value.len() as u64);
         }
-        Ok(found)
     }
 
-    /// The storage commands: set, add, replace, append, prepend, cas.
+    /// The storage commands (set, add, replace, append, prepend), each with an optional
+    /// cas guard (text `cas` is a guarded set). Answers the stored version's cas unique.
     pub async fn store_item(
         &self,
         mode: StoreMode,
+        cas: CasGuard,
         key: &[u8],
         flags: u32,
         exptime: i64,
         data: &[u8],
-    ) -> Result<StoreOutcome, NodeError> {
+    ) -> Result<(StoreOutcome, u64), NodeError> {
         let op = WriteOp::Store {
             mode,
+            cas,
             flags,
             expires_at: expiry(exptime, unix_now().as_secs()),
             data: Bytes::copy_from_slice(data),
         };
-        let outcome = match self.write(key, op).await? {
-            Outcome::Store(outcome) => outcome,
+        let (outcome, unique) = match self.write(key, op).await? {
+            Outcome::Store(outcome, unique) => (outcome, unique),
             _ => return Err(NodeError::UnexpectedOutcome("a store")),
         };
         let counters = &self.counters;
-        match (mode, outcome) {
-            (StoreMode::Cas(_), StoreOutcome::Stored) => counters.cas_hits.add(1),
-            (StoreMode::Cas(_), StoreOutcome::Exists) => counters.cas_badval.add(1),
-            (StoreMode::Cas(_), StoreOutcome::NotFound) => counters.cas_misses.add(1),
-            _ => {}
+        // memcached counts only compare-and-swap sets in its cas_* stats.
+        if mode == StoreMode::Set && cas.is_some() {
+            match outcome {
+                StoreOutcome::Stored => counters.cas_hits.add(1),
+                StoreOutcome::Exists => counters.cas_badval.add(1),
+                StoreOutcome::NotFound => counters.cas_misses.add(1),
+                StoreOutcome::NotStored => {}
+            }
         }
         if outcome == StoreOutcome::Stored {
             counters.cmd_set.add(1);
             counters.total_items.add(1);
             counters.bytes_write.add(data.len() as u64);
         }
-        Ok(outcome)
+        Ok((outcome, unique))
     }
 
     /// Drops `key` after a refused `set`, as memcached does, so a stale value cannot be read.
     pub async fn unlink(&self, key: &[u8]) -> Result<(), NodeError> {
-        self.write(key, WriteOp::Delete).await.map(|_| ())
+        self.write(key, WriteOp::Delete { cas: None })
+            .await
+            .map(|_| ())
     }
 
-    pub async fn delete(&self, key: &[u8]) -> Result<bool, NodeError> {
-        let found = matches!(
-            self.write(key, WriteOp::Delete).await?,
-            Outcome::Deleted(true)
-        );
+    /// A delete, only of the version `cas` names when given.
+    pub async fn delete(&self, key: &[u8], cas: CasGuard) -> Result<DeleteOutcome, NodeError> {
+        let outcome = match self.write(key, WriteOp::Delete { cas }).await? {
+            Outcome::Deleted(outcome) => outcome,
+            _ => return Err(NodeError::UnexpectedOutcome("a delete")),
+        };
         let (hit, miss) = (&self.counters.delete_hits, &self.counters.delete_misses);
-        (if found { hit } else { miss }).add(1);
-        Ok(found)
+        match outcome {
+            DeleteOutcome::Deleted => hit.add(1),
+            DeleteOutcome::NotFound => miss.add(1),
+            DeleteOutcome::Exists => {}
+        }
+        Ok(outcome)
     }
 
-    /// incr (wrapping at 2^64) and decr (stopping at 0).
+    /// incr (wrapping at 2^64) and decr (stopping at 0), guarded by `cas` when given; a
+    /// missing key is created from `vivify` (initial value, exptime) when given. Answers
+    /// the new version's cas unique.
     pub async fn arith(
         &self,
         key: &[u8],
         incr: bool,
         delta: u64,
-    ) -> Result<ArithOutcome, NodeError> {
-        let outcome = match self.write(key, WriteOp::Arith { incr, delta }).await? {
-            Outcome::Arith(outcome) => outcome,
+        cas: CasGuard,
+        vivify: Option<(u64, i64)>,
+    ) -> Result<(ArithOutcome, u64), NodeError> {
+        let vivify = vivify.map(|(initial, exptime)| ops::Vivify {
+            initial,
+            expires_at: expiry(exptime, unix_now().as_secs()),
+        });
+        let op = WriteOp::Arith {
+            incr,
+            delta,
+            cas,
+            vivify,
+        };
+        let (outcome, unique) = match self.write(key, op).await? {
+            Outcome::Arith(outcome, unique) => (outcome, unique),
             _ => return Err(NodeError::UnexpectedOutcome("incr/decr")),
         };
         let counters = &self.counters;
@@ -335,20 +381,13 @@ impl Node {
         match outcome {
             ArithOutcome::Value(_) => hit.add(1),
             ArithOutcome::NotFound => miss.add(1),
-            ArithOutcome::NonNumeric => {}
+            ArithOutcome::NonNumeric | ArithOutcome::Exists => {}
         }
-        Ok(outcome)
+        Ok((outcome, unique))
     }
 
     pub async fn touch(&self, key: &[u8], exptime: i64) -> Result<bool, NodeError> {
-        let op = WriteOp::Touch {
-            expires_at: expiry(exptime, unix_now().as_secs()),
-        };
-        let found = matches!(self.write(key, op).await?, Outcome::Touched(Some(_)));
-        self.counters.cmd_touch.add(1);
-        let (hit, miss) = (&self.counters.touch_hits, &self.counters.touch_misses);
-        (if found { hit } else { miss }).add(1);
-        Ok(found)
+        Ok(self.touch_item(key, exptime).await?.is_some())
     }
 
     /// `flush_all [delay]`: everything stored before the deadline is dropped at the deadline;

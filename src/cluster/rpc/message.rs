@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change of these messages.
-pub const PEER_PROTOCOL: u32 = 3;
+pub const PEER_PROTOCOL: u32 = 4;
 
 pub type Nonce = [u8; 32];
 pub type Proof = [u8; 32];

@@ -150,14 +150,12 @@ impl TestCluster {
         }
     }
 
-    async fn set(&self, via: usize, key: &str, value: &str) -> Result<Outcome, ClusterError> {
-        let op = WriteOp::Store {
-            mode: StoreMode::Set,
-            flags: 0,
-            expires_at: 0,
-            data: Bytes::copy_from_slice(value.as_bytes()),
-        };
-        self.nodes[via].coordinator.write(key.as_bytes(), op).await
+    async fn set(&self, via: usize, key: &str, value: &str) -> Result<StoreOutcome, ClusterError> {
+        let written = self.nodes[via]
+            .coordinator
+            .write(key.as_bytes(), set_op(value))
+            .await?;
+        Ok(store_outcome(&written))
     }
 
     async fn get(&self, via: usize, key: &str) -> Result<Option<Bytes>, ClusterError> {
@@ -221,7 +219,25 @@ async fn settle() {
     }
 }
 
-const STORED: Outcome = Outcome::Store(StoreOutcome::Stored);
+const STORED: StoreOutcome = StoreOutcome::Stored;
+
+fn set_op(value: &str) -> WriteOp {
+    WriteOp::Store {
+        mode: StoreMode::Set,
+        cas: None,
+        flags: 0,
+        expires_at: 0,
+        data: Bytes::copy_from_slice(value.as_bytes()),
+    }
+}
+
+/// A store's outcome without its cas unique; anything else is a test failure.
+fn store_outcome(written: &Outcome) -> StoreOutcome {
+    match written {
+        Outcome::Store(outcome, _) => *outcome,
+        other => panic!("a set answered {other:?}"),
+    }
+}
 
 #[tokio::test]
 async fn a_quorum_write_reaches_every_replica_and_any_node_reads_it() {

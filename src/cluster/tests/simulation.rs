@@ -164,20 +164,16 @@ impl Sim {
         match self.rng.random_range(0..10) {
             0..=5 => {
                 let value = format!("v{}", self.step);
-                let op = WriteOp::Store {
-                    mode: StoreMode::Set,
-                    flags: 0,
-                    expires_at: 0,
-                    data: Bytes::copy_from_slice(value.as_bytes()),
-                };
-                let result = coordinator.write(key.as_bytes(), op).await;
-                let acked = matches!(result, Ok(STORED));
+                let result = coordinator.write(key.as_bytes(), set_op(&value)).await;
+                let acked = matches!(&result, Ok(written) if store_outcome(written) == STORED);
                 self.note(format!("set {key}={value} via {via}: {result:?}"));
                 let attempt = Attempt::Set { value, acked };
                 self.history.entry(key).or_default().push(attempt);
             }
             6..=7 => {
-                let result = coordinator.write(key.as_bytes(), WriteOp::Delete).await;
+                let result = coordinator
+                    .write(key.as_bytes(), WriteOp::Delete { cas: None })
+                    .await;
                 let acked = matches!(result, Ok(Outcome::Deleted(_)));
                 self.note(format!("delete {key} via {via}: {result:?}"));
                 self.history

@@ -29,6 +29,7 @@ fn storage_commands() {
         f.command,
         Command::Store {
             mode: StoreMode::Set,
+            cas: None,
             key: b"k",
             flags: 5,
             exptime: 10,
@@ -39,7 +40,8 @@ fn storage_commands() {
     assert!(matches!(
         command(b"cas k 0 0 1 77 noreply\r\nx\r\n"),
         Command::Store {
-            mode: StoreMode::Cas(77),
+            mode: StoreMode::Set,
+            cas: Some(77),
             noreply: true,
             ..
         }
