@@ -19,6 +19,7 @@ use crate::cluster::rpc::server as rpc_server;
 use crate::cluster::rpc::RpcSettings;
 use crate::config::{self, Config, Durability, Engine, Loaded};
 use crate::daemon::notify;
+use crate::memcache::auth::Auth;
 use crate::memcache::listener;
 use crate::node::{Node, VERSION};
 use crate::store::disk::{self, DiskStore};
@@ -55,6 +56,8 @@ pub struct Prepared {
     /// list is persisted (it would name a node that can never come back).
     ephemeral: bool,
     secret: Secret,
+    /// Client credentials (`memcache.auth_file`), re-read on SIGHUP.
+    auth: Arc<Auth>,
     /// The Prometheus listener, when `[metrics] listen` is set.
     metrics: Option<std::net::TcpListener>,
     /// The `--config` path, re-read on SIGHUP (None: the default path or embedded defaults).
@@ -93,6 +96,7 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
     let me = resolve(&format!("{}:{rpc_port}", config.node.hostname))
         .map_err(|e| anyhow::anyhow!("node.hostname: {e}"))?;
     let secret = cluster_secret(&config)?;
+    let auth = Arc::new(Auth::load(&config.memcache.auth_file)?);
     let metrics = match config.metrics.listen.as_str() {
         "" => None,
         listen => {
@@ -121,6 +125,7 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
         me,
         ephemeral,
         secret,
+        auth,
         metrics,
         config_path,
         threads,
@@ -176,6 +181,7 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
         me,
         ephemeral,
         secret,
+        auth,
         metrics,
         config_path,
     } = prepared;
@@ -217,6 +223,7 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
     let clients = tokio::spawn(listener::serve(
         listener,
         Arc::clone(&node),
+        Arc::clone(&auth),
         shutdown_rx,
         SHUTDOWN_GRACE,
     ));
@@ -226,7 +233,7 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
-            _ = hangup.recv() => reload(&node, config_path.as_deref()),
+            _ = hangup.recv() => reload(&node, &auth, config_path.as_deref()),
         }
     };
     notify::stopping();
@@ -417,7 +424,7 @@ const NOT_JOINED_WARNING: Duration = Duration::from_secs(30);
 
 /// SIGHUP: re-read the configuration; apply what can change live, keep the rest (and the
 /// whole running configuration when the new one is invalid).
-fn reload(node: &Node, path: Option<&std::path::Path>) {
+fn reload(node: &Node, auth: &Auth, path: Option<&std::path::Path>) {
     notify::reloading();
     match config::load(path) {
         Ok(loaded) => {
@@ -427,6 +434,12 @@ fn reload(node: &Node, path: Option<&std::path::Path>) {
             let level = loaded.config.log.level;
             let pending = node.reload(loaded.config, loaded.sources);
             crate::logging::set_level(level.filter());
+            let auth_file = node.config().memcache.auth_file.clone();
+            match auth.reload(&auth_file) {
+                Ok(()) if auth.enabled() => log::info!("client credentials re-read"),
+                Ok(()) => {}
+                Err(e) => log::error!("{e}; keeping the running client credentials"),
+            }
             log::info!(
                 "configuration reloaded (log level, connection and item limits, \
                  conflict_resolution applied)"

@@ -59,6 +59,8 @@ counters!(
     curr_connections,
     total_connections,
     rejected_connections,
+    auth_cmds,
+    auth_errors,
     cmd_get,
     cmd_set,
     cmd_touch,

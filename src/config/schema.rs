@@ -45,6 +45,8 @@ pub struct MemcacheSection {
     pub max_item_size: ByteSize,
     pub idle_timeout: Span,
     pub request_timeout: Span,
+    /// Client credentials, one `user:password` a line; empty: no authentication.
+    pub auth_file: PathBuf,
 }
 
 impl Default for MemcacheSection {
@@ -55,6 +57,7 @@ impl Default for MemcacheSection {
             max_item_size: ByteSize(1 << 20),
             idle_timeout: Span(Duration::ZERO),
             request_timeout: Span(Duration::from_secs(30)),
+            auth_file: PathBuf::new(),
         }
     }
 }

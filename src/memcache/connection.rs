@@ -1,13 +1,18 @@
 //! One client connection: read, parse every complete request, answer them in order with a
 //! single write per batch (so pipelined requests cost one syscall), repeat.
 //!
-//! An idle connection holds no read buffer, so thousands of idle clients stay cheap.
+//! The first byte picks the protocol for the connection's life, as in memcached: 0x80 is
+//! binary, anything else text. An idle connection holds no read buffer, so thousands of idle
+//! clients stay cheap.
 
+use super::auth::{self, Auth, TextLogin};
+use super::binary;
 use super::execute::{execute, Flow};
 use super::parse::{parse, Parsed, LINE_TOO_LONG};
 use crate::node::Node;
 use bytes::{Buf, BytesMut};
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -18,9 +23,32 @@ use tokio::sync::watch;
 const KEEP_BUFFER: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Text,
+    Binary,
+}
+
+/// What one step through the input buffer did.
+enum Step {
+    /// A request was answered (or discarded): look for the next.
+    Next,
+    /// The request at the front is incomplete: at least this many bytes in all.
+    Wait {
+        need: usize,
+    },
+    Close,
+}
+
 pub struct Connection {
     stream: TcpStream,
+    peer: SocketAddr,
     node: Arc<Node>,
+    auth: Arc<Auth>,
+    /// Chosen by the first byte received.
+    protocol: Option<Protocol>,
+    /// Always true when authentication is off.
+    authenticated: bool,
     input: BytesMut,
     output: Vec<u8>,
     /// Bytes of a refused data block still to discard.
@@ -35,10 +63,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, node: Arc<Node>) -> Self {
+    pub fn new(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, auth: Arc<Auth>) -> Self {
         let mut connection = Connection {
             stream,
+            peer,
             node,
+            protocol: None,
+            authenticated: !auth.enabled(),
+            auth,
             input: BytesMut::new(),
             output: Vec::new(),
             swallow: 0,
@@ -155,34 +187,151 @@ impl Connection {
                     return Flow::Continue;
                 }
             }
-            match parse(&self.input, self.max_item_size) {
-                Parsed::Frame(frame) => {
-                    let (consumed, swallow) = (frame.consumed, frame.swallow);
-                    let flow = execute(
-                        frame.command,
-                        &self.node,
-                        &mut self.output,
-                        &mut self.stream,
-                    )
-                    .await;
-                    self.input.advance(consumed);
-                    self.swallow = swallow;
-                    if flow == Flow::Close {
-                        return flow;
-                    }
-                }
-                Parsed::Incomplete { need } => {
+            let Some(&first) = self.input.first() else {
+                return Flow::Continue;
+            };
+            let protocol = *self.protocol.get_or_insert(match first {
+                binary::frame::REQUEST_MAGIC => Protocol::Binary,
+                _ => Protocol::Text,
+            });
+            let step = match protocol {
+                Protocol::Text if !self.authenticated => self.text_login(),
+                Protocol::Text => self.text_request().await,
+                Protocol::Binary => self.binary_request().await,
+            };
+            match step {
+                Step::Next => {}
+                Step::Wait { need } => {
                     self.input.reserve(need.saturating_sub(self.input.len()));
                     return Flow::Continue;
                 }
-                Parsed::LineTooLong => {
-                    super::reply::line(&mut self.output, LINE_TOO_LONG);
-                    return Flow::Close;
-                }
+                Step::Close => return Flow::Close,
             }
             if let Err(e) = super::reply::flush_if_full(&mut self.output, &mut self.stream).await {
                 log::debug!("write failed: {e}");
                 return Flow::Close;
+            }
+        }
+    }
+
+    async fn text_request(&mut self) -> Step {
+        match parse(&self.input, self.max_item_size) {
+            Parsed::Frame(frame) => {
+                let (consumed, swallow) = (frame.consumed, frame.swallow);
+                let flow = execute(
+                    frame.command,
+                    &self.node,
+                    &mut self.output,
+                    &mut self.stream,
+                )
+                .await;
+                self.input.advance(consumed);
+                self.swallow = swallow;
+                match flow {
+                    Flow::Continue => Step::Next,
+                    Flow::Close => Step::Close,
+                }
+            }
+            Parsed::Incomplete { need } => Step::Wait { need },
+            Parsed::LineTooLong => {
+                super::reply::line(&mut self.output, LINE_TOO_LONG);
+                Step::Close
+            }
+        }
+    }
+
+    /// memcached's text login, before any other text command when authentication is on.
+    fn text_login(&mut self) -> Step {
+        let (consumed, reply) = match auth::text_login(&self.input) {
+            TextLogin::Incomplete { need } => return Step::Wait { need },
+            TextLogin::Close => return Step::Close,
+            TextLogin::Refuse { consumed, reply } => (consumed, reply),
+            TextLogin::Attempt {
+                consumed,
+                user,
+                password,
+            } => {
+                let accepted = self.auth.check(user, password);
+                auth::record_login(&self.node, accepted, user, self.peer);
+                self.authenticated = accepted;
+                let reply = match accepted {
+                    true => "STORED",
+                    false => "CLIENT_ERROR authentication failure",
+                };
+                (consumed, reply)
+            }
+        };
+        super::reply::line(&mut self.output, reply);
+        self.input.advance(consumed);
+        Step::Next
+    }
+
+    async fn binary_request(&mut self) -> Step {
+        use binary::execute::{error, execute, Session};
+        use binary::frame::{parse, Parsed, Status};
+        let mut session = Session {
+            node: &self.node,
+            auth: &self.auth,
+            authenticated: &mut self.authenticated,
+            peer: self.peer,
+        };
+        match parse(&self.input, self.max_item_size) {
+            Parsed::Incomplete { need } => Step::Wait { need },
+            Parsed::Invalid { magic } => {
+                log::warn!(
+                    "closing the binary connection from {}: a request starts with 0x{magic:02x},                      not the request magic 0x80",
+                    self.peer
+                );
+                Step::Close
+            }
+            Parsed::Request { header, .. } | Parsed::Refused { header, .. }
+                if !session.admits(header.opcode) =>
+            {
+                // memcached answers an unauthenticated command and hangs up.
+                error(&mut self.output, &header, Status::AuthError);
+                Step::Close
+            }
+            Parsed::Request {
+                header,
+                request,
+                consumed,
+            } => {
+                let flow = execute(&header, request, &mut session, &mut self.output).await;
+                self.input.advance(consumed);
+                match flow {
+                    Flow::Continue => Step::Next,
+                    Flow::Close => Step::Close,
+                }
+            }
+            Parsed::Refused {
+                header,
+                status,
+                consumed,
+                swallow,
+                close,
+                unlink,
+            } => {
+                if let Some(key) = unlink {
+                    if let Err(e) = self.node.unlink(key).await {
+                        log::debug!("dropping the old value of a refused set failed: {e}");
+                    }
+                }
+                error(&mut self.output, &header, status);
+                if close {
+                    log::warn!(
+                        "closing the binary connection from {}: opcode 0x{:02x} with extras {},                          key {} and body {} bytes ({})",
+                        self.peer,
+                        header.opcode,
+                        header.extras_len,
+                        header.key_len,
+                        header.body_len,
+                        status.message()
+                    );
+                    return Step::Close;
+                }
+                self.input.advance(consumed);
+                self.swallow = swallow;
+                Step::Next
             }
         }
     }

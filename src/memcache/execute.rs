@@ -152,7 +152,7 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             exptime,
             noreply,
         } => {
-            let found = node.touch(key, exptime).await?;
+            let found = node.touch(key, exptime).await?.is_some();
             if !noreply {
                 reply::line(out, if found { "TOUCHED" } else { "NOT_FOUND" });
             }

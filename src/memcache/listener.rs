@@ -1,6 +1,7 @@
 //! Accepts memcache clients: enforces `max_connections`, spawns a [`Connection`] per client
 //! and, on shutdown, stops accepting and waits (bounded) for the connections to finish.
 
+use super::auth::Auth;
 use super::connection::Connection;
 use crate::node::Node;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ impl Drop for Slot {
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
+    auth: Arc<Auth>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -69,7 +71,7 @@ pub async fn serve(
             node: Arc::clone(&node),
             _done: done_tx.clone(),
         };
-        let connection = Connection::new(stream, Arc::clone(&node));
+        let connection = Connection::new(stream, peer, Arc::clone(&node), Arc::clone(&auth));
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.run(shutdown).await {

@@ -1,6 +1,9 @@
-//! The memcached text protocol front end (docs/design.md, "Client protocol"): parsing, reply encoding, the
-//! per-connection loop and the listener. It talks only to [`crate::node::Node`].
+//! The memcached protocols (docs/design.md, "Client protocol"): the text parser and reply
+//! encoding, the binary protocol, client authentication, the per-connection loop that tells
+//! the protocols apart and the listener. They talk only to [`crate::node::Node`].
 
+pub mod auth;
+pub mod binary;
 pub mod connection;
 pub mod execute;
 pub mod listener;

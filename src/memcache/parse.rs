@@ -168,10 +168,10 @@ pub fn parse(buf: &[u8], max_item_size: usize) -> Parsed<'_> {
         b"flush_all" if n <= 3 => frame(flush_all(&words)),
         b"stats" => frame(match words.get(1) {
             None => Command::Stats(StatsSection::General),
-            Some(b"settings") if n == 2 => Command::Stats(StatsSection::Settings),
-            Some(b"kai") if n == 2 => Command::Stats(StatsSection::Kai),
-            Some(b"cluster") if n == 2 => Command::Stats(StatsSection::Cluster),
-            Some(_) => Command::Reply(Some("ERROR")),
+            Some(name) => match StatsSection::named(name) {
+                Some(section) if n == 2 => Command::Stats(section),
+                _ => Command::Reply(Some("ERROR")),
+            },
         }),
         b"version" => frame(Command::Version),
         b"quit" => frame(Command::Quit),

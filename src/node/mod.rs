@@ -42,6 +42,18 @@ pub enum StatsSection {
     Cluster,
 }
 
+impl StatsSection {
+    /// The group a `stats <name>` (text) or Stat key (binary) asks for.
+    pub fn named(name: &[u8]) -> Option<StatsSection> {
+        match name {
+            b"settings" => Some(StatsSection::Settings),
+            b"kai" => Some(StatsSection::Kai),
+            b"cluster" => Some(StatsSection::Cluster),
+            _ => None,
+        }
+    }
+}
+
 /// A request the node could not serve; the client sees `SERVER_ERROR <reason>`.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -386,8 +398,9 @@ impl Node {
         Ok((outcome, unique))
     }
 
-    pub async fn touch(&self, key: &[u8], exptime: i64) -> Result<bool, NodeError> {
-        Ok(self.touch_item(key, exptime).await?.is_some())
+    /// `touch`: the touched value (whose cas stays, as in memcached), if there was one.
+    pub async fn touch(&self, key: &[u8], exptime: i64) -> Result<Option<Item>, NodeError> {
+        self.touch_item(key, exptime).await
     }
 
     /// `flush_all [delay]`: everything stored before the deadline is dropped at the deadline;

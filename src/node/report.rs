@@ -59,6 +59,8 @@ impl Node {
             ("decr_misses", read(&c.decr_misses)),
             ("touch_hits", read(&c.touch_hits)),
             ("touch_misses", read(&c.touch_misses)),
+            ("auth_cmds", read(&c.auth_cmds)),
+            ("auth_errors", read(&c.auth_errors)),
             ("evictions", store.evictions.to_string()),
             ("limit_maxbytes", store.limit_bytes.to_string()),
             ("bytes_read", read(&c.bytes_read)),

@@ -31,6 +31,7 @@ impl Node {
         next.memcache.max_item_size = new.memcache.max_item_size;
         next.memcache.idle_timeout = new.memcache.idle_timeout;
         next.memcache.request_timeout = new.memcache.request_timeout;
+        next.memcache.auth_file.clone_from(&new.memcache.auth_file);
         next.cluster.conflict_resolution = new.cluster.conflict_resolution;
         self.siblings_mode.store(
             new.cluster.conflict_resolution == ConflictResolution::Siblings,

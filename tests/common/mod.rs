@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod binary;
 pub mod cluster;
 
 pub const KAI: &str = env!("CARGO_BIN_EXE_kai");
@@ -152,6 +153,19 @@ impl Kai {
     /// The `stats` of this node as name → value.
     pub fn stats(&self) -> std::collections::HashMap<String, String> {
         self.client().stats("stats")
+    }
+
+    /// `stats` on a node with authentication on, after memcached's text login.
+    pub fn stats_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> std::collections::HashMap<String, String> {
+        let mut client = self.client();
+        let token = format!("{user} {password}");
+        let login = format!("set login 0 0 {}\r\n{token}\r\n", token.len());
+        assert_eq!(client.call(&login), "STORED\r\n");
+        client.stats("stats")
     }
 }
 
@@ -327,6 +341,16 @@ impl Client {
                 );
             }
         }
+    }
+
+    /// Exactly `n` bytes (panics if the server closes first).
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.pending.len() < n {
+            if self.fill() == 0 {
+                panic!("connection closed after {:?}", self.pending);
+            }
+        }
+        self.pending.drain(..n).collect()
     }
 
     /// Everything until the server closes the connection.
