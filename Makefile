@@ -4,9 +4,14 @@
 CARGO ?= cargo
 VENV  := target/venv
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-# Test dependencies: the reference memcached and its tools, the packaging toolchain.
+# Test dependencies: the reference memcached and its tools, the packaging toolchain, and
+# the stock binary-protocol clients (Ruby's Dalli, PHP's Memcached, pylibmc; SASL PLAIN
+# needs libsasl2-modules on the client side).
 APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc lintian nftables rpm faketime \
-                rpmlint systemd-container
+                rpmlint systemd-container ruby ruby-dalli php-cli php-memcached python3-pylibmc \
+                libsasl2-modules
+# memjs, Node's binary-protocol client, from npm (pinned).
+MEMJS := memjs@1.3.2
 PREFIX  ?= /usr/local
 DESTDIR ?=
 SYSCONFDIR ?= /etc
@@ -26,6 +31,9 @@ deps:
 	command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
 	test -x $(VENV)/bin/python3 || python3 -m venv $(VENV)
 	$(VENV)/bin/python3 -c 'import pymemcache' 2>/dev/null || $(VENV)/bin/pip install --quiet pymemcache
+	command -v npm >/dev/null || scripts/install-test-deps.sh nodejs npm
+	test -d target/npm/node_modules/memjs || \
+		npm install --silent --no-audit --no-fund --prefix target/npm $(MEMJS)
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -90,7 +98,7 @@ bench: deps
 # libFuzzer needs a nightly toolchain (rustup toolchain install nightly).
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
-	cd fuzz && for target in parse rpc_frame handshake config; do \
+	cd fuzz && for target in parse binary_frame rpc_frame handshake config; do \
 		$(CARGO) +nightly fuzz run $$target -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; \
 	done
 

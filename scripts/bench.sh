@@ -47,17 +47,29 @@ workload 0.1 0.9 mix
 run() { # server-name port row
     # -w 2k: each connection first loads a 2k-item window (~100k items), the warm-up that
     # get-only rows read back.
-    memcaslap -s "127.0.0.1:$2" -T 2 -c 50 -w 2k -t "${SECONDS_PER_ROW}s" -F "$OUT/$3.cfg" \
-        > "$OUT/$1-$3.txt" 2>&1
-    awk '/^Run time:/ { for (i = 1; i <= NF; i++) if ($i == "TPS:") print $(i + 1) }' "$OUT/$1-$3.txt" | tail -1
+    # CONNS and PROTOCOL (-B: binary) pick the connections and the protocol.
+    local raw="$OUT/$1-$3-${CONNS:-50}${PROTOCOL:-}.txt"
+    # shellcheck disable=SC2086
+    memcaslap -s "127.0.0.1:$2" -T 2 -c "${CONNS:-50}" ${PROTOCOL:-} -w 2k -t "${SECONDS_PER_ROW}s" \
+        -F "$OUT/$3.cfg" > "$raw" 2>&1
+    awk '/^Run time:/ { for (i = 1; i <= NF; i++) if ($i == "TPS:") print $(i + 1) }' "$raw" | tail -1
 }
 
-printf '%-10s %14s %14s %8s\n' "row" "memcached/s" "kai/s" "ratio" | tee "$OUT/table.txt"
+printf '%-16s %14s %14s %8s\n' "row" "memcached/s" "kai/s" "ratio" | tee "$OUT/table.txt"
 for row in get set mix; do
     mc=$(run memcached "$MC_PORT" "$row")
     kai=$(run kai "$KAI_PORT" "$row")
     ratio=$(awk -v a="$kai" -v b="$mc" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-    printf '%-10s %14s %14s %8s\n' "$row" "$mc" "$kai" "$ratio" | tee -a "$OUT/table.txt"
+    printf '%-16s %14s %14s %8s\n' "$row" "$mc" "$kai" "$ratio" | tee -a "$OUT/table.txt"
+done
+# The same rows in memcached's binary protocol (memcaslap -B), at 10 and 50 connections.
+for conns in 10 50; do
+    for row in get set mix; do
+        mc=$(CONNS=$conns PROTOCOL=-B run memcached "$MC_PORT" "$row")
+        kai=$(CONNS=$conns PROTOCOL=-B run kai "$KAI_PORT" "$row")
+        ratio=$(awk -v a="$kai" -v b="$mc" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+        printf '%-16s %14s %14s %8s\n' "binary $conns $row" "$mc" "$kai" "$ratio" | tee -a "$OUT/table.txt"
+    done
 done
 
 # Second table: exact latency percentiles and failures, with our closed-loop load generator

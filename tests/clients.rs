@@ -69,3 +69,150 @@ fn rust_memcache_crate_works() {
     // (memcache 0.17 parses no ascii stats, from memcached either; only the round trip counts.)
     assert_eq!(client.stats().unwrap().len(), 1);
 }
+
+/// A stock client script from tests/clients/, run by `interpreter` against `servers`
+/// (host:port, comma-separated), with SASL credentials when given.
+fn run_client_script(interpreter: &str, script: &str, servers: &str, login: Option<(&str, &str)>) {
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new(interpreter);
+    command.arg(&path).arg(servers);
+    if let Some((user, password)) = login {
+        command.args([user, password]);
+    }
+    // memjs comes from npm into target/npm (make deps).
+    command.env(
+        "NODE_PATH",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/npm/node_modules"),
+    );
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{interpreter} {script}: {e} (run `make deps`)"));
+    assert!(
+        out.status.success(),
+        "{script} against {servers}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every binary-protocol client Debian and npm ship, against `servers`.
+fn binary_clients_pass(servers: &str, login: Option<(&str, &str)>) {
+    run_client_script("ruby", "dalli_check.rb", servers, login);
+    run_client_script("php", "php_memcached_check.php", servers, login);
+    run_client_script("/usr/bin/python3", "pylibmc_check.py", servers, login);
+    run_client_script("node", "memjs_check.js", servers, login);
+}
+
+fn memccapable_binary(addr: std::net::SocketAddr) {
+    let out = Command::new("memccapable")
+        .args([
+            "-b",
+            "-h",
+            &addr.ip().to_string(),
+            "-p",
+            &addr.port().to_string(),
+            "-t",
+            "10",
+        ])
+        .output()
+        .expect("memccapable (libmemcached-tools) is not installed: run `make test`");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("All tests passed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("binary getkq"),
+        "the binary suite did not run: {text}"
+    );
+}
+
+fn rust_memcache_binary(addr: std::net::SocketAddr) {
+    // The crate's default protocol is binary.
+    let url = format!("memcache://{addr}?timeout=5");
+    let client = memcache::Client::connect(url).unwrap();
+    client.set("rk", "v", 0).unwrap();
+    assert_eq!(client.get::<String>("rk").unwrap().as_deref(), Some("v"));
+    client.set("rn", 41u64, 0).unwrap();
+    assert_eq!(client.increment("rn", 1).unwrap(), 42);
+    assert_eq!(client.decrement("rn", 50).unwrap(), 0);
+    let many: std::collections::HashMap<String, String> = client.gets(&["rk", "none"]).unwrap();
+    assert_eq!(many.len(), 1);
+    assert!(client.add("rk", "other", 0).is_err());
+    assert!(client.touch("rk", 3600).unwrap());
+    assert!(!client.touch("none", 3600).unwrap());
+    client.append("rk", "+").unwrap();
+    assert_eq!(client.get::<String>("rk").unwrap().as_deref(), Some("v+"));
+    assert!(client.delete("rk").unwrap());
+    assert!(!client.delete("rk").unwrap());
+    assert!(client.version().unwrap()[0].1.starts_with("1.6"));
+    assert!(client.stats().unwrap()[0].1.contains_key("curr_items"));
+}
+
+#[test]
+fn binary_protocol_clients_work_against_one_node() {
+    let kai = Kai::start("");
+    binary_clients_pass(&kai.addr.to_string(), None);
+    memccapable_binary(kai.addr);
+    rust_memcache_binary(kai.addr);
+}
+
+#[test]
+fn binary_protocol_clients_work_against_a_three_node_cluster() {
+    let cluster = common::cluster::Cluster::start(43, 3, "quorum = { n = 3, r = 2, w = 2 }\n");
+    assert!(
+        cluster.wait_converged(&[0, 1, 2], std::time::Duration::from_secs(30)),
+        "no convergence"
+    );
+    let servers: Vec<String> = (cluster.members.iter())
+        .map(|m| m.memcache.to_string())
+        .collect();
+    binary_clients_pass(&servers.join(","), None);
+    for member in &cluster.members {
+        rust_memcache_binary(member.memcache);
+    }
+    memccapable_binary(cluster.members[1].memcache);
+    // The writes went through the cluster: every node counted its share.
+    let sets: u64 = (0..3)
+        .map(|i| cluster.stats(i)["cmd_set"].parse::<u64>().unwrap())
+        .sum();
+    assert!(sets > 100, "{sets}");
+}
+
+#[test]
+fn sasl_clients_log_in_and_wrong_passwords_are_refused() {
+    let users = tempfile::tempdir().unwrap();
+    let path = users.path().join("users");
+    std::fs::write(&path, "app:s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let kai = Kai::start(&format!("auth_file = \"{}\"\n", path.display()));
+    let server = kai.addr.to_string();
+    binary_clients_pass(&server, Some(("app", "s3cret")));
+    for (interpreter, script) in [
+        ("ruby", "dalli_check.rb"),
+        ("php", "php_memcached_check.php"),
+        ("/usr/bin/python3", "pylibmc_check.py"),
+        ("node", "memjs_check.js"),
+    ] {
+        let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(interpreter)
+            .args([path.as_str(), server.as_str(), "app", "wrong"])
+            .env(
+                "NODE_PATH",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/target/npm/node_modules"),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{script} passed with a wrong password"
+        );
+    }
+    let stats = kai.stats_as("app", "s3cret");
+    assert!(
+        stats["auth_errors"].parse::<u64>().unwrap() >= 4,
+        "{stats:?}"
+    );
+}

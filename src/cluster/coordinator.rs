@@ -458,19 +458,23 @@ impl Coordinator {
         Ok(outcome)
     }
 
-    /// `flush_all` on every other member (this node flushes itself).
-    pub fn broadcast_flush(&self, delay: i64) {
+    /// `flush_all` on every other active member (this node flushes itself), waiting for
+    /// each to answer (within the rpc timeout), so that a read after the reply cannot find
+    /// a flushed value on a replica that has not heard of the flush yet.
+    pub async fn broadcast_flush(&self, delay: i64) {
+        let mut flushes = tokio::task::JoinSet::new();
         for member in self.membership.active() {
             if member == self.me {
                 continue;
             }
             let peers = self.peers.clone();
-            tokio::spawn(async move {
+            flushes.spawn(async move {
                 if let Err(err) = peers.flush(member, delay).await {
                     log::warn!("flush_all did not reach {member}: {err}");
                 }
             });
         }
+        while flushes.join_next().await.is_some() {}
     }
 }
 

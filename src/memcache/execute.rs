@@ -158,7 +158,7 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             }
         }
         Command::FlushAll { delay, noreply } => {
-            node.flush_all(delay);
+            node.flush_all(delay).await;
             if !noreply {
                 reply::line(out, "OK");
             }

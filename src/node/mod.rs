@@ -405,12 +405,12 @@ impl Node {
 
     /// `flush_all [delay]`: everything stored before the deadline is dropped at the deadline;
     /// a later flush_all replaces a pending one.
-    pub fn flush_all(self: &Arc<Self>, delay: i64) {
+    pub async fn flush_all(self: &Arc<Self>, delay: i64) {
         self.counters.cmd_flush.add(1);
-        if let Some(cluster) = self.cluster() {
-            cluster.broadcast_flush(delay);
-        }
         self.flush_local(delay);
+        if let Some(cluster) = self.cluster() {
+            cluster.broadcast_flush(delay).await;
+        }
     }
 
     /// `flush_all` sent by another node: this node only.

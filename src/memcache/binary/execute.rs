@@ -206,7 +206,7 @@ async fn run(
             return Ok(Flow::Close);
         }
         Request::Flush { delay, quiet } => {
-            node.flush_all(i64::from(delay));
+            node.flush_all(i64::from(delay)).await;
             if !quiet {
                 success(out, header, 0, &[]);
             }

@@ -387,5 +387,63 @@ fn request<'a>(op: u8, extras: &[u8], key: &'a [u8], value: &'a [u8]) -> Request
     }
 }
 
+/// Feeds `chunks` to the parser the way a connection does (buffer, parse, consume, swallow)
+/// and describes every request parsed or refused, ending at the first one that closes the
+/// connection. The property tests and the fuzz target compare split and whole streams with
+/// it; it also asserts that the parser always makes progress and never claims bytes it was
+/// not given.
+pub fn replay<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, max_item_size: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut buffer = Vec::new();
+    let mut swallow = 0u64;
+    for chunk in chunks {
+        buffer.extend_from_slice(chunk);
+        loop {
+            let dropped = swallow.min(buffer.len() as u64) as usize;
+            buffer.drain(..dropped);
+            swallow -= dropped as u64;
+            if swallow > 0 || buffer.is_empty() {
+                break;
+            }
+            match parse(&buffer, max_item_size) {
+                Parsed::Incomplete { need } => {
+                    assert!(need > buffer.len());
+                    break;
+                }
+                Parsed::Request {
+                    header,
+                    request,
+                    consumed,
+                } => {
+                    assert!(consumed >= HEADER_LEN && consumed <= buffer.len());
+                    seen.push(format!("{header:?} {request:?}"));
+                    buffer.drain(..consumed);
+                }
+                Parsed::Refused {
+                    header,
+                    status,
+                    consumed,
+                    swallow: more,
+                    close,
+                    unlink,
+                } => {
+                    assert!(consumed >= HEADER_LEN && consumed <= buffer.len());
+                    seen.push(format!("{header:?} refused {status:?} {unlink:?}"));
+                    if close {
+                        return seen;
+                    }
+                    buffer.drain(..consumed);
+                    swallow = more;
+                }
+                Parsed::Invalid { magic } => {
+                    seen.push(format!("invalid magic {magic}"));
+                    return seen;
+                }
+            }
+        }
+    }
+    seen
+}
+
 #[cfg(test)]
 mod tests;

@@ -226,3 +226,24 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// A stream of valid and refused requests split anywhere parses as the whole stream.
+    #[test]
+    fn split_streams_parse_as_whole(
+        values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 1..6),
+        cut in any::<proptest::sample::Index>(),
+    ) {
+        let mut stream = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            let key = format!("key{i}");
+            stream.extend(packet(opcode::SETQ, &set_extras(i as u32, 0), key.as_bytes(), value, 0));
+            stream.extend(packet(opcode::GETK, &[], key.as_bytes(), b"", 0));
+            stream.extend(packet(0x60, &[], b"", value, 0));
+        }
+        let cut = cut.index(stream.len() + 1);
+        let whole = replay([&stream[..]], 64);
+        prop_assert_eq!(replay([&stream[..cut], &stream[cut..]], 64), whole.clone());
+        prop_assert_eq!(whole.len(), values.len() * 3);
+    }
+}
