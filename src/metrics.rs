@@ -34,6 +34,12 @@ const COUNTERS: &[(&str, &str)] = &[
     ("decr_misses", "decr on missing keys"),
     ("touch_hits", "Touches of existing keys"),
     ("touch_misses", "Touches of missing keys"),
+    ("auth_cmds", "Client logins (SASL and text)"),
+    ("auth_errors", "Client logins refused"),
+    (
+        "kai_http_requests_closed",
+        "Client connections closed for sending an HTTP request line",
+    ),
     ("total_items", "Items stored"),
     ("evictions", "Items evicted by memory_limit"),
     ("bytes_read", "Value bytes sent to clients (Kai semantics)"),

@@ -61,6 +61,7 @@ counters!(
     rejected_connections,
     auth_cmds,
     auth_errors,
+    http_requests_closed,
     cmd_get,
     cmd_set,
     cmd_touch,

@@ -169,7 +169,7 @@ fn scripts() -> Vec<(&'static str, Script)> {
             ] {
                 bytes.extend(packet(op, &hour, key, b"", 0, u32::from(op)));
             }
-            // A negative exptime (as u32) expires the key at once.
+            // Exptimes are unsigned here: 0xffffffff is an absolute time (year 2106).
             bytes.extend(packet(TOUCH, &u32::MAX.to_be_bytes(), b"k", b"", 0, 50));
             exchange(c, &bytes)
         }),

@@ -338,3 +338,32 @@ impl CloseAfter for Client {
         self.read_to_close()
     }
 }
+
+/// The cross-protocol attack: a browser made to POST to the memcache port sends an HTTP
+/// request whose body holds memcached commands. Both servers hang up at the request line,
+/// so the body never runs.
+#[test]
+fn http_request_lines_close_the_connection_unanswered() {
+    let kai = Kai::start("");
+    let memcached = Memcached::start();
+    let attack: &[u8] = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n\r\nset pwn 0 0 2\r\nhi\r\ndelete victim\r\n";
+    for (name, addr) in [("memcached", memcached.addr), ("kai", kai.addr)] {
+        let mut client = Client::connect(addr);
+        client.set("victim", b"safe");
+        let mut attacker = Client::connect(addr);
+        attacker.send(attack);
+        assert!(attacker.read_to_close().is_empty(), "{name} answered");
+        for method in ["GET / HTTP/1.0", "OPTIONS * HTTP/1.1", "PUT /a/b HTTP/2"] {
+            let mut attacker = Client::connect(addr);
+            attacker.send(format!("{method}\r\nset pwn 0 0 2\r\nhi\r\n").as_bytes());
+            assert!(attacker.read_to_close().is_empty(), "{name}: {method}");
+        }
+        assert_eq!(client.get("pwn"), None, "{name}");
+        assert_eq!(
+            client.get("victim").as_deref(),
+            Some(&b"safe"[..]),
+            "{name}"
+        );
+    }
+    assert_eq!(kai.stats()["kai_http_requests_closed"], "4");
+}

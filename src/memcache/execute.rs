@@ -171,6 +171,11 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             }
         }
         Command::Quit => return Ok(Flow::Close),
+        Command::HttpRequest => {
+            node.counters().http_requests_closed.add(1);
+            log::debug!("closing a client connection that sent an HTTP request line");
+            return Ok(Flow::Close);
+        }
         Command::Reply(Some(text)) => reply::line(out, text),
         Command::Reply(None) => {}
     }

@@ -81,6 +81,10 @@ pub enum Command<'a> {
         noreply: bool,
     },
     Quit,
+    /// An HTTP request line (its last word starts with `HTTP/`): a browser tricked into
+    /// posting to this port. The connection is closed without a reply, as memcached does,
+    /// so nothing after the line (a body holding memcached commands) runs.
+    HttpRequest,
     /// A complete request that only earns a fixed reply (`ERROR`, `CLIENT_ERROR …`), or
     /// nothing when the client asked for `noreply`.
     Reply(Option<&'static str>),
@@ -182,6 +186,7 @@ pub fn parse(buf: &[u8], max_item_size: usize) -> Parsed<'_> {
                 None => Command::Reply((!noreply).then_some(BAD_FORMAT)),
             })
         }
+        _ if n > 1 && words.last.starts_with(b"HTTP/") => frame(Command::HttpRequest),
         _ => frame(Command::Reply(Some("ERROR"))),
     }
 }

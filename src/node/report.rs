@@ -146,6 +146,10 @@ impl Node {
             ("kai_sync_bytes", count(|c| &c.sync_bytes)),
             ("kai_sync_pending_buckets", count(|c| &c.pending_buckets)),
             ("kai_purged_tombstones", count(|c| &c.purged_tombstones)),
+            (
+                "kai_http_requests_closed",
+                self.counters.http_requests_closed.get().to_string(),
+            ),
             ("kai_clock_offsets", offsets.join(" ")),
             ("kai_max_clock_offset_ms", max_offset_ms.to_string()),
             (
