@@ -89,6 +89,7 @@ fn scripts() -> Vec<(&'static str, Vec<u8>)> {
         ("append and prepend keep flags", b"append a 0 0 1\r\nx\r\nprepend a 0 0 1\r\nx\r\nset a 9 0 2\r\nmm\r\nappend a 1 0 2\r\n>>\r\nprepend a 2 0 2\r\n<<\r\nget a\r\n".to_vec()),
         ("noreply storage", b"set a 0 0 1 noreply\r\n1\r\nadd a 0 0 1 noreply\r\n2\r\nadd b 0 0 1 noreply\r\n2\r\nreplace a 0 0 1 noreply\r\n3\r\nappend a 0 0 1 noreply\r\n4\r\nprepend a 0 0 1 noreply\r\n5\r\ncas a 0 0 1 1 noreply\r\n6\r\nget a b\r\n".to_vec()),
         ("delete forms", b"set a 0 0 1\r\nx\r\ndelete a\r\ndelete a\r\nset a 0 0 1\r\nx\r\ndelete a 0\r\nset a 0 0 1\r\nx\r\ndelete a noreply\r\ndelete a 0 noreply\r\ndelete a 5\r\ndelete\r\ndelete a b c\r\ndelete a b c d e\r\nget a\r\n".to_vec()),
+        ("noreply silences errors too", b"set a 0 0 1\r\nx\r\ndelete a 10 noreply\r\ndelete a 0 5 noreply\r\nincr a x noreply\r\ntouch a x noreply\r\nget a\r\n".to_vec()),
         ("incr and decr", b"set n 5 0 2\r\n10\r\nincr n 5\r\ndecr n 3\r\ndecr n 100\r\nincr n 18446744073709551615\r\nincr n 2\r\nget n\r\nincr nope 1\r\ndecr nope 1\r\n".to_vec()),
         ("incr wraps and pads", b"set n 0 0 20\r\n18446744073709551615\r\nincr n 2\r\nget n\r\nset m 0 0 3\r\n100\r\ndecr m 1\r\nget m\r\nset w 0 0 1\r\n9\r\nincr w 1\r\nget w\r\n".to_vec()),
         ("incr errors", b"set t 0 0 3\r\nabc\r\nincr t 1\r\nset u 0 0 3\r\n12a\r\nincr u 1\r\nset v 0 0 2\r\n-1\r\nincr v 1\r\nset s 0 0 3\r\n 12\r\nincr s 1\r\nincr s -1\r\nincr s abc\r\nincr s 18446744073709551616\r\nincr\r\nincr s\r\nincr s 1 noreply\r\nget s\r\n".to_vec()),

@@ -323,7 +323,8 @@ fn delete<'a>(words: &Words<'a>) -> Command<'a> {
         _ => hold_is_zero && noreply,
     };
     if !valid {
-        return Command::Reply(Some(BAD_DELETE));
+        // memcached's noreply silences errors as well.
+        return Command::Reply((!noreply).then_some(BAD_DELETE));
     }
     if !valid_key(key) {
         return Command::Reply((!noreply).then_some(BAD_FORMAT));
