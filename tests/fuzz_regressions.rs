@@ -85,3 +85,15 @@ fn config_corpus() {
         }
     }
 }
+
+#[test]
+fn binary_parser_corpus() {
+    use kai::memcache::binary::frame::replay;
+    for (path, data) in corpus("binary_frame") {
+        let Some((stream, head, tail)) = split(&data) else {
+            continue;
+        };
+        let whole = replay([stream], 1024);
+        assert_eq!(replay([head, tail], 1024), whole, "{}", path.display());
+    }
+}
