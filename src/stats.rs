@@ -5,8 +5,9 @@
 //! counts value bytes sent to clients and `bytes_write` value bytes received from them.
 
 use std::fmt::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 const SLOTS: usize = 8;
 
@@ -84,6 +85,73 @@ counters!(
     bytes_write,
 );
 
+/// The open client connections, for `stats conns`.
+#[derive(Default)]
+pub struct Clients {
+    next_id: AtomicU64,
+    open: Arc<Mutex<std::collections::BTreeMap<u64, Arc<Client>>>>,
+}
+
+/// One open client connection as `stats conns` shows it.
+pub struct Client {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Unix seconds of the last request received.
+    pub last_request: AtomicU64,
+}
+
+/// Removes its connection from the table when dropped.
+pub struct ClientEntry {
+    open: Arc<Mutex<std::collections::BTreeMap<u64, Arc<Client>>>>,
+    id: u64,
+    pub client: Arc<Client>,
+}
+
+impl Clients {
+    pub fn register(&self, peer: SocketAddr, local: SocketAddr) -> ClientEntry {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let client = Arc::new(Client {
+            peer,
+            local,
+            last_request: AtomicU64::new(unix_secs()),
+        });
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.insert(id, Arc::clone(&client));
+        ClientEntry {
+            open: Arc::clone(&self.open),
+            id,
+            client,
+        }
+    }
+
+    /// `(id, connection)` for every open connection, oldest first.
+    pub fn list(&self) -> Vec<(u64, Arc<Client>)> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.iter().map(|(&id, c)| (id, Arc::clone(c))).collect()
+    }
+}
+
+fn unix_secs() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_secs())
+}
+
+impl ClientEntry {
+    /// Notes that a request arrived now.
+    pub fn seen(&self) {
+        self.client
+            .last_request
+            .store(unix_secs(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for ClientEntry {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.remove(&self.id);
+    }
+}
+
 /// Kai's `kai_unreconciled_get`: for reads that met 2, 3, … versions, how many were left
 /// unreconciled (U) out of how many (T), printed as `U(T) U(T) …`.
 pub struct Unreconciled(Mutex<Vec<(u64, u64)>>);
@@ -127,7 +195,7 @@ impl Unreconciled {
 }
 
 /// `STAT name value` lines in order, closed by `END`.
-pub fn render(stats: &[(&str, String)], out: &mut Vec<u8>) {
+pub fn render(stats: &[(String, String)], out: &mut Vec<u8>) {
     for (name, value) in stats {
         out.extend_from_slice(b"STAT ");
         out.extend_from_slice(name.as_bytes());
@@ -192,7 +260,10 @@ mod tests {
     fn renders_stat_lines() {
         let mut out = Vec::new();
         render(
-            &[("pid", "7".into()), ("kai_quorum", "3,2,2".into())],
+            &[
+                ("pid".into(), "7".into()),
+                ("kai_quorum".into(), "3,2,2".into()),
+            ],
             &mut out,
         );
         assert_eq!(out, b"STAT pid 7\r\nSTAT kai_quorum 3,2,2\r\nEND\r\n");

@@ -113,3 +113,49 @@ fn counters_follow_kai_semantics() {
     assert_eq!((get("curr_items"), get("total_items")), (2, 3));
     assert_eq!(get("total_connections"), 2);
 }
+
+/// The groups monitoring tools built for memcached call (memcached-tool, exporters, cacti
+/// templates): answered with what is true of kai, never `ERROR`.
+#[test]
+fn memcached_stats_groups_answer() {
+    let kai = Kai::start("");
+    let mut client = kai.client();
+    let empty = client.stats("stats slabs");
+    assert_eq!(empty["active_slabs"], "0");
+    assert!(client.stats("stats items").is_empty());
+    client.set("a", b"hello");
+    client.set("b", &[b'x'; 2000]);
+    let slabs = client.stats("stats slabs");
+    assert_eq!(slabs["active_slabs"], "1");
+    assert_eq!(slabs["1:used_chunks"], "2");
+    assert_eq!(slabs["1:cmd_set"], "2");
+    assert_eq!(slabs["1:chunk_size"], "1048576");
+    let items = client.stats("stats items");
+    assert_eq!(items["items:1:number"], "2");
+    assert_eq!(items["items:1:evicted"], "0");
+    assert_eq!(client.stats("stats sizes")["sizes_status"], "disabled");
+    let other = kai.client();
+    let mine = other.stream.local_addr().unwrap();
+    let conns = client.stats("stats conns");
+    assert_eq!(conns["0:state"], "conn_listening");
+    let entry = (conns.iter())
+        .find(|(k, v)| k.ends_with(":addr") && **v == format!("tcp:{mine}"))
+        .map(|(k, _)| k.trim_end_matches(":addr").to_string())
+        .unwrap_or_else(|| panic!("{mine} not in {conns:?}"));
+    assert_eq!(
+        conns[&format!("{entry}:listen_addr")],
+        format!("tcp:{}", kai.addr)
+    );
+    assert!(conns.contains_key(&format!("{entry}:secs_since_last_cmd")));
+    drop(other);
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(5),
+        || {
+            !client
+                .stats("stats conns")
+                .values()
+                .any(|v| *v == format!("tcp:{mine}"))
+        }
+    ));
+    assert_eq!(client.call("stats nonsense\r\n"), "ERROR\r\n");
+}

@@ -49,6 +49,8 @@ pub struct Connection {
     protocol: Option<Protocol>,
     /// Always true when authentication is off.
     authenticated: bool,
+    /// This connection's line in `stats conns`.
+    entry: crate::stats::ClientEntry,
     input: BytesMut,
     output: Vec<u8>,
     /// Bytes of a refused data block still to discard.
@@ -64,7 +66,9 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, auth: Arc<Auth>) -> Self {
+        let local = stream.local_addr().unwrap_or(peer);
         let mut connection = Connection {
+            entry: node.clients().register(peer, local),
             stream,
             peer,
             node,
@@ -200,7 +204,7 @@ impl Connection {
                 Protocol::Binary => self.binary_request().await,
             };
             match step {
-                Step::Next => {}
+                Step::Next => self.entry.seen(),
                 Step::Wait { need } => {
                     self.input.reserve(need.saturating_sub(self.input.len()));
                     return Flow::Continue;

@@ -15,7 +15,7 @@ use crate::config::{Config, ConflictResolution};
 use crate::ops::{self, expiry, StoreMode};
 pub use crate::ops::{ArithOutcome, CasGuard, DeleteOutcome, Outcome, StoreOutcome, WriteOp};
 use crate::record::{Record, Versions};
-use crate::stats::{Counters, Unreconciled};
+use crate::stats::{Clients, Counters, Unreconciled};
 use crate::store::{Change, Store, StoreError};
 use crate::time::unix_now;
 use bytes::Bytes;
@@ -40,6 +40,14 @@ pub enum StatsSection {
     Kai,
     /// `stats cluster`: one line per member (what `kai cluster status` shows).
     Cluster,
+    /// memcached's slab and LRU groups, as true of kai's engines: one class holding every
+    /// item (docs/design.md, "Stats").
+    Slabs,
+    Items,
+    /// Item size histograms, which kai does not keep (memcached's default too).
+    Sizes,
+    /// One entry per open client connection.
+    Conns,
 }
 
 impl StatsSection {
@@ -49,6 +57,10 @@ impl StatsSection {
             b"settings" => Some(StatsSection::Settings),
             b"kai" => Some(StatsSection::Kai),
             b"cluster" => Some(StatsSection::Cluster),
+            b"slabs" => Some(StatsSection::Slabs),
+            b"items" => Some(StatsSection::Items),
+            b"sizes" => Some(StatsSection::Sizes),
+            b"conns" => Some(StatsSection::Conns),
             _ => None,
         }
     }
@@ -91,6 +103,7 @@ pub struct Node {
     store: Arc<dyn Store>,
     cluster: OnceLock<Arc<Coordinator>>,
     counters: Counters,
+    clients: Clients,
     unreconciled: Unreconciled,
     started: Instant,
     /// Bumped by every `flush_all`, so a delayed flush superseded by a newer one does nothing.
@@ -141,6 +154,7 @@ impl Node {
             store,
             cluster: OnceLock::new(),
             counters: Counters::default(),
+            clients: Clients::default(),
             started: Instant::now(),
             flush_generation: AtomicU64::new(0),
             siblings_mode: AtomicBool::new(siblings),
@@ -150,6 +164,11 @@ impl Node {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The open client connections (`stats conns`).
+    pub fn clients(&self) -> &Clients {
+        &self.clients
     }
 
     pub fn clock(&self) -> &Arc<crate::time::HybridClock> {

@@ -9,13 +9,92 @@ use md5::{Digest, Md5};
 use std::sync::atomic::AtomicU64;
 
 impl Node {
-    pub fn stats(&self, section: StatsSection) -> Vec<(&'static str, String)> {
+    pub fn stats(&self, section: StatsSection) -> Vec<(String, String)> {
+        let named = |stats: Vec<(&str, String)>| {
+            (stats.into_iter())
+                .map(|(name, value)| (name.to_string(), value))
+                .collect()
+        };
         match section {
-            StatsSection::General => self.general_stats(),
-            StatsSection::Settings => self.settings_stats(),
-            StatsSection::Kai => self.kai_stats(),
-            StatsSection::Cluster => self.cluster_stats(),
+            StatsSection::General => named(self.general_stats()),
+            StatsSection::Settings => named(self.settings_stats()),
+            StatsSection::Kai => named(self.kai_stats()),
+            StatsSection::Cluster => named(self.cluster_stats()),
+            StatsSection::Slabs => named(self.slab_stats()),
+            StatsSection::Items => named(self.item_stats()),
+            StatsSection::Sizes => vec![("sizes_status".into(), "disabled".into())],
+            StatsSection::Conns => self.connection_stats(),
         }
+    }
+
+    /// kai allocates each item on its own: one class, as large as the largest item, holds
+    /// them all; its counters are the node's totals.
+    fn slab_stats(&self) -> Vec<(&'static str, String)> {
+        let c = &self.counters;
+        let read = |counter: &crate::stats::Counter| counter.get().to_string();
+        let store = self.store.stats();
+        let items = store.items.to_string();
+        if store.items == 0 {
+            return vec![("active_slabs", "0".into()), ("total_malloced", "0".into())];
+        }
+        vec![
+            (
+                "1:chunk_size",
+                self.config().memcache.max_item_size.0.to_string(),
+            ),
+            ("1:chunks_per_page", items.clone()),
+            ("1:total_pages", "1".into()),
+            ("1:total_chunks", items.clone()),
+            ("1:used_chunks", items),
+            ("1:free_chunks", "0".into()),
+            ("1:free_chunks_end", "0".into()),
+            ("1:get_hits", read(&c.get_hits)),
+            ("1:cmd_set", read(&c.cmd_set)),
+            ("1:delete_hits", read(&c.delete_hits)),
+            ("1:incr_hits", read(&c.incr_hits)),
+            ("1:decr_hits", read(&c.decr_hits)),
+            ("1:cas_hits", read(&c.cas_hits)),
+            ("1:cas_badval", read(&c.cas_badval)),
+            ("1:touch_hits", read(&c.touch_hits)),
+            ("active_slabs", "1".into()),
+            ("total_malloced", store.bytes.to_string()),
+        ]
+    }
+
+    fn item_stats(&self) -> Vec<(&'static str, String)> {
+        let store = self.store.stats();
+        if store.items == 0 {
+            return Vec::new();
+        }
+        vec![
+            ("items:1:number", store.items.to_string()),
+            ("items:1:mem_requested", store.bytes.to_string()),
+            ("items:1:evicted", store.evictions.to_string()),
+            ("items:1:outofmemory", "0".into()),
+        ]
+    }
+
+    /// memcached's `stats conns`: the listener, then each client connection.
+    fn connection_stats(&self) -> Vec<(String, String)> {
+        let now = unix_now().as_secs();
+        let listen = &self.config().memcache.listen;
+        let mut out = vec![
+            ("0:addr".into(), format!("tcp:{listen}")),
+            ("0:state".into(), "conn_listening".into()),
+        ];
+        for (id, client) in self.clients.list() {
+            let last = client
+                .last_request
+                .load(std::sync::atomic::Ordering::Relaxed);
+            out.push((format!("{id}:addr"), format!("tcp:{}", client.peer)));
+            out.push((format!("{id}:listen_addr"), format!("tcp:{}", client.local)));
+            out.push((format!("{id}:state"), "conn_parse_cmd".into()));
+            out.push((
+                format!("{id}:secs_since_last_cmd"),
+                now.saturating_sub(last).to_string(),
+            ));
+        }
+        out
     }
 
     fn general_stats(&self) -> Vec<(&'static str, String)> {
