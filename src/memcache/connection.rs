@@ -143,6 +143,7 @@ impl Connection {
             if !self.fill()? {
                 return Ok(());
             }
+            self.entry.seen();
         }
     }
 
@@ -204,7 +205,7 @@ impl Connection {
                 Protocol::Binary => self.binary_request().await,
             };
             match step {
-                Step::Next => self.entry.seen(),
+                Step::Next => {}
                 Step::Wait { need } => {
                     self.input.reserve(need.saturating_sub(self.input.len()));
                     return Flow::Continue;

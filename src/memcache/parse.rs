@@ -186,6 +186,16 @@ pub fn parse(buf: &[u8], max_item_size: usize) -> Parsed<'_> {
                 None => Command::Reply((!noreply).then_some(BAD_FORMAT)),
             })
         }
+        // Meta set is not served yet (it answers ERROR as any unknown command), but its data
+        // block is framed and discarded: a value must never run as commands.
+        b"ms" if n >= 3 => match parse_u32(words.get(2).unwrap_or_default()) {
+            Some(length) => Parsed::Frame(Frame {
+                command: Command::Reply(Some("ERROR")),
+                consumed: line_end,
+                swallow: u64::from(length) + 2,
+            }),
+            None => frame(Command::Reply(Some("ERROR"))),
+        },
         _ if n > 1 && words.last.starts_with(b"HTTP/") => frame(Command::HttpRequest),
         _ => frame(Command::Reply(Some("ERROR"))),
     }

@@ -366,3 +366,16 @@ proptest! {
         let _ = parse_stream(&bytes, &[bytes.len() / 2]);
     }
 }
+
+#[test]
+fn a_meta_set_data_block_never_runs_as_commands() {
+    let stream = b"ms victim 13 T0\r\ndelete victim\r\nget victim\r\n";
+    assert_eq!(
+        replay([&stream[..]], 1024),
+        vec![
+            "Reply(Some(\"ERROR\"))".to_string(),
+            "Retrieve { keys: Keys([118, 105, 99, 116, 105, 109]), with_cas: false, touch: None }"
+                .to_string()
+        ]
+    );
+}
