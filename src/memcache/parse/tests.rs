@@ -269,7 +269,16 @@ fn other_commands() {
         command(b"stats settings\r\n"),
         Command::Stats(StatsSection::Settings)
     );
-    assert_eq!(reply(b"stats slabs\r\n"), Some("ERROR"));
+    assert_eq!(
+        command(b"stats slabs\r\n"),
+        Command::Stats(StatsSection::Slabs)
+    );
+    assert_eq!(
+        command(b"stats conns\r\n"),
+        Command::Stats(StatsSection::Conns)
+    );
+    assert_eq!(reply(b"stats slabs 1\r\n"), Some("ERROR"));
+    assert_eq!(reply(b"stats detail on\r\n"), Some("ERROR"));
     assert_eq!(command(b"version x\r\n"), Command::Version);
     assert_eq!(command(b"quit\r\n"), Command::Quit);
     assert_eq!(
