@@ -423,11 +423,14 @@ fn sasl_and_text_logins_gate_every_command() {
     );
     assert_eq!(text.call("get k\r\n"), "VALUE k 0 1\r\n");
 
-    let log = kai.log();
+    // The log reaches the test through a reader thread: wait for the line.
+    let failure_logged = || kai.log().contains("authentication failed for user \"app\"");
     assert!(
-        log.contains("authentication failed for user \"app\""),
-        "{log}"
+        common::wait_until(Duration::from_secs(5), failure_logged),
+        "{}",
+        kai.log()
     );
+    let log = kai.log();
     assert!(!log.contains("wrong") && !log.contains("s3cret"), "{log}");
     // Three binary and two text logins above, and the one stats_as makes.
     let stats = kai.stats_as("app", "s3cret pass");
