@@ -136,6 +136,14 @@ fn memcached_stats_groups_answer() {
     assert_eq!(client.stats("stats sizes")["sizes_status"], "disabled");
     let other = kai.client();
     let mine = other.stream.local_addr().unwrap();
+    // The server registers a connection once it has accepted it: wait for that.
+    let listed = |stats: &std::collections::HashMap<String, String>| {
+        stats.values().any(|v| *v == format!("tcp:{mine}"))
+    };
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(5),
+        || { listed(&client.stats("stats conns")) }
+    ));
     let conns = client.stats("stats conns");
     assert_eq!(conns["0:state"], "conn_listening");
     let entry = (conns.iter())
