@@ -88,6 +88,8 @@ counters!(
 /// The open client connections, for `stats conns`.
 #[derive(Default)]
 pub struct Clients {
+    /// The memcache listener's bound address (the configured one may name port 0).
+    listening: Mutex<Option<SocketAddr>>,
     next_id: AtomicU64,
     open: Arc<Mutex<std::collections::BTreeMap<u64, Arc<Client>>>>,
 }
@@ -108,6 +110,14 @@ pub struct ClientEntry {
 }
 
 impl Clients {
+    pub fn set_listening(&self, address: SocketAddr) {
+        *self.listening.lock().unwrap_or_else(|p| p.into_inner()) = Some(address);
+    }
+
+    pub fn listening(&self) -> Option<SocketAddr> {
+        *self.listening.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn register(&self, peer: SocketAddr, local: SocketAddr) -> ClientEntry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let client = Arc::new(Client {

@@ -146,6 +146,7 @@ fn memcached_stats_groups_answer() {
     ));
     let conns = client.stats("stats conns");
     assert_eq!(conns["0:state"], "conn_listening");
+    assert_eq!(conns["0:addr"], format!("tcp:{}", kai.addr));
     let entry = (conns.iter())
         .find(|(k, v)| k.ends_with(":addr") && **v == format!("tcp:{mine}"))
         .map(|(k, _)| k.trim_end_matches(":addr").to_string())

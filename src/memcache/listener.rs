@@ -33,6 +33,9 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
+    if let Ok(address) = listener.local_addr() {
+        node.clients().set_listening(address);
+    }
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut backoff = Duration::from_millis(5);
     loop {

@@ -77,7 +77,10 @@ impl Node {
     /// memcached's `stats conns`: the listener, then each client connection.
     fn connection_stats(&self) -> Vec<(String, String)> {
         let now = unix_now().as_secs();
-        let listen = &self.config().memcache.listen;
+        let listen = match self.clients.listening() {
+            Some(address) => address.to_string(),
+            None => self.config().memcache.listen.clone(),
+        };
         let mut out = vec![
             ("0:addr".into(), format!("tcp:{listen}")),
             ("0:state".into(), "conn_listening".into()),
