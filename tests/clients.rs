@@ -5,16 +5,15 @@ mod common;
 use common::Kai;
 use std::process::Command;
 
-#[test]
-fn memccapable_ascii_suite_passes() {
-    let kai = Kai::start("");
+/// libmemcached's conformance suite, `-a` (text) or `-b` (binary), against `addr`.
+fn memccapable(addr: std::net::SocketAddr, suite: &str) {
     let out = Command::new("memccapable")
         .args([
-            "-a",
+            suite,
             "-h",
-            "127.0.0.1",
+            &addr.ip().to_string(),
             "-p",
-            &kai.addr.port().to_string(),
+            &addr.port().to_string(),
             "-t",
             "10",
         ])
@@ -27,6 +26,21 @@ fn memccapable_ascii_suite_passes() {
         "{text}"
     );
     assert!(!text.contains("[FAIL]"), "{text}");
+    let sample = if suite == "-b" {
+        "binary getkq"
+    } else {
+        "ascii get"
+    };
+    assert!(
+        text.contains(sample),
+        "the {suite} suite did not run: {text}"
+    );
+}
+
+#[test]
+fn memccapable_ascii_suite_passes() {
+    let kai = Kai::start("");
+    memccapable(kai.addr, "-a");
 }
 
 #[test]
@@ -70,9 +84,14 @@ fn rust_memcache_crate_works() {
     assert_eq!(client.stats().unwrap().len(), 1);
 }
 
-/// A stock client script from tests/clients/, run by `interpreter` against `servers`
+/// Runs a stock client script from tests/clients/ with `interpreter` against `servers`
 /// (host:port, comma-separated), with SASL credentials when given.
-fn run_client_script(interpreter: &str, script: &str, servers: &str, login: Option<(&str, &str)>) {
+fn client_script(
+    interpreter: &str,
+    script: &str,
+    servers: &str,
+    login: Option<(&str, &str)>,
+) -> std::process::Output {
     let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut command = Command::new(interpreter);
     command.arg(&path).arg(servers);
@@ -84,48 +103,30 @@ fn run_client_script(interpreter: &str, script: &str, servers: &str, login: Opti
         "NODE_PATH",
         concat!(env!("CARGO_MANIFEST_DIR"), "/target/npm/node_modules"),
     );
-    let out = command
+    command
         .output()
-        .unwrap_or_else(|e| panic!("{interpreter} {script}: {e} (run `make deps`)"));
-    assert!(
-        out.status.success(),
-        "{script} against {servers}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap_or_else(|e| panic!("{interpreter} {script}: {e} (run `make deps`)"))
 }
 
-/// Every binary-protocol client Debian and npm ship, against `servers`.
+/// The binary-protocol clients Debian and npm ship: interpreter and script.
+const BINARY_CLIENTS: &[(&str, &str)] = &[
+    ("ruby", "dalli_check.rb"),
+    ("php", "php_memcached_check.php"),
+    ("/usr/bin/python3", "pylibmc_check.py"),
+    ("node", "memjs_check.js"),
+];
+
+/// Every binary-protocol client passes its checks against `servers`.
 fn binary_clients_pass(servers: &str, login: Option<(&str, &str)>) {
-    run_client_script("ruby", "dalli_check.rb", servers, login);
-    run_client_script("php", "php_memcached_check.php", servers, login);
-    run_client_script("/usr/bin/python3", "pylibmc_check.py", servers, login);
-    run_client_script("node", "memjs_check.js", servers, login);
-}
-
-fn memccapable_binary(addr: std::net::SocketAddr) {
-    let out = Command::new("memccapable")
-        .args([
-            "-b",
-            "-h",
-            &addr.ip().to_string(),
-            "-p",
-            &addr.port().to_string(),
-            "-t",
-            "10",
-        ])
-        .output()
-        .expect("memccapable (libmemcached-tools) is not installed: run `make test`");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && text.contains("All tests passed"),
-        "{text}"
-    );
-    assert!(
-        text.contains("binary getkq"),
-        "the binary suite did not run: {text}"
-    );
+    for (interpreter, script) in BINARY_CLIENTS {
+        let out = client_script(interpreter, script, servers, login);
+        assert!(
+            out.status.success(),
+            "{script} against {servers}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 fn rust_memcache_binary(addr: std::net::SocketAddr) {
@@ -154,7 +155,7 @@ fn rust_memcache_binary(addr: std::net::SocketAddr) {
 fn binary_protocol_clients_work_against_one_node() {
     let kai = Kai::start("");
     binary_clients_pass(&kai.addr.to_string(), None);
-    memccapable_binary(kai.addr);
+    memccapable(kai.addr, "-b");
     rust_memcache_binary(kai.addr);
 }
 
@@ -172,7 +173,7 @@ fn binary_protocol_clients_work_against_a_three_node_cluster() {
     for member in &cluster.members {
         rust_memcache_binary(member.memcache);
     }
-    memccapable_binary(cluster.members[1].memcache);
+    memccapable(cluster.members[1].memcache, "-b");
     // The writes went through the cluster: every node counted its share.
     let sets: u64 = (0..3)
         .map(|i| cluster.stats(i)["cmd_set"].parse::<u64>().unwrap())
@@ -190,21 +191,8 @@ fn sasl_clients_log_in_and_wrong_passwords_are_refused() {
     let kai = Kai::start(&format!("auth_file = \"{}\"\n", path.display()));
     let server = kai.addr.to_string();
     binary_clients_pass(&server, Some(("app", "s3cret")));
-    for (interpreter, script) in [
-        ("ruby", "dalli_check.rb"),
-        ("php", "php_memcached_check.php"),
-        ("/usr/bin/python3", "pylibmc_check.py"),
-        ("node", "memjs_check.js"),
-    ] {
-        let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(interpreter)
-            .args([path.as_str(), server.as_str(), "app", "wrong"])
-            .env(
-                "NODE_PATH",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/target/npm/node_modules"),
-            )
-            .output()
-            .unwrap();
+    for (interpreter, script) in BINARY_CLIENTS {
+        let out = client_script(interpreter, script, &server, Some(("app", "wrong")));
         assert!(
             !out.status.success(),
             "{script} passed with a wrong password"

@@ -368,22 +368,3 @@ fn http_request_lines_close_the_connection_unanswered() {
     }
     assert_eq!(kai.stats()["kai_http_requests_closed"], "4");
 }
-
-/// Meta set is not served yet, but its data block must be framed, never run: a value of
-/// `delete victim` once deleted `victim`.
-#[test]
-fn a_meta_set_value_never_runs_as_commands() {
-    let kai = Kai::start("");
-    let mut client = kai.client();
-    client.set("victim", b"safe");
-    client.send(b"ms victim 13 T0\r\ndelete victim\r\n");
-    assert_eq!(client.line(), "ERROR\r\n");
-    assert_eq!(client.get("victim").as_deref(), Some(&b"safe"[..]));
-    // A value beyond the item limit is discarded as it streams.
-    let big = vec![b'z'; 3 << 20];
-    client.send(format!("ms victim {}\r\n", big.len()).as_bytes());
-    client.send(&big);
-    client.send(b"\r\n");
-    assert_eq!(client.line(), "ERROR\r\n");
-    assert_eq!(client.get("victim").as_deref(), Some(&b"safe"[..]));
-}

@@ -309,3 +309,22 @@ fn a_request_trickled_byte_by_byte_is_cut_off() {
     // Idle for as long, but with nothing half-sent: still served.
     assert!(idle.call("version\r\n").starts_with("VERSION"));
 }
+
+/// Meta set is not served yet, but its data block must be framed, never run: a value of
+/// `delete victim` once deleted `victim`.
+#[test]
+fn a_meta_set_value_never_runs_as_commands() {
+    let kai = Kai::start("");
+    let mut client = kai.client();
+    client.set("victim", b"safe");
+    client.send(b"ms victim 13 T0\r\ndelete victim\r\n");
+    assert_eq!(client.line(), "ERROR\r\n");
+    assert_eq!(client.get("victim").as_deref(), Some(&b"safe"[..]));
+    // A value beyond the item limit is discarded as it streams.
+    let big = vec![b'z'; 3 << 20];
+    client.send(format!("ms victim {}\r\n", big.len()).as_bytes());
+    client.send(&big);
+    client.send(b"\r\n");
+    assert_eq!(client.line(), "ERROR\r\n");
+    assert_eq!(client.get("victim").as_deref(), Some(&b"safe"[..]));
+}

@@ -118,24 +118,12 @@ async fn run(
     match request {
         Request::Get {
             key,
+            touch,
             quiet,
             with_key,
         } => {
             let shown_key = if with_key { key } else { &[] };
-            match node.get_one(key, None).await? {
-                Some(item) => hit(out, header, &item, shown_key, true),
-                None if quiet => {}
-                None => miss(out, header, with_key.then_some(key)),
-            }
-        }
-        Request::GetAndTouch {
-            key,
-            exptime,
-            quiet,
-            with_key,
-        } => {
-            let shown_key = if with_key { key } else { &[] };
-            match node.get_one(key, Some(i64::from(exptime))).await? {
+            match node.get_one(key, touch.map(i64::from)).await? {
                 Some(item) => hit(out, header, &item, shown_key, true),
                 None if quiet => {}
                 None => miss(out, header, with_key.then_some(key)),

@@ -125,16 +125,10 @@ impl Header {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
-    /// Get, GetQ, GetK, GetKQ.
+    /// Get, GetQ, GetK, GetKQ; with `touch` (the new exptime) GAT, GATQ, GATK, GATKQ.
     Get {
         key: &'a [u8],
-        quiet: bool,
-        with_key: bool,
-    },
-    /// GAT, GATQ, GATK, GATKQ.
-    GetAndTouch {
-        key: &'a [u8],
-        exptime: u32,
+        touch: Option<u32>,
         quiet: bool,
         with_key: bool,
     },
@@ -328,18 +322,17 @@ fn request<'a>(op: u8, extras: &[u8], key: &'a [u8], value: &'a [u8]) -> Request
         exptime: u32_at(16),
         quiet,
     };
-    let gat = |quiet, with_key| Request::GetAndTouch {
+    let get = |touch, quiet, with_key| Request::Get {
         key,
-        exptime: u32_at(0),
+        touch,
         quiet,
         with_key,
     };
+    let gat = |quiet, with_key| get(Some(u32_at(0)), quiet, with_key);
     match op {
-        GET | GETQ | GETK | GETKQ => Request::Get {
-            key,
-            quiet: matches!(op, GETQ | GETKQ),
-            with_key: matches!(op, GETK | GETKQ),
-        },
+        GET | GETQ | GETK | GETKQ => {
+            get(None, matches!(op, GETQ | GETKQ), matches!(op, GETK | GETKQ))
+        }
         GAT => gat(false, false),
         GATQ => gat(true, false),
         GATK => gat(false, true),

@@ -82,6 +82,7 @@ fn parses_every_request_kind() {
         request(&getkq).1,
         Request::Get {
             key: b"key",
+            touch: None,
             quiet: true,
             with_key: true
         }
@@ -89,8 +90,8 @@ fn parses_every_request_kind() {
     let gat = packet(opcode::GATK, &9u32.to_be_bytes(), b"key", b"", 0);
     assert!(matches!(
         request(&gat).1,
-        Request::GetAndTouch {
-            exptime: 9,
+        Request::Get {
+            touch: Some(9),
             with_key: true,
             quiet: false,
             ..
