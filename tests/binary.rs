@@ -309,6 +309,17 @@ fn binary_sessions_match_memcached_byte_for_byte() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // Each malformed header closed its connection with a logged reason.
+    let logged = || {
+        let log = kai.log();
+        log.contains("not the request magic 0x80")
+            && log.matches("closing the binary connection").count() >= 4
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(5), logged),
+        "{}",
+        kai.log()
+    );
 }
 
 #[test]
