@@ -53,6 +53,9 @@ pub enum WriteOp {
     Store {
         mode: StoreMode,
         cas: CasGuard,
+        /// Meta `ms … C<cas> I`: a cas older than the current version's still stores (set
+        /// and replace only), but the new version is stale and keeps the old expiry.
+        stale_if_older: bool,
         flags: u32,
         expires_at: u64,
         data: Bytes,
@@ -60,15 +63,31 @@ pub enum WriteOp {
     Delete {
         cas: CasGuard,
     },
+    /// Meta `md … I`: instead of deleting, a new version with the same value, marked
+    /// stale (so the next reader wins the recache), optionally with a new expiry.
+    Invalidate {
+        cas: CasGuard,
+        expires_at: Option<u64>,
+    },
     Arith {
         incr: bool,
         delta: u64,
         cas: CasGuard,
         vivify: Option<Vivify>,
+        /// Meta `ma … T`: the expiry of the updated counter.
+        touch: Option<u64>,
     },
     /// touch, and gat/gats (which also want the touched value back).
     Touch {
         expires_at: u64,
+    },
+    /// The write side of a meta get: touch (`T`), create an empty placeholder on a miss
+    /// (`N`), hand out the recache token (`W`) for a stale version or one expiring before
+    /// `recache_before` (`R`). Amends the version in place, as a touch does.
+    Fetch {
+        touch: Option<u64>,
+        vivify: Option<u64>,
+        recache_before: Option<u64>,
     },
 }
 
@@ -108,6 +127,7 @@ pub enum ArithOutcome {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeleteOutcome {
+    /// Deleted, or (meta invalidate) marked stale.
     Deleted,
     NotFound,
     /// The cas guard matched no live version.
@@ -120,17 +140,45 @@ pub enum DeleteOutcome {
 pub enum Outcome {
     Store(StoreOutcome, u64),
     Deleted(DeleteOutcome),
-    Arith(ArithOutcome, u64),
+    Arith {
+        outcome: ArithOutcome,
+        cas: u64,
+        /// The counter's expiry (meta `t`).
+        expires_at: u64,
+    },
     /// The touched value (its cas is that of the new version).
     Touched(Option<Record>),
+    Fetched(Fetched),
+}
+
+/// What a meta get's write side found and did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetched {
+    /// The version as it is now (touched, claimed or created).
+    pub record: Option<Record>,
+    /// This reader won the recache token (`W`).
+    pub won: bool,
+    /// An earlier reader had won it (`Z`).
+    pub claimed_before: bool,
+    /// The record is the placeholder `N` created on a miss.
+    pub created: bool,
 }
 
 impl Outcome {
-    /// Records the cas of the version this write stored (after the coordinator raised its
-    /// clock, the stored version's, not the one decided on).
-    pub fn set_cas(&mut self, stored: &Record) {
-        if let Outcome::Store(_, cas) | Outcome::Arith(_, cas) = self {
-            *cas = cas_unique(stored);
+    /// Takes what the client is told about the version this write stored from the stored
+    /// version (after the coordinator raised its clock, not the one decided on).
+    pub fn set_stored(&mut self, stored: &Record) {
+        match self {
+            Outcome::Store(_, cas) => *cas = cas_unique(stored),
+            Outcome::Arith {
+                cas, expires_at, ..
+            } => {
+                *cas = cas_unique(stored);
+                *expires_at = stored.expires_at;
+            }
+            Outcome::Touched(touched) => *touched = Some(stored.clone()),
+            Outcome::Fetched(fetched) => fetched.record = Some(stored.clone()),
+            Outcome::Deleted(_) => {}
         }
     }
 }
@@ -147,9 +195,33 @@ pub struct NewValue {
     pub flags: u32,
     pub expires_at: u64,
     pub tombstone: bool,
-    /// A touch: the version keeps its clock and write time (so its cas stays, as in
-    /// memcached) and only its expiry changes.
+    pub stale: bool,
+    pub recache_claimed: bool,
+    /// An amendment (touch, recache claim): the version keeps its clock and write time
+    /// (so its cas stays, as in memcached); only expiry and claim change.
     pub touches: Option<Record>,
+}
+
+impl NewValue {
+    fn fresh(value: Bytes, flags: u32, expires_at: u64) -> NewValue {
+        NewValue {
+            value,
+            flags,
+            expires_at,
+            tombstone: false,
+            stale: false,
+            recache_claimed: false,
+            touches: None,
+        }
+    }
+
+    fn amending(record: &Record, expires_at: u64, recache_claimed: bool) -> NewValue {
+        NewValue {
+            recache_claimed,
+            touches: Some(record.clone()),
+            ..NewValue::fresh(record.value.clone(), record.flags, expires_at)
+        }
+    }
 }
 
 /// Decides `op` against the key's current versions: what to write (if anything) and what
@@ -162,11 +234,13 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
         WriteOp::Store {
             mode,
             cas,
+            stale_if_older,
             flags,
             expires_at,
             data,
         } => {
             let refuse = |outcome| (None, Outcome::Store(outcome, 0));
+            let stored = Outcome::Store(StoreOutcome::Stored, 0);
             let (value, flags, expires_at) = match (mode, newest) {
                 (StoreMode::Add, Some(_)) | (StoreMode::Replace, None) => {
                     return refuse(StoreOutcome::NotStored)
@@ -176,6 +250,21 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                 }
                 (StoreMode::Set, None) if cas.is_some() => return refuse(StoreOutcome::NotFound),
                 // With siblings, a cas taken from any of them may resolve them all.
+                (StoreMode::Set | StoreMode::Replace, Some(record))
+                    if *stale_if_older && !guard_holds(*cas, &live) =>
+                {
+                    // memcached's "set-to-invalid": an older cas still stores, marked
+                    // stale, keeping the current expiry and recache claim.
+                    if cas.is_none_or(|unique| unique >= cas_unique(record)) {
+                        return refuse(StoreOutcome::Exists);
+                    }
+                    let new = NewValue {
+                        stale: true,
+                        recache_claimed: record.recache_claimed,
+                        ..NewValue::fresh(data.clone(), *flags, record.expires_at)
+                    };
+                    return (Some(new), stored);
+                }
                 (_, Some(_)) if !guard_holds(*cas, &live) => return refuse(StoreOutcome::Exists),
                 (StoreMode::Append, Some(record)) => (
                     Bytes::from([&record.value[..], data].concat()),
@@ -189,14 +278,7 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                 ),
                 _ => (data.clone(), *flags, *expires_at),
             };
-            let new = NewValue {
-                value,
-                flags,
-                expires_at,
-                tombstone: false,
-                touches: None,
-            };
-            (Some(new), Outcome::Store(StoreOutcome::Stored, 0))
+            (Some(NewValue::fresh(value, flags, expires_at)), stored)
         }
         WriteOp::Delete { cas } => {
             if newest.is_some() && !guard_holds(*cas, &live) {
@@ -207,41 +289,52 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                 None => DeleteOutcome::NotFound,
             };
             let tombstone = NewValue {
-                value: Bytes::new(),
-                flags: 0,
-                expires_at: 0,
                 tombstone: true,
-                touches: None,
+                ..NewValue::fresh(Bytes::new(), 0, 0)
             };
             (Some(tombstone), Outcome::Deleted(found))
+        }
+        WriteOp::Invalidate { cas, expires_at } => {
+            let Some(record) = newest else {
+                return (None, Outcome::Deleted(DeleteOutcome::NotFound));
+            };
+            if !guard_holds(*cas, &live) {
+                return (None, Outcome::Deleted(DeleteOutcome::Exists));
+            }
+            // A new version (so a new cas), stale, with no recache token handed out yet.
+            let expiry = expires_at.unwrap_or(record.expires_at);
+            let new = NewValue {
+                stale: true,
+                ..NewValue::fresh(record.value.clone(), record.flags, expiry)
+            };
+            (Some(new), Outcome::Deleted(DeleteOutcome::Deleted))
         }
         WriteOp::Arith {
             incr,
             delta,
             cas,
             vivify,
+            touch,
         } => {
-            let refuse = |outcome| (None, Outcome::Arith(outcome, 0));
+            let answer = |outcome| Outcome::Arith {
+                outcome,
+                cas: 0,
+                expires_at: 0,
+            };
             let Some(record) = newest else {
                 let Some(vivify) = vivify else {
-                    return refuse(ArithOutcome::NotFound);
+                    return (None, answer(ArithOutcome::NotFound));
                 };
                 // A created counter holds the initial value as is (memcached's rule).
-                let new = NewValue {
-                    value: Bytes::from(vivify.initial.to_string().into_bytes()),
-                    flags: 0,
-                    expires_at: vivify.expires_at,
-                    tombstone: false,
-                    touches: None,
-                };
-                let outcome = Outcome::Arith(ArithOutcome::Value(vivify.initial), 0);
-                return (Some(new), outcome);
+                let value = Bytes::from(vivify.initial.to_string().into_bytes());
+                let new = NewValue::fresh(value, 0, vivify.expires_at);
+                return (Some(new), answer(ArithOutcome::Value(vivify.initial)));
             };
             if !guard_holds(*cas, &live) {
-                return refuse(ArithOutcome::Exists);
+                return (None, answer(ArithOutcome::Exists));
             }
             let Some(number) = numeric_value(&record.value) else {
-                return refuse(ArithOutcome::NonNumeric);
+                return (None, answer(ArithOutcome::NonNumeric));
             };
             let result = if *incr {
                 number.wrapping_add(*delta)
@@ -250,29 +343,52 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
             };
             // memcached rewrites a shorter number in place, padded with spaces to the old length.
             let text = format!("{result:<width$}", width = record.value.len());
-            let new = NewValue {
-                value: Bytes::from(text.into_bytes()),
-                flags: record.flags,
-                expires_at: record.expires_at,
-                tombstone: false,
-                touches: None,
-            };
-            (Some(new), Outcome::Arith(ArithOutcome::Value(result), 0))
+            let expiry = touch.unwrap_or(record.expires_at);
+            let new = NewValue::fresh(Bytes::from(text.into_bytes()), record.flags, expiry);
+            (Some(new), answer(ArithOutcome::Value(result)))
         }
         WriteOp::Touch { expires_at } => match newest {
             None => (None, Outcome::Touched(None)),
             Some(record) => {
-                let new = NewValue {
-                    value: record.value.clone(),
-                    flags: record.flags,
-                    expires_at: *expires_at,
-                    tombstone: false,
-                    touches: Some(record.clone()),
-                };
+                let new = NewValue::amending(record, *expires_at, record.recache_claimed);
                 // The caller fills in the new version's record.
                 (Some(new), Outcome::Touched(None))
             }
         },
+        WriteOp::Fetch {
+            touch,
+            vivify,
+            recache_before,
+        } => {
+            let fetched = |record: Option<&Record>, won: bool, created: bool| {
+                Outcome::Fetched(Fetched {
+                    record: record.cloned(),
+                    won,
+                    claimed_before: record.is_some_and(|r| r.recache_claimed) && !created,
+                    created,
+                })
+            };
+            let Some(record) = newest else {
+                let Some(expires_at) = vivify else {
+                    return (None, fetched(None, false, false));
+                };
+                // The placeholder: empty, and its creator holds the recache token.
+                let new = NewValue {
+                    recache_claimed: true,
+                    ..NewValue::fresh(Bytes::new(), 0, *expires_at)
+                };
+                return (Some(new), fetched(None, true, true));
+            };
+            let expiring = recache_before
+                .is_some_and(|before| record.expires_at != 0 && record.expires_at < before);
+            let won = !record.recache_claimed && (record.stale || expiring);
+            if !won && touch.is_none() {
+                return (None, fetched(Some(record), false, false));
+            }
+            let expiry = touch.unwrap_or(record.expires_at);
+            let new = NewValue::amending(record, expiry, record.recache_claimed || won);
+            (Some(new), fetched(Some(record), won, false))
+        }
     }
 }
 
@@ -282,6 +398,9 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
 pub struct Transition {
     pub record: Option<Record>,
     pub outcome: Outcome,
+    /// The record amends a current version (touch, recache claim): it keeps that
+    /// version's clock, where any other write gets a clock descending every version.
+    pub amends: bool,
 }
 
 /// The one write rule: decide `op` against `current`, then build the new record on
@@ -295,17 +414,19 @@ pub fn transition(
     stamp: u64,
 ) -> Transition {
     let (new, mut outcome) = decide(op, current);
+    let amends = new.as_ref().is_some_and(|new| new.touches.is_some());
     let record = new.map(|new| {
         let base = current.map(Versions::merged_clock).unwrap_or_default();
         new_record(new, &base, writer, stamp)
     });
     if let Some(record) = &record {
-        outcome.set_cas(record);
-        if let Outcome::Touched(touched) = &mut outcome {
-            *touched = Some(record.clone());
-        }
+        outcome.set_stored(record);
     }
-    Transition { record, outcome }
+    Transition {
+        record,
+        outcome,
+        amends,
+    }
 }
 
 /// The version a write creates on `writer`: its clock supersedes `base` (every version the
@@ -314,6 +435,7 @@ fn new_record(new: NewValue, base: &VectorClock, writer: NodeId, stamp: u64) -> 
     if let Some(touched) = new.touches {
         return Record {
             expires_at: new.expires_at,
+            recache_claimed: new.recache_claimed,
             ..touched
         };
     }
@@ -324,13 +446,18 @@ fn new_record(new: NewValue, base: &VectorClock, writer: NodeId, stamp: u64) -> 
         timestamp: stamp,
         clock: base.advanced(writer, stamp),
         tombstone: new.tombstone,
+        stale: new.stale,
+        recache_claimed: new.recache_claimed,
     }
 }
 
-/// A cas unique: identifies the version (its clock and write time); never 0.
+/// A cas unique: identifies the version (its write time, with 12 bits of its clock's
+/// digest telling apart concurrent versions stamped in the same microsecond); never 0.
+/// Ordered like the write times, so a later version of a key has a greater cas (meta's
+/// `ms … I` compares them, as memcached does its counter).
 pub fn cas_unique(record: &Record) -> u64 {
-    let mixed = record.clock.digest() ^ record.timestamp.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    mixed.max(1)
+    let ordered = (record.timestamp << 12) | (record.clock.digest() & 0xfff);
+    ordered.max(1)
 }
 
 /// Parses an incr/decr operand as memcached does: leading blanks, digits, then blanks or end.
@@ -361,6 +488,16 @@ mod tests {
             timestamp,
             clock: VectorClock::new().incremented(writer),
             tombstone: false,
+            stale: false,
+            recache_claimed: false,
+        }
+    }
+
+    fn counted(outcome: ArithOutcome) -> Outcome {
+        Outcome::Arith {
+            outcome,
+            cas: 0,
+            expires_at: 0,
         }
     }
 
@@ -372,6 +509,7 @@ mod tests {
         WriteOp::Store {
             mode,
             cas,
+            stale_if_older: false,
             flags: 1,
             expires_at: 0,
             data: Bytes::copy_from_slice(data.as_bytes()),
@@ -466,10 +604,11 @@ mod tests {
                 delta: 1,
                 cas: None,
                 vivify: None,
+                touch: None,
             },
             Some(&siblings),
         );
-        assert_eq!(outcome, Outcome::Arith(ArithOutcome::Value(42), 0));
+        assert_eq!(outcome, counted(ArithOutcome::Value(42)));
         assert_eq!(new.unwrap().value, "42");
         // Either sibling's cas resolves the conflict; a foreign one does not.
         for unique in [cas_unique(&older), cas_unique(&newer)] {
@@ -505,14 +644,15 @@ mod tests {
             delta: 9,
             cas,
             vivify,
+            touch: None,
         };
         assert_eq!(
             outcome(&arith(Some(unique ^ 1), None), Some(&present)),
-            Outcome::Arith(ArithOutcome::Exists, 0)
+            counted(ArithOutcome::Exists)
         );
         assert_eq!(
             outcome(&arith(Some(unique), None), Some(&present)),
-            Outcome::Arith(ArithOutcome::Value(0), 0)
+            counted(ArithOutcome::Value(0))
         );
         let appended = guarded(StoreMode::Append, Some(unique ^ 1), "!");
         assert_eq!(
@@ -527,7 +667,7 @@ mod tests {
         let (new, answer) = decide(&arith(None, Some(vivify)), None);
         let new = new.expect("vivify writes");
         assert_eq!((new.value, new.expires_at, new.flags), ("100".into(), 7, 0));
-        assert_eq!(answer, Outcome::Arith(ArithOutcome::Value(100), 0));
+        assert_eq!(answer, counted(ArithOutcome::Value(100)));
         // A cas guard on a missing key: set answers not found, append not stored.
         let cas_set = guarded(StoreMode::Set, Some(1), "v");
         assert_eq!(
@@ -539,5 +679,115 @@ mod tests {
             outcome(&cas_append, None),
             Outcome::Store(StoreOutcome::NotStored, 0)
         );
+    }
+
+    fn fetch(touch: Option<u64>, vivify: Option<u64>, recache_before: Option<u64>) -> WriteOp {
+        WriteOp::Fetch {
+            touch,
+            vivify,
+            recache_before,
+        }
+    }
+
+    fn fetched(outcome: &Outcome) -> &Fetched {
+        match outcome {
+            Outcome::Fetched(fetched) => fetched,
+            other => panic!("a fetch answered {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_reader_wins_the_recache_of_a_stale_expiring_or_missing_item() {
+        // A miss with N creates an empty placeholder whose creator holds the token.
+        let done = transition(&fetch(None, Some(50), None), None, 1, 10);
+        let created = done.record.expect("vivify writes");
+        assert!(created.value.is_empty() && created.recache_claimed && !done.amends);
+        let answer = fetched(&done.outcome);
+        assert!(answer.won && answer.created && !answer.claimed_before);
+        assert_eq!(answer.record.as_ref(), Some(&created));
+        // The next reader is told someone else holds it, and nothing is written.
+        let held = Versions::one(created);
+        let (new, outcome) = decide(&fetch(None, Some(50), None), Some(&held));
+        assert!(new.is_none());
+        assert!(!fetched(&outcome).won && fetched(&outcome).claimed_before);
+
+        // R: an item expiring before the mark is won once, amended in place.
+        let expiring = Versions::one(Record {
+            expires_at: 100,
+            ..record("v", 1, 1)
+        });
+        let (new, outcome) = decide(&fetch(None, None, Some(99)), Some(&expiring));
+        assert!(
+            new.is_none() && !fetched(&outcome).won,
+            "not close enough yet"
+        );
+        let done = transition(&fetch(None, None, Some(101)), Some(&expiring), 2, 20);
+        let claimed = done.record.expect("a win writes the claim");
+        assert!(done.amends && claimed.recache_claimed);
+        assert_eq!(
+            cas_unique(&claimed),
+            cas_unique(&expiring.0[0]),
+            "cas stays"
+        );
+        assert!(fetched(&done.outcome).won);
+
+        // md I: a new, stale version; its first reader wins, and only that one.
+        let invalidate = WriteOp::Invalidate {
+            cas: None,
+            expires_at: Some(30),
+        };
+        let done = transition(&invalidate, Some(&Versions::one(claimed)), 2, 30);
+        let stale = done.record.expect("invalidate writes");
+        assert!(stale.stale && !stale.recache_claimed && stale.expires_at == 30);
+        assert!(cas_unique(&stale) > cas_unique(&expiring.0[0]));
+        let stale = Versions::one(stale);
+        let done = transition(&fetch(None, None, None), Some(&stale), 2, 40);
+        assert!(fetched(&done.outcome).won);
+        let again = Versions::one(done.record.unwrap());
+        let (_, outcome) = decide(&fetch(None, None, None), Some(&again));
+        assert!(!fetched(&outcome).won && fetched(&outcome).claimed_before);
+        assert_eq!(
+            decide(&invalidate, None).1,
+            Outcome::Deleted(DeleteOutcome::NotFound)
+        );
+    }
+
+    #[test]
+    fn an_older_cas_with_invalidate_stores_a_stale_version() {
+        let old = record("old", 5, 1);
+        let current = Versions::one(Record {
+            expires_at: 77,
+            recache_claimed: true,
+            ..record("current", 9, 1)
+        });
+        let op = |cas| WriteOp::Store {
+            mode: StoreMode::Set,
+            cas: Some(cas),
+            stale_if_older: true,
+            flags: 1,
+            expires_at: 0,
+            data: Bytes::from_static(b"new"),
+        };
+        let (new, outcome) = decide(&op(cas_unique(&old)), Some(&current));
+        let new = new.expect("an older cas stores");
+        assert_eq!(outcome, Outcome::Store(StoreOutcome::Stored, 0));
+        assert!(new.stale && new.recache_claimed && new.expires_at == 77);
+        // A cas newer than the current version's is still a mismatch.
+        let newer = cas_unique(&current.0[0]) + 1;
+        assert_eq!(
+            decide(&op(newer), Some(&current)).1,
+            Outcome::Store(StoreOutcome::Exists, 0)
+        );
+        // The matching cas stores a fresh version.
+        let (new, _) = decide(&op(cas_unique(&current.0[0])), Some(&current));
+        assert!(!new.unwrap().stale);
+    }
+
+    #[test]
+    fn cas_uniques_grow_with_write_time() {
+        let earlier = record("a", 1_700_000_000_000_000, 1);
+        let later = record("a", 1_700_000_000_000_001, 2);
+        assert!(cas_unique(&later) > cas_unique(&earlier));
+        assert_ne!(cas_unique(&record("a", 0, 1)), 0);
     }
 }

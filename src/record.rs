@@ -19,6 +19,12 @@ pub struct Record {
     /// A delete: a version without a value that supersedes what it descends, so anti-entropy
     /// cannot resurrect the key. Its `expires_at` is when it may be purged.
     pub tombstone: bool,
+    /// Stale-while-revalidate (meta protocol): marked stale by `md <key> I`, or stored by
+    /// `ms … I` with an older cas; readers are told `X` and may still use the value.
+    pub stale: bool,
+    /// A reader was told it won the right to recache this version (`W`); later readers are
+    /// told `Z`. Amended in place (clock and cas stay), like a touch.
+    pub recache_claimed: bool,
 }
 
 /// Bytes a record is charged beyond key and value: map entry, LRU links, record fields.
@@ -91,6 +97,93 @@ impl Versions {
     }
 }
 
+/// The stored form of a key's versions (the disk engine's records). It starts with
+/// `[0, FORMAT]`; release 0.1.0 wrote the bare postcard vector of its records, whose first
+/// byte (the sibling count, at least 1) is never 0, so both are read. Older formats are
+/// rewritten in the current one by the next write of their key.
+pub mod format {
+    use super::{Record, Versions};
+    use crate::causality::VectorClock;
+    use bytes::Bytes;
+
+    /// 2: records gained `stale` and `recache_claimed` (meta protocol). 1: release 0.1.0.
+    pub const FORMAT: u8 = 2;
+
+    pub fn encode(versions: &Versions) -> Result<Vec<u8>, postcard::Error> {
+        let out = vec![0, FORMAT];
+        postcard::to_extend(versions, out)
+    }
+
+    /// None for bytes no known format decodes.
+    pub fn decode(bytes: &[u8]) -> Option<Versions> {
+        match bytes {
+            [0, FORMAT, rest @ ..] => postcard::from_bytes(rest).ok(),
+            [0, ..] => None,
+            legacy => {
+                let records: Vec<RecordV1> = postcard::from_bytes(legacy).ok()?;
+                Some(Versions(records.into_iter().map(Record::from).collect()))
+            }
+        }
+    }
+
+    /// A record as release 0.1.0 stored it.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(crate) struct RecordV1 {
+        pub value: Bytes,
+        pub flags: u32,
+        pub expires_at: u64,
+        pub timestamp: u64,
+        pub clock: VectorClock,
+        pub tombstone: bool,
+    }
+
+    impl From<RecordV1> for Record {
+        fn from(old: RecordV1) -> Record {
+            Record {
+                value: old.value,
+                flags: old.flags,
+                expires_at: old.expires_at,
+                timestamp: old.timestamp,
+                clock: old.clock,
+                tombstone: old.tombstone,
+                stale: false,
+                recache_claimed: false,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn current_and_release_0_1_0_records_decode() {
+            let mut record = crate::record::test_record("v", 7);
+            record.stale = true;
+            let versions = Versions::one(record.clone());
+            let encoded = encode(&versions).unwrap();
+            assert_eq!(&encoded[..2], &[0, FORMAT]);
+            assert_eq!(decode(&encoded), Some(versions));
+            let old = vec![RecordV1 {
+                value: record.value.clone(),
+                flags: record.flags,
+                expires_at: record.expires_at,
+                timestamp: record.timestamp,
+                clock: record.clock.clone(),
+                tombstone: false,
+            }];
+            let legacy = postcard::to_allocvec(&old).unwrap();
+            assert_ne!(legacy[0], 0, "a 0.1.0 record starts with its sibling count");
+            let read = decode(&legacy).expect("0.1.0 records stay readable");
+            assert_eq!(read.0[0].value, record.value);
+            assert!(!read.0[0].stale && !read.0[0].recache_claimed);
+            // An unknown future format is refused, not misread.
+            assert_eq!(decode(&[0, FORMAT + 1, 1]), None);
+            assert_eq!(decode(&[0]), None);
+        }
+    }
+}
+
 /// A live record written once by node 1, for tests of the layers above.
 #[cfg(test)]
 pub(crate) fn test_record(value: &str, expires_at: u64) -> Record {
@@ -101,5 +194,7 @@ pub(crate) fn test_record(value: &str, expires_at: u64) -> Record {
         timestamp: 1,
         clock: VectorClock::new().incremented(1),
         tombstone: false,
+        stale: false,
+        recache_claimed: false,
     }
 }

@@ -384,6 +384,7 @@ impl Coordinator {
         let ops::Transition {
             record,
             mut outcome,
+            amends,
         } = ops::transition(
             &op,
             current.as_ref(),
@@ -401,14 +402,15 @@ impl Coordinator {
                 self.hints.add(owner, &key);
             }
         }
-        // A touch keeps its version's clock; any other write gets a fresh one here.
-        let (versions, mut had_live, local_commit) = if matches!(outcome, Outcome::Touched(_)) {
+        // An amendment (touch, recache claim) keeps its version's clock; any other write
+        // gets a fresh one here.
+        let (versions, mut had_live, local_commit) = if amends {
             let versions = Versions::one(record);
             let (had_live, commit) = self.replica.apply(&key, versions.clone());
             (versions, had_live, commit)
         } else {
             let (stored, had_live, commit) = self.replica.apply_coordinated(&key, record, self.id);
-            outcome.set_cas(&stored);
+            outcome.set_stored(&stored);
             (Versions::one(stored), had_live, commit)
         };
         let needed = self.needed(self.quorum.w);

@@ -98,11 +98,13 @@ impl Replica {
                     _ => &incoming,
                 };
                 for version in &incoming.0 {
-                    // The same version with another expiry: a touch, which keeps clock and cas.
+                    // The same version amended (a touch, a recache claim), which keeps
+                    // clock and cas. A claim, once made, stays.
                     let same =
                         |k: &Record| k.clock == version.clock && k.timestamp == version.timestamp;
                     if let Some(held) = kept.iter_mut().find(|k| same(k)) {
                         held.expires_at = version.expires_at;
+                        held.recache_claimed |= version.recache_claimed;
                         continue;
                     }
                     let (next, dropped) =

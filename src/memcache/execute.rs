@@ -2,7 +2,7 @@
 
 use super::parse::{Command, Keys};
 use super::reply;
-use crate::node::{ArithOutcome, DeleteOutcome, Node, NodeError, StoreOutcome};
+use crate::node::{ArithOutcome, DeleteOutcome, Node, NodeError, StoreOutcome, StoreRequest};
 use std::sync::Arc;
 use tokio::io::AsyncWrite;
 
@@ -92,9 +92,15 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             data,
             noreply,
         } => {
-            let (outcome, _) = node
-                .store_item(mode, cas, key, flags, exptime, data)
-                .await?;
+            let request = StoreRequest {
+                mode,
+                cas,
+                stale_if_older: false,
+                flags,
+                exptime,
+                data,
+            };
+            let (outcome, _) = node.store_item(key, request).await?;
             if !noreply {
                 reply::line(
                     out,
@@ -131,9 +137,9 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             delta,
             noreply,
         } => {
-            let (outcome, _) = node.arith(key, incr, delta, None, None).await?;
+            let counted = node.arith(key, incr, delta, None, None, None).await?;
             if !noreply {
-                match outcome {
+                match counted.outcome {
                     ArithOutcome::Value(n) => {
                         reply::number(out, n);
                         out.extend_from_slice(b"\r\n");

@@ -67,6 +67,10 @@ mod tests {
             value: Bytes::from_static(b"a\r\nb"),
             flags: 42,
             cas: 7,
+            expires_at: 0,
+            written_secs: 0,
+            stale: false,
+            recache_claimed: false,
         };
         value(&mut out, b"k", &item, true);
         number(&mut out, 0);

@@ -5,6 +5,7 @@
 //! stats counters. Reports (`stats` and its sections) live in `report.rs`, the live
 //! configuration and SIGHUP reload in `settings.rs`.
 
+pub mod access;
 mod report;
 mod settings;
 
@@ -88,6 +89,71 @@ pub struct Item {
     pub value: Bytes,
     pub flags: u32,
     pub cas: u64,
+    /// Unix seconds; 0 = never.
+    pub expires_at: u64,
+    /// When the version was written, Unix seconds.
+    pub written_secs: u64,
+    /// Meta's stale-while-revalidate state (`X`, `Z`).
+    pub stale: bool,
+    pub recache_claimed: bool,
+}
+
+/// A storage command from any protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreRequest<'a> {
+    pub mode: StoreMode,
+    pub cas: CasGuard,
+    /// Meta `I` with a cas: an older cas stores a stale version (see `ops::WriteOp`).
+    pub stale_if_older: bool,
+    pub flags: u32,
+    pub exptime: i64,
+    pub data: &'a [u8],
+}
+
+/// What an incr/decr answers: the outcome, and the new version's cas and expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counted {
+    pub outcome: ArithOutcome,
+    pub cas: u64,
+    pub expires_at: u64,
+}
+
+/// A meta get's options that may change the item (memcached exptime rules for each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// `T`: the new exptime.
+    pub touch: Option<i64>,
+    /// `N`: on a miss, create an empty placeholder with this exptime.
+    pub vivify: Option<i64>,
+    /// `R`: win the recache token when the item expires sooner than this exptime.
+    pub recache: Option<i64>,
+    /// Not `u`: the access counts (hit before, last access).
+    pub bump: bool,
+    /// `h`, `l`: the access history before this request is wanted.
+    pub history: bool,
+}
+
+/// What a meta get found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    pub item: Option<Item>,
+    /// `W`: this reader should recache the item.
+    pub won: bool,
+    /// `Z`: another reader already holds the recache token.
+    pub claimed_before: bool,
+    /// The access history before this request (when asked for).
+    pub history: Option<access::History>,
+}
+
+/// What `me` shows of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Debug {
+    pub item: Item,
+    pub history: access::History,
+    /// Bytes the version is charged (the `bytes` stat).
+    pub size: usize,
+    /// Live versions held (more than one only with concurrent writes).
+    pub siblings: usize,
 }
 
 pub struct Node {
@@ -104,6 +170,7 @@ pub struct Node {
     cluster: OnceLock<Arc<Coordinator>>,
     counters: Counters,
     clients: Clients,
+    accesses: access::AccessLog,
     unreconciled: Unreconciled,
     started: Instant,
     /// Bumped by every `flush_all`, so a delayed flush superseded by a newer one does nothing.
@@ -120,6 +187,10 @@ fn item(record: &Record) -> Item {
         value: record.value.clone(),
         flags: record.flags,
         cas: ops::cas_unique(record),
+        expires_at: record.expires_at,
+        written_secs: record.timestamp / 1_000_000,
+        stale: record.stale,
+        recache_claimed: record.recache_claimed,
     }
 }
 
@@ -155,6 +226,7 @@ impl Node {
             cluster: OnceLock::new(),
             counters: Counters::default(),
             clients: Clients::default(),
+            accesses: access::AccessLog::default(),
             started: Instant::now(),
             flush_generation: AtomicU64::new(0),
             siblings_mode: AtomicBool::new(siblings),
@@ -264,7 +336,7 @@ impl Node {
             None => self.read_items(key).await?,
             Some(exptime) => self.touch_item(key, exptime).await?.into_iter().collect(),
         };
-        self.count_retrieval(&found);
+        self.count_retrieval(key, &found);
         Ok(found)
     }
 
@@ -275,20 +347,112 @@ impl Node {
             None => self.read_items(key).await?.into_iter().next(),
             Some(exptime) => self.touch_item(key, exptime).await?,
         };
-        self.count_retrieval(found.as_slice());
+        self.count_retrieval(key, found.as_slice());
         Ok(found)
     }
 
     async fn read_items(&self, key: &[u8]) -> Result<Vec<Item>, NodeError> {
         let versions = self.read(key).await?;
+        Ok(self
+            .visible(versions.as_ref())
+            .into_iter()
+            .map(item)
+            .collect())
+    }
+
+    /// The versions a get shows: every live sibling, newest first, under
+    /// `conflict_resolution = "siblings"`; else the last-write-wins one.
+    fn visible<'v>(&self, versions: Option<&'v Versions>) -> Vec<&'v Record> {
         if self.siblings_mode.load(Ordering::Relaxed) {
             let mut live: Vec<&Record> = versions.iter().flat_map(|v| v.live()).collect();
             live.sort_by_key(|r| std::cmp::Reverse(r.timestamp));
-            Ok(live.into_iter().map(item).collect())
+            live
         } else {
-            let newest = versions.as_ref().and_then(Versions::newest_live);
-            Ok(newest.map(item).into_iter().collect())
+            versions
+                .and_then(Versions::newest_live)
+                .into_iter()
+                .collect()
         }
+    }
+
+    /// A meta get: a read, and a write only when the request changes the item (`T`), a
+    /// miss is to be vivified (`N`), or the reader wins the recache token (a stale version,
+    /// or `R` and an expiry that close), which the write then decides atomically.
+    pub async fn fetch(&self, key: &[u8], request: FetchRequest) -> Result<Fetch, NodeError> {
+        let now = unix_now().as_secs();
+        let touch = request.touch.map(|exptime| expiry(exptime, now));
+        let vivify = request.vivify.map(|exptime| expiry(exptime, now));
+        let recache_before = request.recache.map(|exptime| expiry(exptime, now));
+        let fetch_op = WriteOp::Fetch {
+            touch,
+            vivify,
+            recache_before,
+        };
+        let mut fetched = None;
+        if touch.is_none() {
+            let versions = self.read(key).await?;
+            let newest = self.visible(versions.as_ref()).first().copied();
+            let wins = |r: &Record| {
+                let expiring =
+                    recache_before.is_some_and(|before| r.expires_at != 0 && r.expires_at < before);
+                !r.recache_claimed && (r.stale || expiring)
+            };
+            let needs_write = newest.map_or(vivify.is_some(), wins);
+            if !needs_write {
+                fetched = Some(ops::Fetched {
+                    record: newest.cloned(),
+                    won: false,
+                    claimed_before: newest.is_some_and(|r| r.recache_claimed),
+                    created: false,
+                });
+            }
+        }
+        let fetched = match fetched {
+            Some(fetched) => fetched,
+            None => match self.write(key, fetch_op).await? {
+                Outcome::Fetched(fetched) => fetched,
+                _ => return Err(NodeError::UnexpectedOutcome("a meta get")),
+            },
+        };
+        let found = fetched.record.as_ref().map(item);
+        if touch.is_some() {
+            self.counters.cmd_touch.add(1);
+            let (hit, miss) = (&self.counters.touch_hits, &self.counters.touch_misses);
+            (if found.is_some() { hit } else { miss }).add(1);
+        }
+        let history = (request.history).then(|| {
+            self.accesses.track();
+            let (cas, written) = found.as_ref().map_or((0, 0), |i| (i.cas, i.written_secs));
+            self.accesses.history(key, cas, written)
+        });
+        if request.bump {
+            self.count_retrieval(key, found.as_slice());
+        } else {
+            self.count_lookups(found.as_slice());
+        }
+        Ok(Fetch {
+            item: found,
+            won: fetched.won,
+            claimed_before: fetched.claimed_before,
+            history,
+        })
+    }
+
+    /// `me`: what this node can tell of a key without counting it as an access.
+    pub async fn debug(&self, key: &[u8]) -> Result<Option<Debug>, NodeError> {
+        let versions = self.read(key).await?;
+        let visible = self.visible(versions.as_ref());
+        let Some(&newest) = visible.first() else {
+            return Ok(None);
+        };
+        self.accesses.track();
+        let shown = item(newest);
+        Ok(Some(Debug {
+            history: self.accesses.history(key, shown.cas, shown.written_secs),
+            size: newest.footprint(key),
+            siblings: versions.as_ref().map_or(0, |v| v.live().count()),
+            item: shown,
+        }))
     }
 
     async fn touch_item(&self, key: &[u8], exptime: i64) -> Result<Option<Item>, NodeError> {
@@ -305,7 +469,16 @@ impl Node {
         Ok(touched)
     }
 
-    fn count_retrieval(&self, found: &[Item]) {
+    /// Counts a retrieval in the stats and notes the access (hit before, last access).
+    fn count_retrieval(&self, key: &[u8], found: &[Item]) {
+        self.count_lookups(found);
+        let now = unix_now().as_secs();
+        for item in found {
+            self.accesses.note(key, item.cas, now);
+        }
+    }
+
+    fn count_lookups(&self, found: &[Item]) {
         if found.is_empty() {
             self.counters.get_misses.add(1);
         }
@@ -320,16 +493,21 @@ impl Node {
     /// cas guard (text `cas` is a guarded set). Answers the stored version's cas unique.
     pub async fn store_item(
         &self,
-        mode: StoreMode,
-        cas: CasGuard,
         key: &[u8],
-        flags: u32,
-        exptime: i64,
-        data: &[u8],
+        request: StoreRequest<'_>,
     ) -> Result<(StoreOutcome, u64), NodeError> {
+        let StoreRequest {
+            mode,
+            cas,
+            stale_if_older,
+            flags,
+            exptime,
+            data,
+        } = request;
         let op = WriteOp::Store {
             mode,
             cas,
+            stale_if_older,
             flags,
             expires_at: expiry(exptime, unix_now().as_secs()),
             data: Bytes::copy_from_slice(data),
@@ -363,6 +541,24 @@ impl Node {
             .map(|_| ())
     }
 
+    /// Meta `md … I`: marks the version stale (a new cas; the next reader wins the
+    /// recache), with a new exptime when given.
+    pub async fn invalidate(
+        &self,
+        key: &[u8],
+        cas: CasGuard,
+        exptime: Option<i64>,
+    ) -> Result<DeleteOutcome, NodeError> {
+        let expires_at = exptime.map(|exptime| expiry(exptime, unix_now().as_secs()));
+        match self
+            .write(key, WriteOp::Invalidate { cas, expires_at })
+            .await?
+        {
+            Outcome::Deleted(outcome) => Ok(outcome),
+            _ => Err(NodeError::UnexpectedOutcome("an invalidation")),
+        }
+    }
+
     /// A delete, only of the version `cas` names when given.
     pub async fn delete(&self, key: &[u8], cas: CasGuard) -> Result<DeleteOutcome, NodeError> {
         let outcome = match self.write(key, WriteOp::Delete { cas }).await? {
@@ -379,8 +575,8 @@ impl Node {
     }
 
     /// incr (wrapping at 2^64) and decr (stopping at 0), guarded by `cas` when given; a
-    /// missing key is created from `vivify` (initial value, exptime) when given. Answers
-    /// the new version's cas unique.
+    /// missing key is created from `vivify` (initial value, exptime) when given; `touch`
+    /// sets an updated counter's exptime. Answers the new version's cas and expiry.
     pub async fn arith(
         &self,
         key: &[u8],
@@ -388,21 +584,33 @@ impl Node {
         delta: u64,
         cas: CasGuard,
         vivify: Option<(u64, i64)>,
-    ) -> Result<(ArithOutcome, u64), NodeError> {
+        touch: Option<i64>,
+    ) -> Result<Counted, NodeError> {
+        let now = unix_now().as_secs();
         let vivify = vivify.map(|(initial, exptime)| ops::Vivify {
             initial,
-            expires_at: expiry(exptime, unix_now().as_secs()),
+            expires_at: expiry(exptime, now),
         });
         let op = WriteOp::Arith {
             incr,
             delta,
             cas,
             vivify,
+            touch: touch.map(|exptime| expiry(exptime, now)),
         };
-        let (outcome, unique) = match self.write(key, op).await? {
-            Outcome::Arith(outcome, unique) => (outcome, unique),
+        let counted = match self.write(key, op).await? {
+            Outcome::Arith {
+                outcome,
+                cas,
+                expires_at,
+            } => Counted {
+                outcome,
+                cas,
+                expires_at,
+            },
             _ => return Err(NodeError::UnexpectedOutcome("incr/decr")),
         };
+        let outcome = counted.outcome;
         let counters = &self.counters;
         let (hit, miss) = if incr {
             (&counters.incr_hits, &counters.incr_misses)
@@ -414,7 +622,7 @@ impl Node {
             ArithOutcome::NotFound => miss.add(1),
             ArithOutcome::NonNumeric | ArithOutcome::Exists => {}
         }
-        Ok((outcome, unique))
+        Ok(counted)
     }
 
     /// `touch`: the touched value (whose cas stays, as in memcached), if there was one.

@@ -219,6 +219,8 @@ mod tests {
             timestamp: 1000 + counter,
             clock,
             tombstone,
+            stale: false,
+            recache_claimed: false,
         }
     }
 

@@ -121,7 +121,7 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 fn decode(bytes: &[u8]) -> Option<Versions> {
-    postcard::from_bytes(bytes).ok()
+    crate::record::format::decode(bytes)
 }
 
 impl DiskStore {
@@ -615,8 +615,8 @@ impl Committer {
                         }
                         match &op.new {
                             Some(versions) => {
-                                let encoded =
-                                    postcard::to_allocvec(versions).map_err(StoreError::Encode)?;
+                                let encoded = crate::record::format::encode(versions)
+                                    .map_err(StoreError::Encode)?;
                                 records
                                     .insert(op.key.as_slice(), encoded.as_slice())
                                     .map_err(StoreError::disk)?;

@@ -225,6 +225,7 @@ fn set_op(value: &str) -> WriteOp {
     WriteOp::Store {
         mode: StoreMode::Set,
         cas: None,
+        stale_if_older: false,
         flags: 0,
         expires_at: 0,
         data: Bytes::copy_from_slice(value.as_bytes()),

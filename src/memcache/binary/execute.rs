@@ -10,7 +10,8 @@ use super::frame::{Header, Request, Status, RESPONSE_MAGIC};
 use crate::memcache::auth::{self, Auth};
 use crate::memcache::execute::Flow;
 use crate::node::{
-    ArithOutcome, DeleteOutcome, Item, Node, NodeError, StatsSection, StoreOutcome, SERVER_VERSION,
+    ArithOutcome, DeleteOutcome, Item, Node, NodeError, StatsSection, StoreOutcome, StoreRequest,
+    SERVER_VERSION,
 };
 use crate::ops::StoreMode;
 use std::net::SocketAddr;
@@ -147,7 +148,15 @@ async fn run(
                 (mode, _) => mode,
             };
             let exptime = i64::from(exptime);
-            let (outcome, cas) = (node.store_item(mode, guard, key, flags, exptime, value)).await?;
+            let request = StoreRequest {
+                mode,
+                cas: guard,
+                stale_if_older: false,
+                flags,
+                exptime,
+                data: value,
+            };
+            let (outcome, cas) = node.store_item(key, request).await?;
             let status = match (outcome, mode) {
                 (StoreOutcome::Stored, _) => Status::Success,
                 (StoreOutcome::Exists, _) | (StoreOutcome::NotStored, StoreMode::Add) => {
@@ -179,12 +188,13 @@ async fn run(
             quiet,
         } => {
             let vivify = (exptime != u32::MAX).then_some((initial, i64::from(exptime)));
-            match node.arith(key, incr, delta, guard, vivify).await? {
-                (ArithOutcome::Value(_), _) if quiet => {}
-                (ArithOutcome::Value(n), cas) => success(out, header, cas, &n.to_be_bytes()),
-                (ArithOutcome::NotFound, _) => error(out, header, Status::KeyNotFound),
-                (ArithOutcome::NonNumeric, _) => error(out, header, Status::NonNumeric),
-                (ArithOutcome::Exists, _) => error(out, header, Status::KeyExists),
+            let counted = node.arith(key, incr, delta, guard, vivify, None).await?;
+            match counted.outcome {
+                ArithOutcome::Value(_) if quiet => {}
+                ArithOutcome::Value(n) => success(out, header, counted.cas, &n.to_be_bytes()),
+                ArithOutcome::NotFound => error(out, header, Status::KeyNotFound),
+                ArithOutcome::NonNumeric => error(out, header, Status::NonNumeric),
+                ArithOutcome::Exists => error(out, header, Status::KeyExists),
             }
         }
         Request::Quit { quiet } => {
