@@ -454,9 +454,12 @@ fn new_record(new: NewValue, base: &VectorClock, writer: NodeId, stamp: u64) -> 
 /// A cas unique: identifies the version (its write time, with 12 bits of its clock's
 /// digest telling apart concurrent versions stamped in the same microsecond); never 0.
 /// Ordered like the write times, so a later version of a key has a greater cas (meta's
-/// `ms … I` compares them, as memcached does its counter).
+/// `ms … I` compares them, as memcached does its counter). Counted from 2020, so it stays
+/// below 2^63 (clients with signed 64-bit integers, PHP's) for some seventy years.
 pub fn cas_unique(record: &Record) -> u64 {
-    let ordered = (record.timestamp << 12) | (record.clock.digest() & 0xfff);
+    const CAS_EPOCH_MICROS: u64 = 1_577_836_800_000_000;
+    let since = record.timestamp.saturating_sub(CAS_EPOCH_MICROS);
+    let ordered = (since << 12) | (record.clock.digest() & 0xfff);
     ordered.max(1)
 }
 
@@ -788,6 +791,7 @@ mod tests {
         let earlier = record("a", 1_700_000_000_000_000, 1);
         let later = record("a", 1_700_000_000_000_001, 2);
         assert!(cas_unique(&later) > cas_unique(&earlier));
+        assert!(cas_unique(&later) < i64::MAX as u64);
         assert_ne!(cas_unique(&record("a", 0, 1)), 0);
     }
 }

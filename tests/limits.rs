@@ -317,14 +317,24 @@ fn a_meta_set_value_never_runs_as_commands() {
     let kai = Kai::start("");
     let mut client = kai.client();
     client.set("victim", b"safe");
-    client.send(b"ms victim 13 T0\r\ndelete victim\r\n");
-    assert_eq!(client.line(), "ERROR\r\n");
+    // Accepted, the block is the value; refused, it is swallowed, never run.
+    client.send(b"ms other 13 T0\r\ndelete victim\r\n");
+    assert_eq!(client.line(), "HD\r\n");
+    client.send(b"ms other 13 MZ\r\ndelete victim\r\nms other 13 Fx\r\ndelete victim\r\n");
+    assert_eq!(
+        client.line(),
+        "CLIENT_ERROR invalid mode for ms M token\r\n"
+    );
+    assert_eq!(client.line(), "CLIENT_ERROR bad command line format\r\n");
     assert_eq!(client.get("victim").as_deref(), Some(&b"safe"[..]));
-    // A value beyond the item limit is discarded as it streams.
+    assert_eq!(client.get("other").as_deref(), Some(&b"delete victim"[..]));
+    // A value beyond the item limit is discarded as it streams, and (memcached's rule)
+    // the key's old value dropped, so a stale one cannot be read back.
     let big = vec![b'z'; 3 << 20];
     client.send(format!("ms victim {}\r\n", big.len()).as_bytes());
     client.send(&big);
-    client.send(b"\r\n");
-    assert_eq!(client.line(), "ERROR\r\n");
-    assert_eq!(client.get("victim").as_deref(), Some(&b"safe"[..]));
+    client.send(b"\r\nmn\r\n");
+    assert_eq!(client.line(), "SERVER_ERROR object too large for cache\r\n");
+    assert_eq!(client.line(), "MN\r\n");
+    assert_eq!(client.get("victim"), None);
 }

@@ -182,6 +182,7 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             log::debug!("closing a client connection that sent an HTTP request line");
             return Ok(Flow::Close);
         }
+        Command::Meta(meta) => super::meta::execute::execute(meta, node, out).await?,
         Command::Reply(Some(text)) => reply::line(out, text),
         Command::Reply(None) => {}
     }

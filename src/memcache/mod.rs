@@ -7,5 +7,6 @@ pub mod binary;
 pub mod connection;
 pub mod execute;
 pub mod listener;
+pub mod meta;
 pub mod parse;
 pub mod reply;

@@ -28,6 +28,7 @@ pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
 pub const TOO_MANY_KEYS: &str = "CLIENT_ERROR too many keys (at most 10000 per request)";
 pub const LINE_TOO_LONG: &str = "CLIENT_ERROR line too long";
 
+use super::meta::{self, parse::Line, parse::Verb as MetaVerb, Meta};
 pub use crate::node::StatsSection;
 pub use crate::ops::StoreMode;
 
@@ -85,6 +86,8 @@ pub enum Command<'a> {
     /// posting to this port. The connection is closed without a reply, as memcached does,
     /// so nothing after the line (a body holding memcached commands) runs.
     HttpRequest,
+    /// A meta command (`mg ms md ma mn me`).
+    Meta(Meta<'a>),
     /// A complete request that only earns a fixed reply (`ERROR`, `CLIENT_ERROR …`), or
     /// nothing when the client asked for `noreply`.
     Reply(Option<&'static str>),
@@ -186,19 +189,70 @@ pub fn parse(buf: &[u8], max_item_size: usize) -> Parsed<'_> {
                 None => Command::Reply((!noreply).then_some(BAD_FORMAT)),
             })
         }
-        // Meta set is not served yet (it answers ERROR as any unknown command), but its data
-        // block is framed and discarded: a value must never run as commands.
-        b"ms" if n >= 3 => match parse_u32(words.get(2).unwrap_or_default()) {
-            Some(length) => Parsed::Frame(Frame {
-                command: Command::Reply(Some("ERROR")),
-                consumed: line_end,
-                swallow: u64::from(length) + 2,
-            }),
-            None => frame(Command::Reply(Some("ERROR"))),
-        },
+        _ if MetaVerb::named(name).is_some() => {
+            let verb = MetaVerb::named(name).expect("matched");
+            meta(buf, line, line_end, verb, max_item_size)
+        }
         _ if n > 1 && words.last.starts_with(b"HTTP/") => frame(Command::HttpRequest),
         _ => frame(Command::Reply(Some("ERROR"))),
     }
+}
+
+/// A meta command line (and an `ms` data block).
+fn meta<'a>(
+    buf: &'a [u8],
+    line: &'a [u8],
+    line_end: usize,
+    verb: MetaVerb,
+    max_item_size: usize,
+) -> Parsed<'a> {
+    // A few words past memcached's limit of 20 tokens are enough to refuse a longer line.
+    let mut words: [&[u8]; 24] = [&[]; 24];
+    let mut count = 0;
+    for word in line.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
+        if count == words.len() {
+            break;
+        }
+        words[count] = word;
+        count += 1;
+    }
+    let words = &words[..count];
+    let frame = |command, consumed, swallow| {
+        Parsed::Frame(Frame {
+            command,
+            consumed,
+            swallow,
+        })
+    };
+    let request = match meta::parse::parse(verb, words, line) {
+        Line::Noop => return frame(Command::Meta(Meta::Noop), line_end, 0),
+        Line::Debug(key) => return frame(Command::Meta(Meta::Debug(key)), line_end, 0),
+        Line::Refused { reply, swallow } => {
+            return frame(Command::Reply(Some(reply)), line_end, swallow.unwrap_or(0))
+        }
+        Line::Request(request) => request,
+    };
+    if verb != MetaVerb::Set {
+        let command = Command::Meta(Meta::Request { request, data: &[] });
+        return frame(command, line_end, 0);
+    }
+    let length = Line::data_len(words).expect("checked by the meta parser");
+    if length > max_item_size {
+        return frame(
+            Command::Meta(Meta::TooLarge(request)),
+            line_end,
+            length as u64 + 2,
+        );
+    }
+    let total = line_end + length + 2;
+    if buf.len() < total {
+        return Parsed::Incomplete { need: total };
+    }
+    if &buf[line_end + length..total] != b"\r\n" {
+        return frame(Command::Reply(Some(BAD_CHUNK)), total, 0);
+    }
+    let data = &buf[line_end..line_end + length];
+    frame(Command::Meta(Meta::Request { request, data }), total, 0)
 }
 
 fn line_limit(line: &[u8]) -> usize {

@@ -378,13 +378,30 @@ proptest! {
 
 #[test]
 fn a_meta_set_data_block_never_runs_as_commands() {
-    let stream = b"ms victim 13 T0\r\ndelete victim\r\nget victim\r\n";
-    assert_eq!(
-        replay([&stream[..]], 1024),
-        vec![
-            "Reply(Some(\"ERROR\"))".to_string(),
-            "Retrieve { keys: Keys([118, 105, 99, 116, 105, 109]), with_cas: false, touch: None }"
-                .to_string()
-        ]
+    // Stored as a value when accepted, swallowed when refused (a bad mode, a bad flag).
+    let stream = b"ms victim 13 T0\r\ndelete victim\r\nms victim 13 MZ\r\ndelete victim\r\nms victim 13 Fx\r\ndelete victim\r\nget victim\r\n";
+    let seen = replay([&stream[..]], 1024);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen[0].starts_with("Meta(Request {"), "{}", seen[0]);
+    assert!(
+        seen[0].contains("[100, 101, 108, 101, 116, 101"),
+        "the data block"
     );
+    assert_eq!(
+        seen[1],
+        "Reply(Some(\"CLIENT_ERROR invalid mode for ms M token\"))"
+    );
+    assert_eq!(
+        seen[2],
+        "Reply(Some(\"CLIENT_ERROR bad command line format\"))"
+    );
+    assert!(seen[3].starts_with("Retrieve"), "{}", seen[3]);
+    // Over the item limit: refused, and the block discarded as it streams.
+    let mut big = b"ms victim 2000\r\n".to_vec();
+    big.extend(vec![b'x'; 2000]);
+    big.extend(b"\r\nmn\r\n");
+    let seen = replay(big.chunks(100), 1024);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].starts_with("Meta(TooLarge("), "{}", seen[0]);
+    assert_eq!(seen[1], "Meta(Noop)");
 }
