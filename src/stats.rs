@@ -44,6 +44,12 @@ impl Counter {
             sum.wrapping_add(slot.0.load(Ordering::Relaxed))
         })
     }
+
+    fn reset(&self) {
+        for slot in &self.0 {
+            slot.0.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 macro_rules! counters {
@@ -52,6 +58,16 @@ macro_rules! counters {
         #[derive(Default)]
         pub struct Counters {
             $(pub $name: Counter,)*
+        }
+
+        impl Counters {
+            /// `stats reset`: every event counter back to 0; the gauge (open
+            /// connections) stays.
+            pub fn reset(&self) {
+                $(if stringify!($name) != "curr_connections" {
+                    self.$name.reset();
+                })*
+            }
         }
     };
 }

@@ -7,18 +7,9 @@ mod common;
 use common::{Client, Kai, Memcached};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const SENTINEL: &[u8] = b"set __sentinel 0 0 6\r\nSENTIN\r\nget __sentinel\r\n";
-const SENTINEL_REPLY: &[u8] = b"STORED\r\nVALUE __sentinel 0 6\r\nSENTIN\r\nEND\r\n";
-
 /// Runs `script` on a fresh connection after a flush and returns the normalized replies.
 fn session(client: &mut Client, script: &[u8]) -> String {
-    client.send(b"flush_all\r\n");
-    assert_eq!(client.line(), "OK\r\n");
-    client.send(script);
-    client.send(SENTINEL);
-    let mut reply = client.read_until(SENTINEL_REPLY);
-    reply.truncate(reply.len() - SENTINEL_REPLY.len());
-    normalize(&reply)
+    normalize(&client.script(script))
 }
 
 /// Replaces what legitimately differs: cas uniques and the version string.

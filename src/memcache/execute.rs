@@ -170,6 +170,10 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             }
         }
         Command::Stats(section) => crate::stats::render(&node.stats(section), out),
+        Command::StatsReset => {
+            node.counters().reset();
+            reply::line(out, "RESET");
+        }
         Command::Version => reply::line(out, &format!("VERSION {}", crate::node::SERVER_VERSION)),
         Command::Verbosity { noreply } => {
             if !noreply {

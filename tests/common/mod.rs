@@ -360,6 +360,20 @@ impl Client {
     }
 
     /// Sends a request and returns its one-line reply.
+    /// Runs `script` after a `flush_all` and returns every reply to it: a sentinel set
+    /// and get sent after it mark where the replies end.
+    pub fn script(&mut self, script: &[u8]) -> Vec<u8> {
+        const SENTINEL: &[u8] = b"set __sentinel 0 0 6\r\nSENTIN\r\nget __sentinel\r\n";
+        const SENTINEL_REPLY: &[u8] = b"STORED\r\nVALUE __sentinel 0 6\r\nSENTIN\r\nEND\r\n";
+        self.send(b"flush_all\r\n");
+        assert_eq!(self.line(), "OK\r\n");
+        self.send(script);
+        self.send(SENTINEL);
+        let mut reply = self.read_until(SENTINEL_REPLY);
+        reply.truncate(reply.len() - SENTINEL_REPLY.len());
+        reply
+    }
+
     pub fn call(&mut self, request: &str) -> String {
         self.send(request.as_bytes());
         self.line()
