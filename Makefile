@@ -30,7 +30,8 @@ deps:
 	scripts/install-test-deps.sh $(APT_PACKAGES)
 	command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
 	test -x $(VENV)/bin/python3 || python3 -m venv $(VENV)
-	$(VENV)/bin/python3 -c 'import pymemcache' 2>/dev/null || $(VENV)/bin/pip install --quiet pymemcache
+	$(VENV)/bin/python3 -c 'import pymemcache, meta_memcache, pytest' 2>/dev/null || \
+		$(VENV)/bin/pip install --quiet pymemcache==4.0.0 meta-memcache==4.3.0 pytest
 	command -v npm >/dev/null || scripts/install-test-deps.sh nodejs npm
 	test -d target/npm/node_modules/memjs || \
 		npm install --silent --no-audit --no-fund --prefix target/npm $(MEMJS)

@@ -251,13 +251,12 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                 (StoreMode::Set, None) if cas.is_some() => return refuse(StoreOutcome::NotFound),
                 // With siblings, a cas taken from any of them may resolve them all.
                 (StoreMode::Set | StoreMode::Replace, Some(record))
-                    if *stale_if_older && !guard_holds(*cas, &live) =>
+                    if *stale_if_older && cas.is_some() && !guard_holds(*cas, &live) =>
                 {
-                    // memcached's "set-to-invalid": an older cas still stores, marked
-                    // stale, keeping the current expiry and recache claim.
-                    if cas.is_none_or(|unique| unique >= cas_unique(record)) {
-                        return refuse(StoreOutcome::Exists);
-                    }
+                    // memcached's "set-to-invalid": a cas of an older version still
+                    // stores, marked stale, keeping the current expiry and recache claim.
+                    // (memcached compares counters; kai's cas are digests, and a token that
+                    // names no current version was taken from an older one.)
                     let new = NewValue {
                         stale: true,
                         recache_claimed: record.recache_claimed,
@@ -451,16 +450,14 @@ fn new_record(new: NewValue, base: &VectorClock, writer: NodeId, stamp: u64) -> 
     }
 }
 
-/// A cas unique: identifies the version (its write time, with 12 bits of its clock's
-/// digest telling apart concurrent versions stamped in the same microsecond); never 0.
-/// Ordered like the write times, so a later version of a key has a greater cas (meta's
-/// `ms … I` compares them, as memcached does its counter). Counted from 2020, so it stays
-/// below 2^63 (clients with signed 64-bit integers, PHP's) for some seventy years.
+/// A cas unique: a 32-bit digest of the version (its clock and write time); never 0.
+/// memcached's counter is 64 bits but stays small for years, and clients rely on that:
+/// meta-memcache reads any cas above 2^32 as none. Two versions of one key share a cas
+/// with odds of 1 in 2^32, which a guarded write racing another would then overwrite.
 pub fn cas_unique(record: &Record) -> u64 {
-    const CAS_EPOCH_MICROS: u64 = 1_577_836_800_000_000;
-    let since = record.timestamp.saturating_sub(CAS_EPOCH_MICROS);
-    let ordered = (since << 12) | (record.clock.digest() & 0xfff);
-    ordered.max(1)
+    let mixed = (record.clock.digest() ^ record.timestamp.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_mul(0xff51_afd7_ed55_8ccd);
+    u64::from((mixed >> 32) as u32).max(1)
 }
 
 /// Parses an incr/decr operand as memcached does: leading blanks, digits, then blanks or end.
@@ -742,7 +739,7 @@ mod tests {
         let done = transition(&invalidate, Some(&Versions::one(claimed)), 2, 30);
         let stale = done.record.expect("invalidate writes");
         assert!(stale.stale && !stale.recache_claimed && stale.expires_at == 30);
-        assert!(cas_unique(&stale) > cas_unique(&expiring.0[0]));
+        assert_ne!(cas_unique(&stale), cas_unique(&expiring.0[0]));
         let stale = Versions::one(stale);
         let done = transition(&fetch(None, None, None), Some(&stale), 2, 40);
         assert!(fetched(&done.outcome).won);
@@ -775,10 +772,13 @@ mod tests {
         let new = new.expect("an older cas stores");
         assert_eq!(outcome, Outcome::Store(StoreOutcome::Stored, 0));
         assert!(new.stale && new.recache_claimed && new.expires_at == 77);
-        // A cas newer than the current version's is still a mismatch.
-        let newer = cas_unique(&current.0[0]) + 1;
+        // Without I, the same old cas is a mismatch.
+        let mut plain = op(cas_unique(&old));
+        if let WriteOp::Store { stale_if_older, .. } = &mut plain {
+            *stale_if_older = false;
+        }
         assert_eq!(
-            decide(&op(newer), Some(&current)).1,
+            decide(&plain, Some(&current)).1,
             Outcome::Store(StoreOutcome::Exists, 0)
         );
         // The matching cas stores a fresh version.
@@ -787,11 +787,11 @@ mod tests {
     }
 
     #[test]
-    fn cas_uniques_grow_with_write_time() {
-        let earlier = record("a", 1_700_000_000_000_000, 1);
-        let later = record("a", 1_700_000_000_000_001, 2);
-        assert!(cas_unique(&later) > cas_unique(&earlier));
-        assert!(cas_unique(&later) < i64::MAX as u64);
-        assert_ne!(cas_unique(&record("a", 0, 1)), 0);
+    fn cas_uniques_fit_32_bits_and_tell_versions_apart() {
+        let uniques: std::collections::HashSet<u64> = (0..10_000)
+            .map(|t| cas_unique(&record("a", 1_700_000_000_000_000 + t, 1 + t % 3)))
+            .collect();
+        assert_eq!(uniques.len(), 10_000);
+        assert!(uniques.iter().all(|&c| c != 0 && c <= u64::from(u32::MAX)));
     }
 }

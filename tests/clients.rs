@@ -181,6 +181,91 @@ fn binary_protocol_clients_work_against_a_three_node_cluster() {
     assert!(sets > 100, "{sets}");
 }
 
+/// meta-memcache (PyPI), a meta-protocol-only client: get/set/delete, modes, cas,
+/// arithmetic, leases, stale-while-revalidate and recache (tests/clients/).
+fn meta_memcache_passes(servers: &str) {
+    let python = common::venv_python();
+    let out = client_script(
+        python.to_str().unwrap(),
+        "meta_memcache_check.py",
+        servers,
+        None,
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("all checks passed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn meta_protocol_client_works_against_one_node() {
+    let kai = Kai::start("");
+    meta_memcache_passes(&kai.addr.to_string());
+}
+
+#[test]
+fn meta_protocol_client_works_against_a_three_node_cluster() {
+    let cluster = common::cluster::Cluster::start(45, 3, "quorum = { n = 3, r = 2, w = 2 }\n");
+    assert!(
+        cluster.wait_converged(&[0, 1, 2], std::time::Duration::from_secs(30)),
+        "no convergence"
+    );
+    let servers: Vec<String> = (cluster.members.iter())
+        .map(|m| m.memcache.to_string())
+        .collect();
+    meta_memcache_passes(&servers.join(","));
+    let gets: u64 = (0..3)
+        .map(|i| cluster.stats(i)["cmd_get"].parse::<u64>().unwrap())
+        .sum();
+    assert!(gets > 40, "{gets}");
+}
+
+/// pymemcache ships its own integration suite (pymemcache/test/test_integration.py, run
+/// by pytest with --server and --port): all of it passes against kai.
+#[test]
+fn pymemcache_integration_suite_passes() {
+    let kai = Kai::start("");
+    let python = common::venv_python();
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import pymemcache.test, os; print(os.path.dirname(pymemcache.test.__file__))",
+        ])
+        .output()
+        .unwrap();
+    let suite = String::from_utf8_lossy(&out.stdout).trim().to_string() + "/test_integration.py";
+    let port = kai.addr.port().to_string();
+    let mut pytest = Command::new(&python);
+    pytest.args([
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore",
+        &suite,
+    ]);
+    pytest.args(["--server", "127.0.0.1", "--port", &port]);
+    // test_misc sets cache_memlimit, which the disk engine (holding no items in memory)
+    // refuses with a CLIENT_ERROR.
+    if std::env::var("KAI_TEST_ENGINE").as_deref() == Ok("disk") {
+        pytest.args(["-k", "not test_misc"]);
+    }
+    let out = pytest.output().expect("pytest (make deps)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let passed: u32 = (text.split_whitespace())
+        .zip(text.split_whitespace().skip(1))
+        .find(|(_, word)| word.starts_with("passed"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 90, "{text}");
+}
+
 #[test]
 fn sasl_clients_log_in_and_wrong_passwords_are_refused() {
     let users = tempfile::tempdir().unwrap();

@@ -217,10 +217,12 @@ fn revalidation_with_cas_matches_memcached() {
     assert!(expected.contains(&"VA 3 t<ttl> Z X\r\nnew\r\n".to_string()));
 }
 
-/// What kai adds: `me` reports the sibling count, cas uniques grow with every write, and
-/// `stats reset` zeroes the event counters but not the open connections.
+/// What kai adds or answers its own way: `me` reports the sibling count, cas uniques fit
+/// 32 bits, `stats reset` zeroes the event counters but not the open connections,
+/// `stats cachedump` lists what the node holds and `cache_memlimit` changes the memory
+/// engine's limit until restart.
 #[test]
-fn kai_extensions_and_stats_reset() {
+fn kai_extensions_and_admin_commands() {
     let kai = Kai::start("");
     let mut client = kai.client();
     client.send(b"ms k 1\r\nx\r\nmg k c\r\n");
@@ -228,8 +230,11 @@ fn kai_extensions_and_stats_reset() {
     let first: u64 = cas_of(&client.line()).parse().unwrap();
     client.send(b"ms k 1 c\r\ny\r\n");
     let second: u64 = cas_of(&client.line()).parse().unwrap();
-    assert!(second > first, "{second} after {first}");
-    assert!(second < i64::MAX as u64, "fits a signed 64-bit integer");
+    assert_ne!(second, first);
+    assert!(
+        first.max(second) <= u64::from(u32::MAX),
+        "clients read 32 bits"
+    );
     let debug = client.call("me k\r\n");
     assert!(debug.ends_with(" siblings=1\r\n"), "{debug}");
     client.call("mg k v\r\n");
@@ -253,4 +258,36 @@ fn kai_extensions_and_stats_reset() {
     client.send(b"ms dGVzdA== 1 b\r\nz\r\nmg test k v\r\n");
     assert_eq!(client.line(), "HD\r\n");
     assert_eq!(client.line(), "VA 1 ktest\r\n");
+    assert_eq!(client.line(), "z\r\n");
+    client.send(b"ms dump 3 T0\r\nabc\r\n");
+    assert_eq!(client.line(), "HD\r\n");
+    let dump = client.call_until("stats cachedump 1 0\r\n", "END\r\n");
+    assert!(dump.contains("ITEM dump [3 b; 0 s]\r\n"), "{dump}");
+    assert_eq!(dump.matches("ITEM ").count(), 3, "{dump}");
+    let one = client.call_until("stats cachedump 1 1\r\n", "END\r\n");
+    assert_eq!(one.matches("ITEM ").count(), 1, "{one}");
+    assert_eq!(client.call("stats cachedump 2 0\r\n"), "END\r\n");
+    assert_eq!(client.call("cache_memlimit 8\r\n"), "OK\r\n");
+    assert_eq!(
+        client.stats("stats")["limit_maxbytes"],
+        (8u64 << 20).to_string()
+    );
+    assert_eq!(
+        client.stats("stats settings")["maxbytes"],
+        (8u64 << 20).to_string()
+    );
+    // Filled past the new limit, the memory engine evicts.
+    let value = vec![b'v'; 100_000];
+    for i in 0..200 {
+        client.send(format!("ms fill{i} {} q\r\n", value.len()).as_bytes());
+        client.send(&value);
+        client.send(b"\r\n");
+    }
+    assert_eq!(client.call("mn\r\n"), "MN\r\n");
+    let stats = client.stats("stats");
+    assert!(
+        stats["bytes"].parse::<u64>().unwrap() <= 8 << 20,
+        "{stats:?}"
+    );
+    assert_ne!(stats["evictions"], "0");
 }

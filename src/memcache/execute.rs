@@ -170,6 +170,23 @@ async fn run(command: Command<'_>, node: &Arc<Node>, out: &mut Vec<u8>) -> Resul
             }
         }
         Command::Stats(section) => crate::stats::render(&node.stats(section), out),
+        Command::CacheDump { class, limit } => {
+            for (key, size, expires_at) in node.cache_dump(class, limit) {
+                out.extend_from_slice(b"ITEM ");
+                out.extend_from_slice(&key);
+                reply::line(out, &format!(" [{size} b; {expires_at} s]"));
+            }
+            reply::line(out, "END");
+        }
+        Command::MemoryLimit { megabytes, noreply } => {
+            let reply = match node.set_memory_limit(megabytes) {
+                true => "OK",
+                false => "CLIENT_ERROR cache_memlimit: the disk engine has no memory limit",
+            };
+            if !noreply {
+                reply::line(out, reply);
+            }
+        }
         Command::StatsReset => {
             node.counters().reset();
             reply::line(out, "RESET");

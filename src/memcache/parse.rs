@@ -78,6 +78,16 @@ pub enum Command<'a> {
     Stats(StatsSection),
     /// `stats reset`: the event counters back to 0.
     StatsReset,
+    /// `stats cachedump <class> <limit>`: keys held here (class 1 holds them all).
+    CacheDump {
+        class: u32,
+        limit: u32,
+    },
+    /// `cache_memlimit <MiB>`.
+    MemoryLimit {
+        megabytes: u64,
+        noreply: bool,
+    },
     Version,
     Verbosity {
         noreply: bool,
@@ -177,6 +187,14 @@ pub fn parse(buf: &[u8], max_item_size: usize) -> Parsed<'_> {
         b"stats" => frame(match words.get(1) {
             None => Command::Stats(StatsSection::General),
             Some(b"reset") => Command::StatsReset,
+            Some(b"cachedump") => match (
+                words.get(2).and_then(parse_u32),
+                words.get(3).and_then(parse_u32),
+            ) {
+                (Some(class), Some(limit)) => Command::CacheDump { class, limit },
+                _ if n < 4 => Command::Reply(Some("CLIENT_ERROR bad command line")),
+                _ => Command::Reply(Some(BAD_FORMAT)),
+            },
             // kai keeps no per-prefix stats: on and off are accepted, a dump is empty.
             Some(b"detail") => match words.get(2) {
                 Some(b"on" | b"off") => Command::Reply(Some("OK")),
@@ -190,6 +208,19 @@ pub fn parse(buf: &[u8], max_item_size: usize) -> Parsed<'_> {
             },
         }),
         // Admin features kai does not have, answered as memcached answers them disabled.
+        b"cache_memlimit" if n == 2 || n == 3 => {
+            frame(match parse_u32(words.get(1).unwrap_or_default()) {
+                Some(megabytes) if megabytes < 8 => Command::Reply(
+                    (!words.noreply())
+                        .then_some("MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m"),
+                ),
+                Some(megabytes) => Command::MemoryLimit {
+                    megabytes: u64::from(megabytes),
+                    noreply: words.noreply(),
+                },
+                None => Command::Reply((!words.noreply()).then_some("ERROR")),
+            })
+        }
         b"shutdown" => frame(Command::Reply(Some("ERROR: shutdown not enabled"))),
         b"lru_crawler" if n >= 2 => {
             frame(Command::Reply(Some("CLIENT_ERROR lru crawler disabled")))

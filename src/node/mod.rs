@@ -663,6 +663,48 @@ impl Node {
         });
     }
 
+    /// `stats cachedump`: up to `limit` keys this node holds (0: as many as fit in 2 MB of
+    /// reply, memcached's cap), with value size and expiry (Unix seconds, 0 = never). One
+    /// size class holds every item, so any other class is empty.
+    pub fn cache_dump(&self, class: u32, limit: u32) -> Vec<(Bytes, usize, u64)> {
+        const MAX_REPLY: usize = 2 * 1024 * 1024;
+        const STEP: u64 = 1 << 24;
+        let mut found = Vec::new();
+        let (mut reply_bytes, now) = (0, unix_now().as_secs());
+        let full = |found: &Vec<_>, bytes| {
+            (limit != 0 && found.len() >= limit as usize) || bytes >= MAX_REPLY
+        };
+        let mut low = 0u64;
+        while class == 1 && low <= u64::from(u32::MAX) && !full(&found, reply_bytes) {
+            let high = (low + STEP - 1).min(u64::from(u32::MAX));
+            for (key, _) in self.store.keys_in(low as u32, high as u32) {
+                let versions = self.store.get(&key, now);
+                let Some(newest) = versions.as_ref().and_then(Versions::newest_live) else {
+                    continue;
+                };
+                reply_bytes += key.len() + 32;
+                found.push((key.clone(), newest.value.len(), newest.expires_at));
+                if full(&found, reply_bytes) {
+                    break;
+                }
+            }
+            low = high + 1;
+        }
+        found
+    }
+
+    /// `cache_memlimit`: the memory engine's limit until restart (the configuration's
+    /// comes back then); false for the disk engine, which has none.
+    pub fn set_memory_limit(&self, megabytes: u64) -> bool {
+        let changed = self
+            .store
+            .set_memory_limit(megabytes.saturating_mul(1 << 20));
+        if changed {
+            log::info!("cache_memlimit: memory limit now {megabytes} MiB until restart");
+        }
+        changed
+    }
+
     /// Drops expired records; run periodically off the request path.
     pub fn purge_expired(&self) -> u64 {
         self.store.purge_expired(unix_now().as_secs())

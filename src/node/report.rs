@@ -254,13 +254,14 @@ impl Node {
             .map(|p| p.display().to_string())
             .collect();
         let on_off = |on: bool| if on { "on" } else { "off" }.to_string();
+        let limit = self.store.stats().limit_bytes;
         vec![
-            ("maxbytes", c.store.memory_limit.0.to_string()),
+            ("maxbytes", limit.to_string()),
             ("maxconns", c.memcache.max_connections.to_string()),
             ("tcpport", port.to_string()),
             ("udpport", "0".to_string()),
             ("inter", host.trim_matches(['[', ']']).to_string()),
-            ("evictions", on_off(c.store.memory_limit.0 != 0)),
+            ("evictions", on_off(limit != 0)),
             ("cas_enabled", "yes".to_string()),
             ("num_threads", self.worker_threads.to_string()),
             ("item_size_max", c.memcache.max_item_size.0.to_string()),

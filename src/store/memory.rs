@@ -27,9 +27,10 @@ struct Shard {
 
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    limit_bytes: u64,
-    /// Bytes across all shards; kept only with a limit, where eviction needs the total.
-    limited_bytes: AtomicU64,
+    /// 0 = unlimited; `cache_memlimit` changes it while running.
+    limit_bytes: AtomicU64,
+    /// Bytes across all shards, which eviction compares with the limit.
+    total_bytes: AtomicU64,
     evictions: AtomicU64,
     /// Where the next cross-shard eviction starts, so no shard is always the victim.
     eviction_cursor: AtomicUsize,
@@ -49,8 +50,8 @@ impl MemoryStore {
                     })
                 })
                 .collect(),
-            limit_bytes,
-            limited_bytes: AtomicU64::new(0),
+            limit_bytes: AtomicU64::new(limit_bytes),
+            total_bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             eviction_cursor: AtomicUsize::new(0),
             digests: Digests::new(buckets),
@@ -88,9 +89,9 @@ impl MemoryStore {
 
     fn charge_bytes(&self, shard: &mut Shard, added: u64, removed: u64) {
         shard.bytes = shard.bytes + added - removed;
-        if self.limit_bytes != 0 {
-            self.limited_bytes.fetch_add(added, Ordering::Relaxed);
-            self.limited_bytes.fetch_sub(removed, Ordering::Relaxed);
+        if added != removed {
+            self.total_bytes
+                .fetch_add(added.wrapping_sub(removed), Ordering::Relaxed);
         }
     }
 
@@ -117,8 +118,13 @@ impl MemoryStore {
         }
     }
 
+    fn limit(&self) -> u64 {
+        self.limit_bytes.load(Ordering::Relaxed)
+    }
+
     fn over_limit(&self) -> bool {
-        self.limit_bytes != 0 && self.limited_bytes.load(Ordering::Relaxed) > self.limit_bytes
+        let limit = self.limit();
+        limit != 0 && self.total_bytes.load(Ordering::Relaxed) > limit
     }
 
     /// Evicts least recently used records from `shard`, never the one just written (`keep`).
@@ -157,7 +163,7 @@ impl Store for MemoryStore {
         let mut shard = self.lock(Self::shard_of(hash));
         // Recency only matters when something may be evicted: without a limit, reads do not
         // reorder the LRU list (and touch no neighbouring nodes).
-        let found = if self.limit_bytes == 0 {
+        let found = if self.limit() == 0 {
             shard.records.peek(key)
         } else {
             shard.records.get(key)
@@ -183,7 +189,7 @@ impl Store for MemoryStore {
         let mut guard = self.lock(index);
         let shard = &mut *guard;
         // One lookup serves the read, the decision and the write.
-        let slot = if self.limit_bytes == 0 {
+        let slot = if self.limit() == 0 {
             shard.records.peek_mut(key)
         } else {
             shard.records.get_mut(key)
@@ -287,8 +293,19 @@ impl Store for MemoryStore {
             items,
             bytes,
             evictions: self.evictions.load(Ordering::Relaxed),
-            limit_bytes: self.limit_bytes,
+            limit_bytes: self.limit(),
         }
+    }
+
+    fn set_memory_limit(&self, limit_bytes: u64) -> bool {
+        self.limit_bytes.store(limit_bytes, Ordering::Relaxed);
+        for index in 0..SHARDS {
+            if !self.over_limit() {
+                break;
+            }
+            self.evict_from(&mut self.lock(index), None);
+        }
+        true
     }
 }
 

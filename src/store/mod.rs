@@ -104,4 +104,10 @@ pub trait Store: Send + Sync {
 
     /// Every key whose ring hash lies in `low..=high`, with its fingerprint.
     fn keys_in(&self, low: u32, high: u32) -> Vec<(Bytes, u64)>;
+
+    /// Changes the memory limit while running (0 = none), evicting down to it; false for
+    /// an engine that has no memory limit.
+    fn set_memory_limit(&self, _limit_bytes: u64) -> bool {
+        false
+    }
 }

@@ -379,6 +379,12 @@ impl Client {
         self.line()
     }
 
+    /// Sends `request` and reads the reply up to and including `end`.
+    pub fn call_until(&mut self, request: &str, end: &str) -> String {
+        self.send(request.as_bytes());
+        String::from_utf8_lossy(&self.read_until(end.as_bytes())).into_owned()
+    }
+
     pub fn set(&mut self, key: &str, value: &[u8]) {
         self.send(format!("set {key} 0 0 {}\r\n", value.len()).as_bytes());
         self.send(value);

@@ -277,8 +277,43 @@ fn other_commands() {
         command(b"stats conns\r\n"),
         Command::Stats(StatsSection::Conns)
     );
-    assert_eq!(reply(b"stats slabs 1\r\n"), Some("ERROR"));
-    assert_eq!(reply(b"stats detail on\r\n"), Some("ERROR"));
+    // memcached ignores words after a group's name.
+    assert_eq!(
+        command(b"stats slabs 1\r\n"),
+        Command::Stats(StatsSection::Slabs)
+    );
+    assert_eq!(reply(b"stats nonesuch\r\n"), Some("ERROR"));
+    assert_eq!(reply(b"stats detail on\r\n"), Some("OK"));
+    assert_eq!(reply(b"stats detail dump\r\n"), Some("END"));
+    assert_eq!(command(b"stats reset\r\n"), Command::StatsReset);
+    assert_eq!(
+        command(b"stats cachedump 1 10\r\n"),
+        Command::CacheDump {
+            class: 1,
+            limit: 10
+        }
+    );
+    assert_eq!(
+        reply(b"stats cachedump\r\n"),
+        Some("CLIENT_ERROR bad command line")
+    );
+    assert_eq!(
+        command(b"cache_memlimit 64 noreply\r\n"),
+        Command::MemoryLimit {
+            megabytes: 64,
+            noreply: true
+        }
+    );
+    assert_eq!(
+        reply(b"cache_memlimit 7\r\n"),
+        Some("MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m")
+    );
+    assert_eq!(reply(b"slabs automove x\r\n"), Some(BAD_FORMAT));
+    assert_eq!(reply(b"slabs automove 2 noreply\r\n"), None);
+    assert_eq!(
+        reply(b"slabs reassign 1 2\r\n"),
+        Some("CLIENT_ERROR slab reassignment disabled")
+    );
     assert_eq!(command(b"version x\r\n"), Command::Version);
     assert_eq!(command(b"quit\r\n"), Command::Quit);
     assert_eq!(
