@@ -99,7 +99,7 @@ bench: deps
 # libFuzzer needs a nightly toolchain (rustup toolchain install nightly).
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
-	cd fuzz && for target in parse binary_frame rpc_frame handshake config; do \
+	cd fuzz && for target in parse meta binary_frame rpc_frame handshake config; do \
 		$(CARGO) +nightly fuzz run $$target -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; \
 	done
 
