@@ -46,6 +46,26 @@ fn protocol_parser_corpus() {
 }
 
 #[test]
+fn meta_parser_corpus() {
+    // As the `meta` target: the first byte picks the command, then the split.
+    const VERBS: [&[u8]; 6] = [b"mg ", b"ms ", b"md ", b"ma ", b"mn", b"me "];
+    for (path, data) in corpus("meta") {
+        let Some((&first, rest)) = data.split_first() else {
+            continue;
+        };
+        let stream = [VERBS[usize::from(first) % VERBS.len()], rest].concat();
+        let (head, tail) = stream.split_at(usize::from(first) * stream.len() / 255);
+        let whole = kai::memcache::parse::replay([&stream[..]], 1024);
+        assert_eq!(
+            kai::memcache::parse::replay([head, tail], 1024),
+            whole,
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[test]
 fn rpc_frame_corpus() {
     use kai::cluster::rpc::{frame::replay, message::Message};
     for (path, data) in corpus("rpc_frame") {

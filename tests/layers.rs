@@ -49,7 +49,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "time",
         ],
     ),
-    ("memcache", &["node", "ops", "stats"]),
+    ("memcache", &["node", "ops", "stats", "time"]),
     ("metrics", &["node"]),
     ("admin", &["address", "cluster", "config", "record", "time"]),
     (

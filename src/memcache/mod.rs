@@ -10,3 +10,4 @@ pub mod listener;
 pub mod meta;
 pub mod parse;
 pub mod reply;
+pub mod token;

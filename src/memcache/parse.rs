@@ -10,8 +10,6 @@
 //! block, so the value is never executed as commands; and a command line over
 //! `MAX_LINE` bytes is answered with `CLIENT_ERROR line too long` before the close.
 
-/// memcached's KEY_MAX_LENGTH.
-pub const MAX_KEY_LEN: usize = 250;
 /// Longest command line, except for retrieval commands.
 pub const MAX_LINE: usize = 2048;
 /// Longest retrieval line (`get k1 k2 …`): some 8,000 maximum-length keys, or 200,000
@@ -19,15 +17,14 @@ pub const MAX_LINE: usize = 2048;
 /// clients send, and bounds what one connection can make the server hold. The keys are
 /// answered one by one, the replies streamed.
 pub const MAX_GET_LINE: usize = 2 * 1024 * 1024;
-pub const BAD_FORMAT: &str = "CLIENT_ERROR bad command line format";
 pub const BAD_CHUNK: &str = "CLIENT_ERROR bad data chunk";
 pub const BAD_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument";
 pub const BAD_EXPTIME: &str = "CLIENT_ERROR invalid exptime argument";
 pub const BAD_DELETE: &str = "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]";
-pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
 pub const LINE_TOO_LONG: &str = "CLIENT_ERROR line too long";
 
 use super::meta::{self, parse::Line, parse::Verb as MetaVerb, Meta};
+pub use super::token::{parse_i64, parse_u64, valid_key, BAD_FORMAT, MAX_KEY_LEN, TOO_LARGE};
 pub use crate::node::StatsSection;
 pub use crate::ops::StoreMode;
 
@@ -506,16 +503,6 @@ fn flush_all<'a>(words: &Words<'a>) -> Command<'a> {
     }
 }
 
-/// memcached keys: 1..=250 bytes. Words are split on spaces, so the bytes left to refuse
-/// are the ones that break the line protocol: CR, LF and NUL (which memcached mistakes for
-/// the end of the line). Other control bytes stay legal, as in memcached: load generators
-/// such as memaslap put binary prefixes in their keys.
-pub fn valid_key(key: &[u8]) -> bool {
-    !key.is_empty()
-        && key.len() <= MAX_KEY_LEN
-        && !key.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0))
-}
-
 /// The space-separated words of a command line. Commands have at most 8 words; longer
 /// lines (only retrievals are legal) keep their first 8 and the total count.
 struct Words<'a> {
@@ -569,35 +556,8 @@ impl<'a> Words<'a> {
     }
 }
 
-fn digits(text: &[u8]) -> Option<&[u8]> {
-    let text = text.strip_prefix(b"+").unwrap_or(text);
-    (!text.is_empty() && text.iter().all(u8::is_ascii_digit)).then_some(text)
-}
-
-pub fn parse_u64(text: &[u8]) -> Option<u64> {
-    digits(text)?.iter().try_fold(0u64, |acc, &d| {
-        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
 fn parse_u32(text: &[u8]) -> Option<u32> {
     parse_u64(text).and_then(|v| u32::try_from(v).ok())
-}
-
-/// A signed decimal within i32 range, as memcached's safe_strtol accepts for exptimes.
-fn parse_i64(text: &[u8]) -> Option<i64> {
-    let (negative, rest) = match text.strip_prefix(b"-") {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    if negative && rest.starts_with(b"+") {
-        return None;
-    }
-    let magnitude = i64::try_from(parse_u64(rest)?).ok()?;
-    let value = if negative { -magnitude } else { magnitude };
-    (i64::from(i32::MIN)..=i64::from(i32::MAX))
-        .contains(&value)
-        .then_some(value)
 }
 
 /// Feeds `chunks` to the parser the way a connection does (buffer, parse, consume, swallow)

@@ -17,7 +17,7 @@ pub async fn execute(meta: Meta<'_>, node: &Node, out: &mut Vec<u8>) -> Result<(
         Meta::Debug(key) => debug(&key, node, out).await?,
         Meta::TooLarge(request) => {
             node.unlink(&request.key.bytes).await?;
-            reply::line(out, crate::memcache::parse::TOO_LARGE);
+            reply::line(out, crate::memcache::token::TOO_LARGE);
         }
         Meta::Request { request, data } => match request.verb {
             Verb::Get => get(&request, node, out).await?,

@@ -3,7 +3,7 @@
 //! same error strings. Pure, like the text parser that hands it the line: the caller has
 //! already found the line's end and reads the `ms` data block with [`Line::data_len`].
 
-use super::super::parse::{valid_key, BAD_FORMAT, MAX_KEY_LEN};
+use crate::memcache::token::{parse_i64, parse_u64, valid_key, BAD_FORMAT, MAX_KEY_LEN};
 use base64::Engine;
 use std::borrow::Cow;
 
@@ -103,13 +103,10 @@ pub enum Line<'a> {
 impl Line<'_> {
     /// For an `ms` line, the length its data block declares (without the CRLF).
     pub fn data_len(words: &[&[u8]]) -> Option<usize> {
-        let text = words.get(2)?;
-        let digits = text.strip_prefix(b"+").unwrap_or(text);
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 10 {
-            return None;
-        }
-        let length: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-        (length <= i32::MAX as u64 - 2).then_some(length as usize)
+        let length = parse_i64(words.get(2)?)?;
+        (0..=i64::from(i32::MAX) - 2)
+            .contains(&length)
+            .then_some(length as usize)
     }
 }
 
@@ -255,15 +252,15 @@ fn preparse<'a>(key: &'a [u8], tokens: &'a [u8]) -> Result<(Flags<'a>, Key<'a>),
                     None => fail(Some("CLIENT_ERROR error decoding key")),
                 }
             }
-            b'N' => match exptime(argument) {
+            b'N' => match parse_i64(argument) {
                 Some(ttl) => flags.vivify = Some(ttl),
                 None => fail(BAD_TOKEN),
             },
-            b'T' => match exptime(argument) {
+            b'T' => match parse_i64(argument) {
                 Some(ttl) => flags.touch = Some(ttl),
                 None => fail(BAD_TOKEN),
             },
-            b'R' => match exptime(argument) {
+            b'R' => match parse_i64(argument) {
                 Some(ttl) => flags.recache = Some(ttl),
                 None => fail(BAD_TOKEN),
             },
@@ -272,11 +269,11 @@ fn preparse<'a>(key: &'a [u8], tokens: &'a [u8]) -> Result<(Flags<'a>, Key<'a>),
             b'v' => flags.value = true,
             b'u' => flags.no_bump = true,
             b'q' => flags.quiet = true,
-            b'F' => match number(argument).and_then(|n| u32::try_from(n).ok()) {
+            b'F' => match parse_u64(argument).and_then(|n| u32::try_from(n).ok()) {
                 Some(client_flags) => flags.client_flags = client_flags,
                 None => fail(None),
             },
-            b'C' => match number(argument) {
+            b'C' => match parse_u64(argument) {
                 Some(cas) => flags.compare_cas = Some(cas),
                 None => fail(BAD_TOKEN),
             },
@@ -284,11 +281,11 @@ fn preparse<'a>(key: &'a [u8], tokens: &'a [u8]) -> Result<(Flags<'a>, Key<'a>),
                 [mode] => flags.mode = Some(*mode),
                 _ => fail(Some("CLIENT_ERROR incorrect length for M token")),
             },
-            b'J' => match number(argument) {
+            b'J' => match parse_u64(argument) {
                 Some(initial) => flags.initial = initial,
                 None => fail(Some("CLIENT_ERROR invalid numeric initial value")),
             },
-            b'D' => match number(argument) {
+            b'D' => match parse_u64(argument) {
                 Some(delta) => flags.delta = delta,
                 None => fail(Some("CLIENT_ERROR invalid numeric delta value")),
             },
@@ -305,23 +302,6 @@ fn preparse<'a>(key: &'a [u8], tokens: &'a [u8]) -> Result<(Flags<'a>, Key<'a>),
         token: key,
     };
     Ok((flags, key))
-}
-
-fn number(text: &[u8]) -> Option<u64> {
-    super::super::parse::parse_u64(text)
-}
-
-/// A TTL token: a signed 32-bit number (memcached's safe_strtol).
-fn exptime(text: &[u8]) -> Option<i64> {
-    let (negative, digits) = match text.strip_prefix(b"-") {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let magnitude = i64::try_from(number(digits)?).ok()?;
-    let value = if negative { -magnitude } else { magnitude };
-    (i64::from(i32::MIN)..=i64::from(i32::MAX))
-        .contains(&value)
-        .then_some(value)
 }
 
 #[cfg(test)]
