@@ -43,7 +43,12 @@ pub struct Coordinator {
     pub(super) quorum: Quorum,
     pub(super) hints: Arc<Hints>,
     pub(super) counters: Arc<ClusterCounters>,
+    /// Serializes recache claims per key (by hash shard) on their one coordinator.
+    claims: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Lock shards for recache claims.
+const CLAIM_SHARDS: usize = 64;
 
 /// What a quorum read found.
 pub struct Read {
@@ -75,6 +80,9 @@ impl Coordinator {
             quorum,
             hints,
             counters,
+            claims: (0..CLAIM_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         })
     }
 
@@ -346,8 +354,25 @@ impl Coordinator {
         op: WriteOp,
     ) -> Result<Outcome, ClusterError> {
         let placement = self.placement(key);
-        if placement.replicas.contains(&self.me) {
-            return self.coordinate(key, op).await;
+        // A recache claim (meta's `W`) must have one winner: every node sends it to the
+        // same coordinator, the first replica up, which decides claims on a key one at a
+        // time. Other writes are coordinated by any replica.
+        let claim_coordinator = matches!(op, WriteOp::Fetch { .. })
+            .then(|| {
+                (placement.replicas.iter())
+                    .find(|&&r| r == self.me || self.membership.liveness(r) == Liveness::Up)
+                    .copied()
+            })
+            .flatten();
+        match claim_coordinator {
+            Some(coordinator) if coordinator == self.me => return self.coordinate(key, op).await,
+            Some(coordinator) => {
+                let key = Bytes::copy_from_slice(key);
+                return (self.peers.forward_write(coordinator, key, op).await)
+                    .map_err(ClusterError::Forward);
+            }
+            None if placement.replicas.contains(&self.me) => return self.coordinate(key, op).await,
+            None => {}
         }
         // Prefer a replica known to be up over a merely suspected one.
         let target = (placement.replicas.iter())
@@ -366,6 +391,13 @@ impl Coordinator {
         key: &[u8],
         op: WriteOp,
     ) -> Result<Outcome, ClusterError> {
+        let _claim = match op {
+            WriteOp::Fetch { .. } => {
+                let shard = crate::keyspace::key_hash(key) as usize % CLAIM_SHARDS;
+                Some(self.claims[shard].lock().await)
+            }
+            _ => None,
+        };
         let local = self.replica.get(key);
         let current = if op.needs_read() {
             // The read a write decides on asks every possible holder while buckets move: a
