@@ -159,9 +159,10 @@ fn binary_protocol_clients_work_against_one_node() {
     rust_memcache_binary(kai.addr);
 }
 
-#[test]
-fn binary_protocol_clients_work_against_a_three_node_cluster() {
-    let cluster = common::cluster::Cluster::start(43, 3, "quorum = { n = 3, r = 2, w = 2 }\n");
+/// A converged 3-node N=3 R=2 W=2 cluster on loopback net `net`, and its memcache
+/// addresses as a client's server list.
+fn three_node_cluster(net: u8) -> (common::cluster::Cluster, String) {
+    let cluster = common::cluster::Cluster::start(net, 3, "quorum = { n = 3, r = 2, w = 2 }\n");
     assert!(
         cluster.wait_converged(&[0, 1, 2], std::time::Duration::from_secs(30)),
         "no convergence"
@@ -169,7 +170,13 @@ fn binary_protocol_clients_work_against_a_three_node_cluster() {
     let servers: Vec<String> = (cluster.members.iter())
         .map(|m| m.memcache.to_string())
         .collect();
-    binary_clients_pass(&servers.join(","), None);
+    (cluster, servers.join(","))
+}
+
+#[test]
+fn binary_protocol_clients_work_against_a_three_node_cluster() {
+    let (cluster, servers) = three_node_cluster(43);
+    binary_clients_pass(&servers, None);
     for member in &cluster.members {
         rust_memcache_binary(member.memcache);
     }
@@ -207,15 +214,8 @@ fn meta_protocol_client_works_against_one_node() {
 
 #[test]
 fn meta_protocol_client_works_against_a_three_node_cluster() {
-    let cluster = common::cluster::Cluster::start(45, 3, "quorum = { n = 3, r = 2, w = 2 }\n");
-    assert!(
-        cluster.wait_converged(&[0, 1, 2], std::time::Duration::from_secs(30)),
-        "no convergence"
-    );
-    let servers: Vec<String> = (cluster.members.iter())
-        .map(|m| m.memcache.to_string())
-        .collect();
-    meta_memcache_passes(&servers.join(","));
+    let (cluster, servers) = three_node_cluster(45);
+    meta_memcache_passes(&servers);
     let gets: u64 = (0..3)
         .map(|i| cluster.stats(i)["cmd_get"].parse::<u64>().unwrap())
         .sum();

@@ -112,22 +112,7 @@ fn scripts() -> Vec<(&'static str, Vec<u8>)> {
 fn scripted_sessions_match_memcached_byte_for_byte() {
     let kai = Kai::start("");
     let memcached = Memcached::start();
-    let mut failures = Vec::new();
-    for (name, script) in scripts() {
-        let expected = session(&mut memcached.client(), &script);
-        let actual = session(&mut kai.client(), &script);
-        if expected != actual {
-            failures.push(format!(
-                "{name}:\n  memcached: {expected:?}\n  kai:       {actual:?}"
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} sessions differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    common::assert_sessions_match(&kai, &memcached, scripts(), normalize);
 }
 
 /// Output up to the close, for scripts that end the connection.

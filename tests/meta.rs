@@ -157,22 +157,7 @@ fn scripts() -> Vec<(&'static str, Vec<u8>)> {
 fn meta_sessions_match_memcached() {
     let kai = Kai::start("");
     let memcached = Memcached::start();
-    let mut failures = Vec::new();
-    for (name, script) in scripts() {
-        let expected = normalize(&memcached.client().script(&script));
-        let actual = normalize(&kai.client().script(&script));
-        if expected != actual {
-            failures.push(format!(
-                "{name}:\n  memcached: {expected:?}\n  kai:       {actual:?}"
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} sessions differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    common::assert_sessions_match(&kai, &memcached, scripts(), normalize);
 }
 
 fn cas_of(reply: &str) -> String {

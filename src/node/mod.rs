@@ -472,9 +472,8 @@ impl Node {
     /// Counts a retrieval in the stats and notes the access (hit before, last access).
     fn count_retrieval(&self, key: &[u8], found: &[Item]) {
         self.count_lookups(found);
-        let now = unix_now().as_secs();
         for item in found {
-            self.accesses.note(key, item.cas, now);
+            self.accesses.note(key, item.cas);
         }
     }
 

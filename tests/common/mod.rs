@@ -465,3 +465,30 @@ impl Drop for ThrowawayUser {
         let _ = Command::new("userdel").arg(&self.0).status();
     }
 }
+
+/// Runs every named script on fresh connections to memcached and to kai and panics with
+/// each session whose normalized replies differ.
+#[allow(dead_code)]
+pub fn assert_sessions_match(
+    kai: &Kai,
+    memcached: &Memcached,
+    scripts: Vec<(&str, Vec<u8>)>,
+    normalize: fn(&[u8]) -> String,
+) {
+    let mut failures = Vec::new();
+    for (name, script) in scripts {
+        let expected = normalize(&memcached.client().script(&script));
+        let actual = normalize(&kai.client().script(&script));
+        if expected != actual {
+            failures.push(format!(
+                "{name}:\n  memcached: {expected:?}\n  kai:       {actual:?}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} sessions differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
