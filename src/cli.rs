@@ -137,6 +137,9 @@ pub enum ClusterAction {
         #[arg(value_name = "HOST:PORT")]
         node: String,
     },
+    /// Finish a rolling upgrade once every member runs this release: new on-disk formats
+    /// are written from then on and older releases are refused (no rolling back)
+    Finalize,
     /// Show the versions of KEY that one node holds (its own replica, no quorum)
     Inspect {
         key: String,
@@ -200,6 +203,10 @@ pub enum CheckAction {
         /// milliseconds [default: each node's own cluster.max_clock_skew]
         #[arg(long, value_name = "MS")]
         warn_skew: Option<u64>,
+        /// WARNING when the members have run different releases for longer than this many
+        /// seconds (a rolling upgrade left half done)
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        warn_version_mix: u64,
         /// Seconds to wait for each node
         #[arg(short = 't', long, default_value_t = 10)]
         timeout: u64,

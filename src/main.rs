@@ -101,6 +101,7 @@ fn cluster(config_path: Option<PathBuf>, action: ClusterAction) -> ExitCode {
         ClusterAction::Remove { node } => (None, Command::Remove(node)),
         ClusterAction::Inspect { key, node } => (node, Command::Inspect(key)),
         ClusterAction::Digests { node } => (node, Command::Digests),
+        ClusterAction::Finalize => (None, Command::Finalize),
     };
     let config = match config::load(config_path.as_deref()) {
         Ok(loaded) => loaded.config,
@@ -170,6 +171,7 @@ fn check(action: CheckAction) -> ExitCode {
             warn_hints,
             warn_sync,
             warn_skew,
+            warn_version_mix,
             timeout,
         } => admin::check::cluster(
             &(hosts.iter())
@@ -180,6 +182,7 @@ fn check(action: CheckAction) -> ExitCode {
                 warn_hints,
                 warn_sync,
                 warn_skew_ms: warn_skew,
+                warn_version_mix_secs: warn_version_mix,
             },
             Duration::from_secs(timeout),
         ),

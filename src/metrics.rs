@@ -117,6 +117,11 @@ const GAUGES: &[(&str, &str, &str)] = &[
         "Largest clock offset measured to an active member",
     ),
     (
+        "kai_version_mix_secs",
+        "kai_version_mix_seconds",
+        "Seconds the active members have run more than one release (0: one release)",
+    ),
+    (
         "runtime_tasks",
         "kai_runtime_tasks",
         "Tasks alive in the runtime",
@@ -140,6 +145,11 @@ pub fn render(node: &Node) -> String {
             .map(|(_, v)| v.as_str())
     };
     let node_label = label(get("kai_node").unwrap_or(""));
+    let build_field = |prefix: &str| {
+        (get("kai_build").unwrap_or("").split(' '))
+            .find_map(|field| field.strip_prefix(prefix))
+            .unwrap_or("")
+    };
     let mut out = String::new();
     for (stat, help) in COUNTERS {
         let name = format!(
@@ -182,8 +192,11 @@ pub fn render(node: &Node) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP kai_build_info kai's version and runtime.\n# TYPE kai_build_info gauge\nkai_build_info{{node=\"{node_label}\",version=\"{}\",runtime=\"{}\"}} 1",
+        "# HELP kai_build_info kai's version, peer protocols, capabilities and runtime.\n# TYPE kai_build_info gauge\nkai_build_info{{node=\"{node_label}\",version=\"{}\",protocols=\"{}\",capabilities=\"{}\",finalized=\"{}\",runtime=\"{}\"}} 1",
         label(get("kai_version").unwrap_or("")),
+        label(build_field("protocols=")),
+        label(build_field("capabilities=")),
+        label(build_field("finalized=")),
         label(get("runtime_version").unwrap_or("")),
     );
     let _ = writeln!(

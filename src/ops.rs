@@ -184,8 +184,17 @@ impl Outcome {
 }
 
 /// The guard's verdict against the live versions (with siblings, any one may match).
+/// A cas unique handed out by release 0.1.0 (a full 64-bit digest) still matches, so a
+/// client that read through a 0.1.0 node can write through an upgraded one mid-roll.
 fn guard_holds(cas: CasGuard, live: &[&Record]) -> bool {
-    cas.is_none_or(|unique| live.iter().any(|r| cas_unique(r) == unique))
+    cas.is_none_or(|unique| {
+        (live.iter()).any(|r| cas_unique(r) == unique || legacy_cas_unique(r) == unique)
+    })
+}
+
+/// Release 0.1.0's cas unique of a version.
+fn legacy_cas_unique(record: &Record) -> u64 {
+    (record.clock.digest() ^ record.timestamp.wrapping_mul(0x9e37_79b9_7f4a_7c15)).max(1)
 }
 
 /// The content of the version a write creates; the caller adds clock and timestamp.
@@ -784,6 +793,16 @@ mod tests {
         // The matching cas stores a fresh version.
         let (new, _) = decide(&op(cas_unique(&current.0[0])), Some(&current));
         assert!(!new.unwrap().stale);
+    }
+
+    #[test]
+    fn a_cas_unique_from_release_0_1_0_still_guards() {
+        let current = record("a", 1_700_000_000_000_000, 1);
+        let other = record("a", 1_700_000_000_000_001, 1);
+        let old_unique = legacy_cas_unique(&current);
+        assert!(old_unique > u64::from(u32::MAX));
+        assert!(guard_holds(Some(old_unique), &[&current]));
+        assert!(!guard_holds(Some(old_unique), &[&other]));
     }
 
     #[test]

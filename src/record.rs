@@ -108,10 +108,22 @@ pub mod format {
 
     /// 2: records gained `stale` and `recache_claimed` (meta protocol). 1: release 0.1.0.
     pub const FORMAT: u8 = 2;
+    /// Release 0.1.0's format, written until the upgrade is finalised so the previous
+    /// release can still read the data directory after a roll back.
+    pub const LEGACY: u8 = 1;
 
     pub fn encode(versions: &Versions) -> Result<Vec<u8>, postcard::Error> {
         let out = vec![0, FORMAT];
         postcard::to_extend(versions, out)
+    }
+
+    /// `versions` in `format` (LEGACY drops the meta flags, which 0.1.0 has no field for).
+    pub fn encode_as(versions: &Versions, format: u8) -> Result<Vec<u8>, postcard::Error> {
+        if format >= FORMAT {
+            return encode(versions);
+        }
+        let legacy: Vec<RecordV1> = (versions.0.iter()).map(RecordV1::from).collect();
+        postcard::to_allocvec(&legacy)
     }
 
     /// None for bytes no known format decodes.
@@ -127,14 +139,27 @@ pub mod format {
     }
 
     /// A record as release 0.1.0 stored it.
-    #[derive(serde::Serialize, serde::Deserialize)]
-    pub(crate) struct RecordV1 {
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    pub struct RecordV1 {
         pub value: Bytes,
         pub flags: u32,
         pub expires_at: u64,
         pub timestamp: u64,
         pub clock: VectorClock,
         pub tombstone: bool,
+    }
+
+    impl From<&Record> for RecordV1 {
+        fn from(record: &Record) -> RecordV1 {
+            RecordV1 {
+                value: record.value.clone(),
+                flags: record.flags,
+                expires_at: record.expires_at,
+                timestamp: record.timestamp,
+                clock: record.clock.clone(),
+                tombstone: record.tombstone,
+            }
+        }
     }
 
     impl From<RecordV1> for Record {
@@ -177,6 +202,15 @@ pub mod format {
             let read = decode(&legacy).expect("0.1.0 records stay readable");
             assert_eq!(read.0[0].value, record.value);
             assert!(!read.0[0].stale && !read.0[0].recache_claimed);
+            assert_eq!(
+                encode_as(&Versions::one(record.clone()), LEGACY).unwrap()[0],
+                1
+            );
+            let legacy = encode_as(&Versions::one(record.clone()), LEGACY).unwrap();
+            assert!(
+                !decode(&legacy).unwrap().0[0].stale,
+                "0.1.0 has no stale flag"
+            );
             // An unknown future format is refused, not misread.
             assert_eq!(decode(&[0, FORMAT + 1, 1]), None);
             assert_eq!(decode(&[0]), None);

@@ -15,8 +15,10 @@ use crate::cluster::peers::Peers;
 use crate::cluster::replica::Replica;
 use crate::cluster::rpc::auth::Secret;
 use crate::cluster::rpc::client::Pool;
+use crate::cluster::rpc::message::PEER_PROTOCOL;
 use crate::cluster::rpc::server as rpc_server;
 use crate::cluster::rpc::RpcSettings;
+use crate::cluster::upgrade::Upgrade;
 use crate::config::{self, Config, Durability, Engine, Loaded};
 use crate::daemon::notify;
 use crate::memcache::auth::Auth;
@@ -307,6 +309,18 @@ fn start_cluster(
         log::info!("rpc on {me}, peers authenticated with the cluster secret");
     }
     let clock = Arc::clone(node.clock());
+    let upgrade = Arc::new(Upgrade::load(
+        data_file(&config, "upgrade").filter(|_| !ephemeral),
+    ));
+    let store = node.local_store();
+    upgrade.on_finalize(move |protocol| {
+        let format = if protocol >= PEER_PROTOCOL {
+            crate::record::format::FORMAT
+        } else {
+            crate::record::format::LEGACY
+        };
+        store.set_record_format(format);
+    });
     let settings = Arc::new(RpcSettings {
         secret,
         cluster: config.cluster.name.clone(),
@@ -316,6 +330,7 @@ fn start_cluster(
         bind: Some(me.ip()),
         clock: Arc::clone(&clock),
         max_clock_skew: config.cluster.max_clock_skew.0,
+        upgrade: Arc::clone(&upgrade),
     });
     let peers = Peers::new(Arc::new(Pool::new(Arc::clone(&settings))));
     let gossip = config.cluster.gossip_interval.0;
@@ -337,14 +352,23 @@ fn start_cluster(
         Arc::clone(&counters),
         clock,
     ));
+    let hints = Arc::new(Hints::load(data_file(&config, "hints")));
+    let (files, hinted) = (Arc::clone(&membership), Arc::clone(&hints));
+    upgrade.on_finalize(move |protocol| {
+        if protocol >= PEER_PROTOCOL {
+            files.write_final_format();
+            hinted.write_final_format();
+        }
+    });
     let coordinator = Coordinator::new(
         node.id(),
         Arc::clone(&membership),
         peers.clone(),
         replica,
         config.cluster.quorum,
-        Arc::new(Hints::load(data_file(&config, "hints"))),
+        hints,
         counters,
+        upgrade,
     );
     node.attach_cluster(Arc::clone(&coordinator));
     let flushing = Arc::clone(node);

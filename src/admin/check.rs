@@ -119,6 +119,8 @@ pub struct ClusterLimits {
     /// WARNING when a node's largest member clock offset exceeds this (None: the limit
     /// each node reports, its `cluster.max_clock_skew`).
     pub warn_skew_ms: Option<u64>,
+    /// WARNING when members have run different releases for longer (seconds).
+    pub warn_version_mix_secs: u64,
 }
 
 /// `kai check cluster`: every host answers, all agree on the member list and on who is up,
@@ -129,6 +131,7 @@ pub fn cluster(hosts: &[String], limits: &ClusterLimits, timeout: Duration) -> V
         warn_hints,
         warn_sync,
         warn_skew_ms,
+        warn_version_mix_secs,
     } = *limits;
     if hosts.is_empty() {
         return unknown("no --host given");
@@ -189,9 +192,22 @@ pub fn cluster(hosts: &[String], limits: &ClusterLimits, timeout: Duration) -> V
             ));
         }
     }
+    // The releases the nodes report, and the longest any has seen them differ.
+    let mut releases = std::collections::BTreeSet::new();
+    let mut mixed_for = 0;
+    for (_, stats) in &views {
+        let versions = stat(stats, "kai_member_versions").unwrap_or("");
+        releases.extend(
+            versions
+                .split(',')
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
+        );
+        mixed_for = mixed_for.max(number(stats, "kai_version_mix_secs") as u64);
+    }
     let skew_threshold = warn_skew_ms.map(|w| w.to_string()).unwrap_or_default();
     let perfdata = format!(
-        "members={up};;{expect_members}:;0; reachable={};;;0;{} hints={hints};{warn_hints};;0; sync_buckets={sync};{warn_sync};;0; clock_skew={max_skew}ms;{skew_threshold};;0;",
+        "members={up};;{expect_members}:;0; reachable={};;;0;{} hints={hints};{warn_hints};;0; sync_buckets={sync};{warn_sync};;0; clock_skew={max_skew}ms;{skew_threshold};;0; version_mix={mixed_for}s;{warn_version_mix_secs};;0;",
         views.len(),
         hosts.len()
     );
@@ -239,6 +255,15 @@ pub fn cluster(hosts: &[String], limits: &ClusterLimits, timeout: Duration) -> V
         let text = format!(
             "clocks disagree by up to {max_skew} ms (check NTP): {} (member=ms, + ahead)",
             skewed.join("; ")
+        );
+        return verdict(Status::Warning, &text, &perfdata);
+    }
+    if releases.len() > 1 && mixed_for > warn_version_mix_secs {
+        let releases: Vec<String> = releases.into_iter().collect();
+        let text = format!(
+            "members have run different releases ({}) for {mixed_for} s (more than \
+             {warn_version_mix_secs}): finish the rolling upgrade, then kai cluster finalize",
+            releases.join(", ")
         );
         return verdict(Status::Warning, &text, &perfdata);
     }

@@ -17,8 +17,8 @@ use std::time::Duration;
 pub fn status(host: &str, timeout: Duration) -> Result<String, FetchError> {
     let lines = fetch(host, "stats cluster", timeout)?;
     let mut out = format!(
-        "{:<24} {:<8} {:>8} {:>8} {:>10}\n",
-        "MEMBER", "STATE", "BUCKETS", "HINTS", "CLOCK"
+        "{:<24} {:<8} {:>8} {:>8} {:>10} {:<10}\n",
+        "MEMBER", "STATE", "BUCKETS", "HINTS", "CLOCK", "VERSION"
     );
     for (_, line) in lines.iter().filter(|(name, _)| name == "member") {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -40,11 +40,12 @@ pub fn status(host: &str, timeout: Duration) -> Result<String, FetchError> {
             ms => format!("{ms} ms"),
         };
         out.push_str(&format!(
-            "{:<24} {:<8} {:>8} {:>8} {clock:>10}{me}\n",
+            "{:<24} {:<8} {:>8} {:>8} {clock:>10} {:<10}{me}\n",
             fields.first().unwrap_or(&"?"),
             fields.get(1).unwrap_or(&"?"),
             field("buckets="),
             field("hints="),
+            field("version="),
         ));
     }
     let stats = fetch(host, "stats", timeout)?;
@@ -54,6 +55,7 @@ pub fn status(host: &str, timeout: Duration) -> Result<String, FetchError> {
             .map_or("?", |(_, v)| v.as_str())
             .to_string()
     };
+    out.push_str(&format!("build (this node): {}\n", stat("kai_build")));
     out.push_str(&format!(
         "transfers (this node): {} buckets pending, {} keys and {} bytes moved by anti-entropy\n",
         stat("kai_sync_pending_buckets"),
@@ -70,6 +72,7 @@ pub enum Command {
     Remove(String),
     Inspect(String),
     Digests,
+    Finalize,
 }
 
 /// Sends `command` to the node configured by `config` (its rpc.listen, authenticated with
@@ -90,6 +93,7 @@ pub fn run(config: &Config, node: Option<&str>, command: Command) -> Result<Stri
         bind: None,
         clock: Arc::new(crate::time::HybridClock::new()),
         max_clock_skew: config.cluster.max_clock_skew.0,
+        upgrade: Arc::new(crate::cluster::upgrade::Upgrade::in_memory()),
     });
     let request = match &command {
         Command::Join(seed) => Request::AdminJoin { seed: seed.clone() },
@@ -99,6 +103,7 @@ pub fn run(config: &Config, node: Option<&str>, command: Command) -> Result<Stri
             key: Bytes::copy_from_slice(key.as_bytes()),
         },
         Command::Digests => Request::AdminDigests,
+        Command::Finalize => Request::AdminFinalize,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -20,6 +20,20 @@ pub enum AdminError {
         peer: SocketAddr,
         source: super::error::PeerError,
     },
+    #[error(transparent)]
+    Finalize(#[from] super::upgrade::FinalizeError),
+}
+
+/// `version=… protocols=oldest-newest capabilities=a,b finalized=N`.
+pub fn build_line(build: &super::rpc::message::Build) -> String {
+    format!(
+        "version={} protocols={}-{} capabilities={} finalized={}",
+        build.version,
+        build.oldest,
+        build.newest,
+        build.capabilities.join(","),
+        build.finalized
+    )
 }
 
 impl Coordinator {
@@ -54,6 +68,73 @@ impl Coordinator {
             .map(|member| async move { self.membership.exchange(&self.peers, member).await })
             .collect();
         let _: Vec<_> = calls.collect().await;
+    }
+
+    pub fn upgrade(&self) -> &super::upgrade::Upgrade {
+        &self.upgrade
+    }
+
+    /// The other active members.
+    fn others(&self) -> Vec<SocketAddr> {
+        (self.membership.active().into_iter())
+            .filter(|&m| m != self.me)
+            .collect()
+    }
+
+    /// The `stats` lines about builds: this node's, the capabilities every active member
+    /// supports, the releases running, and how long they have differed.
+    pub fn build_stats(&self) -> Vec<(&'static str, String)> {
+        let others = self.others();
+        let (versions, mixed_for) = self.upgrade.versions(&others);
+        vec![
+            ("kai_build", build_line(&self.upgrade.local_build())),
+            (
+                "kai_capabilities_active",
+                self.upgrade.active_capabilities(&others).join(","),
+            ),
+            (
+                "kai_member_versions",
+                versions.into_iter().collect::<Vec<_>>().join(","),
+            ),
+            ("kai_version_mix_secs", mixed_for.as_secs().to_string()),
+        ]
+    }
+
+    /// `kai cluster finalize`: once every active member runs this release, records the
+    /// newest protocol as final here and on each of them (one that misses it adopts it
+    /// from the next handshake with any member). From then on the new on-disk formats are
+    /// written and older releases are refused: there is no rolling back.
+    pub async fn finalize_upgrade(&self) -> Result<String, AdminError> {
+        let others = self.others();
+        let behind = self.upgrade.behind(&others);
+        if !behind.is_empty() {
+            let named: Vec<String> = (behind.iter())
+                .map(|m| format!("{m} ({})", self.upgrade.version_of(*m)))
+                .collect();
+            return Err(super::upgrade::FinalizeError::NotUpgraded(named.join(", ")).into());
+        }
+        let protocol = super::rpc::message::PEER_PROTOCOL;
+        self.upgrade.finalize(protocol)?;
+        let calls: FuturesUnordered<_> = (others.iter())
+            .map(|&member| async move {
+                let request = super::rpc::message::Request::Finalize { protocol };
+                (member, self.peers.call(member, request).await)
+            })
+            .collect();
+        let results: Vec<_> = calls.collect().await;
+        let mut report = vec![format!(
+            "finalised peer protocol {protocol} on {} of {} members",
+            1 + results.iter().filter(|(_, r)| r.is_ok()).count(),
+            1 + others.len()
+        )];
+        for (member, result) in results {
+            if let Err(err) = result {
+                report.push(format!(
+                    "{member}: {err} (it adopts it at its next handshake)"
+                ));
+            }
+        }
+        Ok(report.join("\n"))
     }
 
     /// `kai cluster digests`: "bucket digest keys" for every bucket this node owns.
@@ -91,8 +172,13 @@ impl Coordinator {
                 } else {
                     self.membership.liveness(record.addr).name()
                 };
+                let version = if record.addr == self.me {
+                    env!("CARGO_PKG_VERSION").to_string()
+                } else {
+                    self.upgrade.version_of(record.addr)
+                };
                 format!(
-                    "{} {state} buckets={} hints={}{clock}{}",
+                    "{} {state} buckets={} hints={} version={version}{clock}{}",
                     record.addr,
                     owned.get(&record.addr).copied().unwrap_or(0),
                     self.hints.count_for(record.addr),

@@ -43,6 +43,7 @@ pub struct Coordinator {
     pub(super) quorum: Quorum,
     pub(super) hints: Arc<Hints>,
     pub(super) counters: Arc<ClusterCounters>,
+    pub(super) upgrade: Arc<super::upgrade::Upgrade>,
     /// Serializes recache claims per key (by hash shard) on their one coordinator.
     claims: Vec<tokio::sync::Mutex<()>>,
 }
@@ -70,6 +71,7 @@ impl Coordinator {
         quorum: Quorum,
         hints: Arc<Hints>,
         counters: Arc<ClusterCounters>,
+        upgrade: Arc<super::upgrade::Upgrade>,
     ) -> Arc<Coordinator> {
         Arc::new(Coordinator {
             me: membership.me(),
@@ -80,6 +82,7 @@ impl Coordinator {
             quorum,
             hints,
             counters,
+            upgrade,
             claims: (0..CLAIM_SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

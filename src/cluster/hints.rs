@@ -12,19 +12,33 @@ use std::sync::Mutex;
 
 pub const MAX_HINTS: usize = 1_000_000;
 
+/// The hint file's first line from format 2 on; format 1 (release 0.1.0) has none.
+const HINTS_FORMAT: &str = "# kai hints 2";
+
 pub struct Hints {
     pending: Mutex<BTreeMap<SocketAddr, BTreeSet<Bytes>>>,
     path: Option<PathBuf>,
     dirty: AtomicBool,
     /// Set once the bound was hit, so the warning is logged once per episode.
     overflowed: AtomicBool,
+    /// Write the format line (the upgrade is finalised; 0.1.0 would warn at it).
+    final_format: AtomicBool,
 }
 
 impl Hints {
     pub fn load(path: Option<PathBuf>) -> Hints {
         let mut pending: BTreeMap<SocketAddr, BTreeSet<Bytes>> = BTreeMap::new();
-        if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
-            for line in text.lines() {
+        let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        let text = text.filter(|text| match text.lines().next() {
+            Some(first) if first.starts_with('#') && first != HINTS_FORMAT => {
+                // Hints only speed repair up: anti-entropy still finds what they name.
+                log::warn!("ignoring hints in a format this release does not read: {first:?}");
+                false
+            }
+            _ => true,
+        });
+        if let Some(text) = text {
+            for line in text.lines().filter(|line| *line != HINTS_FORMAT) {
                 let parsed = line
                     .split_once(' ')
                     .and_then(|(owner, key)| Some((owner.parse().ok()?, unhex(key)?)));
@@ -41,6 +55,7 @@ impl Hints {
             path,
             dirty: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
+            final_format: AtomicBool::new(false),
         }
     }
 
@@ -98,6 +113,13 @@ impl Hints {
         self.lock().values().map(BTreeSet::len).sum()
     }
 
+    /// From now on the file is written with its format line.
+    pub fn write_final_format(&self) {
+        if !self.final_format.swap(true, Ordering::AcqRel) {
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
     /// Rewrites the hint file if anything changed since the last call.
     pub fn persist(&self) {
         let Some(path) = &self.path else { return };
@@ -105,6 +127,10 @@ impl Hints {
             return;
         }
         let mut text = String::new();
+        if self.final_format.load(Ordering::Acquire) {
+            text.push_str(HINTS_FORMAT);
+            text.push('\n');
+        }
         for (owner, keys) in self.lock().iter() {
             for key in keys {
                 text.push_str(&format!("{owner} {}\n", hex(key)));

@@ -60,6 +60,8 @@ pub struct Membership {
     /// The ring before the last change of its members (never a ring of this node alone):
     /// while buckets move, its owners may hold writes the new owners lack.
     previous_ring: RwLock<Option<Arc<Ring>>>,
+    /// Write the member list's format line (the upgrade is finalised).
+    final_format: AtomicBool,
 }
 
 type Swim = Foca<SwimId, PostcardCodec, StdRng, NoCustomBroadcast>;
@@ -130,6 +132,7 @@ impl Membership {
             ring_changed: RwLock::new(std::time::Instant::now()),
             departed: RwLock::new(Vec::new()),
             previous_ring: RwLock::new(None),
+            final_format: AtomicBool::new(false),
         });
         membership.persist();
         membership
@@ -362,13 +365,26 @@ impl Membership {
         let _ = self.swim.send(SwimInput::Data(data));
     }
 
+    /// From now on the member list is written with its format line (once the upgrade is
+    /// finalised: release 0.1.0 would reject the line).
+    pub fn write_final_format(&self) {
+        if !self.final_format.swap(true, Ordering::AcqRel) {
+            self.persist();
+        }
+    }
+
     fn persist(&self) {
         let Some(path) = &self.path else { return };
-        let text: String = (read_lock(&self.view).members.values())
-            .map(|r| {
+        let header = if self.final_format.load(Ordering::Acquire) {
+            format!("{MEMBERS_FORMAT}\n")
+        } else {
+            String::new()
+        };
+        let text: String = std::iter::once(header)
+            .chain((read_lock(&self.view).members.values()).map(|r| {
                 let state = if r.left { "left" } else { "active" };
                 format!("{} {} {state}\n", r.addr, r.generation)
-            })
+            }))
             .collect();
         if let Err(err) = crate::durable::write_atomically(path, text.as_bytes()) {
             log::warn!(
@@ -578,7 +594,12 @@ enum MemberFileError {
     Io(#[from] std::io::Error),
     #[error("line {number}: malformed member {line:?}")]
     Malformed { number: usize, line: String },
+    #[error("format {0:?} is not one this release reads (a newer release wrote it)")]
+    UnknownFormat(String),
 }
+
+/// The member list's first line from format 2 on; format 1 (release 0.1.0) has none.
+const MEMBERS_FORMAT: &str = "# kai members 2";
 
 fn load(path: &PathBuf) -> Result<Vec<MemberRecord>, MemberFileError> {
     let text = match std::fs::read_to_string(path) {
@@ -588,6 +609,12 @@ fn load(path: &PathBuf) -> Result<Vec<MemberRecord>, MemberFileError> {
     };
     let mut records = Vec::new();
     for (number, line) in text.lines().enumerate() {
+        if line.starts_with('#') {
+            if number == 0 && line == MEMBERS_FORMAT {
+                continue;
+            }
+            return Err(MemberFileError::UnknownFormat(line.to_string()));
+        }
         let fields: Vec<&str> = line.split_whitespace().collect();
         let parsed = match fields[..] {
             [addr, generation, state @ ("active" | "left")] => addr

@@ -20,3 +20,4 @@ pub mod ring;
 pub mod rpc;
 #[cfg(test)]
 mod tests;
+pub mod upgrade;

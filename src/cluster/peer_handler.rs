@@ -93,6 +93,14 @@ impl Handler for PeerHandler {
                 Response::Done(String::new())
             }
             Request::AdminDigests => Response::Done(coordinator.digest_report()),
+            Request::AdminFinalize => match coordinator.finalize_upgrade().await {
+                Ok(report) => Response::Done(report),
+                Err(err) => Response::Error(err.to_string()),
+            },
+            Request::Finalize { protocol } => match coordinator.upgrade().finalize(protocol) {
+                Ok(_) => Response::Done(String::new()),
+                Err(err) => Response::Error(err.to_string()),
+            },
             Request::SyncKeys { bucket } => {
                 let digests = store.digests();
                 if bucket >= digests.buckets() {

@@ -233,12 +233,36 @@ impl Node {
                 self.counters.http_requests_closed.get().to_string(),
             ),
             ("kai_clock_offsets", offsets.join(" ")),
+        ]
+        .into_iter()
+        .chain(self.build_stats())
+        .chain([
             ("kai_max_clock_offset_ms", max_offset_ms.to_string()),
             (
                 "kai_max_clock_skew_ms",
                 config.cluster.max_clock_skew.0.as_millis().to_string(),
             ),
-        ]
+        ])
+        .collect()
+    }
+
+    /// Build lines: from the cluster once it runs, else this release on its own.
+    fn build_stats(&self) -> Vec<(&'static str, String)> {
+        match self.cluster.get() {
+            Some(cluster) => cluster.build_stats(),
+            None => {
+                let upgrade = crate::cluster::upgrade::Upgrade::in_memory();
+                vec![
+                    (
+                        "kai_build",
+                        crate::cluster::admin::build_line(&upgrade.local_build()),
+                    ),
+                    ("kai_capabilities_active", String::new()),
+                    ("kai_member_versions", VERSION.to_string()),
+                    ("kai_version_mix_secs", "0".to_string()),
+                ]
+            }
+        }
     }
 
     fn settings_stats(&self) -> Vec<(&'static str, String)> {

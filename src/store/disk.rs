@@ -17,7 +17,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -88,6 +88,9 @@ pub struct DiskStore {
     items: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
     digests: Digests,
+    /// The record format written (`record::format`): the previous release's until the
+    /// upgrade is finalised.
+    record_format: Arc<AtomicU8>,
 }
 
 fn record_key(key: &[u8]) -> Vec<u8> {
@@ -157,6 +160,7 @@ impl DiskStore {
         let shards: Arc<Vec<Mutex<Shard>>> =
             Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
         let (queue, work) = mpsc::channel();
+        let record_format = Arc::new(AtomicU8::new(crate::record::format::LEGACY));
         let committer = Committer {
             db: Arc::clone(&db),
             shards: Arc::clone(&shards),
@@ -164,6 +168,7 @@ impl DiskStore {
             flush_interval,
             items,
             bytes,
+            record_format: Arc::clone(&record_format),
         };
         let committer = std::thread::Builder::new()
             .name("kai-committer".into())
@@ -177,6 +182,7 @@ impl DiskStore {
             items: Arc::new(AtomicU64::new(items)),
             bytes: Arc::new(AtomicU64::new(bytes)),
             digests,
+            record_format,
         })
     }
 
@@ -462,6 +468,10 @@ impl Store for DiskStore {
         }
     }
 
+    fn set_record_format(&self, format: u8) {
+        self.record_format.store(format, Ordering::Relaxed);
+    }
+
     fn digests(&self) -> &Digests {
         &self.digests
     }
@@ -536,6 +546,7 @@ struct Committer {
     flush_interval: Duration,
     items: u64,
     bytes: u64,
+    record_format: Arc<AtomicU8>,
 }
 
 impl Committer {
@@ -615,7 +626,8 @@ impl Committer {
                         }
                         match &op.new {
                             Some(versions) => {
-                                let encoded = crate::record::format::encode(versions)
+                                let format = self.record_format.load(Ordering::Relaxed);
+                                let encoded = crate::record::format::encode_as(versions, format)
                                     .map_err(StoreError::Encode)?;
                                 records
                                     .insert(op.key.as_slice(), encoded.as_slice())

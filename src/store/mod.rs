@@ -110,4 +110,7 @@ pub trait Store: Send + Sync {
     fn set_memory_limit(&self, _limit_bytes: u64) -> bool {
         false
     }
+
+    /// Which `record::format` new writes use (engines that persist records).
+    fn set_record_format(&self, _format: u8) {}
 }

@@ -6,7 +6,7 @@
 //! and the client learns the server knows the secret too.
 
 use super::frame::FrameError;
-use super::message::{Message, Nonce, Proof, PEER_PROTOCOL};
+use super::message::{Build, Message, Nonce, Proof};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
@@ -85,8 +85,14 @@ pub enum SecretError {
 pub enum Refusal {
     #[error("expected a handshake")]
     NotAHandshake,
-    #[error("protocol {theirs} unsupported (this node speaks {ours})")]
-    Protocol { theirs: u32, ours: u32 },
+    #[error(
+        "no common peer protocol: the peer speaks {}..={}, this node {}..={}",
+        theirs.0, theirs.1, ours.0, ours.1
+    )]
+    Protocol {
+        theirs: (u32, u32),
+        ours: (u32, u32),
+    },
     #[error("cluster {theirs:?} is not {ours:?}")]
     Cluster { theirs: String, ours: String },
     #[error("expected a proof")]
@@ -162,19 +168,26 @@ const CLIENT: &[u8] = b"kai-client";
 pub struct ServerHandshake<'a> {
     pub secret: &'a Secret,
     pub cluster: &'a str,
+    local: Build,
     nonce: Nonce,
     client_nonce: Option<Nonce>,
     pub peer: Option<String>,
+    /// The protocol the connection speaks, and what the client said of its build.
+    pub protocol: u32,
+    pub peer_build: Option<Build>,
 }
 
 impl<'a> ServerHandshake<'a> {
-    pub fn new(secret: &'a Secret, cluster: &'a str) -> Self {
+    pub fn new(secret: &'a Secret, cluster: &'a str, local: Build) -> Self {
         ServerHandshake {
             secret,
             cluster,
+            protocol: local.newest,
+            local,
             nonce: nonce(),
             client_nonce: None,
             peer: None,
+            peer_build: None,
         }
     }
 
@@ -182,20 +195,26 @@ impl<'a> ServerHandshake<'a> {
     /// clock), or an error to send as Refused.
     pub fn hello(&mut self, message: Message, now_us: u64) -> Result<Message, Refusal> {
         let Message::Hello {
-            protocol,
+            protocol: oldest,
             cluster,
             node,
             nonce,
+            build,
         } = message
         else {
             return Err(Refusal::NotAHandshake);
         };
-        if protocol != PEER_PROTOCOL {
+        // A Hello without a build comes from release 0.1.0, which speaks one protocol.
+        let newest = build.as_ref().map_or(oldest, |b| b.newest);
+        let chosen = newest.min(self.local.newest);
+        if chosen < oldest.max(self.local.oldest) {
             return Err(Refusal::Protocol {
-                theirs: protocol,
-                ours: PEER_PROTOCOL,
+                theirs: (oldest, newest),
+                ours: (self.local.oldest, self.local.newest),
             });
         }
+        self.protocol = chosen;
+        self.peer_build = build;
         if cluster != self.cluster {
             return Err(Refusal::Cluster {
                 theirs: cluster,
@@ -208,6 +227,8 @@ impl<'a> ServerHandshake<'a> {
             nonce: self.nonce,
             proof: proof(self.secret, SERVER, self.cluster, &nonce, &self.nonce),
             now_us,
+            protocol: chosen,
+            build: Some(self.local.clone()),
         })
     }
 
@@ -235,24 +256,29 @@ impl<'a> ServerHandshake<'a> {
 pub struct ClientHandshake<'a> {
     secret: &'a Secret,
     cluster: &'a str,
+    local: Build,
     nonce: Nonce,
 }
 
 impl<'a> ClientHandshake<'a> {
-    pub fn new(secret: &'a Secret, cluster: &'a str) -> Self {
+    pub fn new(secret: &'a Secret, cluster: &'a str, local: Build) -> Self {
         ClientHandshake {
             secret,
             cluster,
+            local,
             nonce: nonce(),
         }
     }
 
+    /// Offers the oldest protocol in `protocol` (all release 0.1.0 reads), the rest of
+    /// the range in the build.
     pub fn hello(&self, node: &str) -> Message {
         Message::Hello {
-            protocol: PEER_PROTOCOL,
+            protocol: self.local.oldest,
             cluster: self.cluster.to_string(),
             node: node.to_string(),
             nonce: self.nonce,
+            build: Some(self.local.clone()),
         }
     }
 
@@ -261,8 +287,15 @@ impl<'a> ClientHandshake<'a> {
             Message::Challenge {
                 nonce,
                 proof: claimed,
+                protocol,
                 ..
             } => {
+                if !(self.local.oldest..=self.local.newest).contains(protocol) {
+                    return Err(HandshakeError::Rejected(format!(
+                        "peer chose protocol {protocol}, outside this node's {}..={}",
+                        self.local.oldest, self.local.newest
+                    )));
+                }
                 if !verify(
                     self.secret,
                     SERVER,
@@ -292,7 +325,7 @@ impl<'a> ClientHandshake<'a> {
 /// its regression test.
 pub fn forged_handshake_accepted(data: &[u8]) -> bool {
     let secret = Secret::new("a secret the peer does not know");
-    let mut server = ServerHandshake::new(&secret, "kai");
+    let mut server = ServerHandshake::new(&secret, "kai", test_build(3, 4));
     let Ok((hello, rest)) = postcard::take_from_bytes::<Message>(data) else {
         return false;
     };
@@ -302,15 +335,30 @@ pub fn forged_handshake_accepted(data: &[u8]) -> bool {
     postcard::from_bytes::<Message>(rest).is_ok_and(|proof| server.proof(proof).is_ok())
 }
 
+/// A build speaking `oldest..=newest`, for tests and the fuzz helper.
+pub fn test_build(oldest: u32, newest: u32) -> Build {
+    Build {
+        version: "test".into(),
+        oldest,
+        newest,
+        capabilities: Vec::new(),
+        finalized: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn current() -> Build {
+        test_build(3, 4)
+    }
+
     /// The handshake's failure as text, if it fails.
     fn run(client_secret: &str, server_secret: &str) -> Option<String> {
         let (cs, ss) = (Secret::new(client_secret), Secret::new(server_secret));
-        let client = ClientHandshake::new(&cs, "kai");
-        let mut server = ServerHandshake::new(&ss, "kai");
+        let client = ClientHandshake::new(&cs, "kai", current());
+        let mut server = ServerHandshake::new(&ss, "kai", current());
         let challenge = server.hello(client.hello("127.0.0.1:1"), 0).unwrap();
         let proof = match client.challenge(&challenge) {
             Ok(proof) => proof,
@@ -336,8 +384,8 @@ mod tests {
             Secret::load(&path).unwrap()
         };
         let handshake = |client: &Secret, server: &Secret| {
-            let hello = ClientHandshake::new(client, "kai");
-            let mut accept = ServerHandshake::new(server, "kai");
+            let hello = ClientHandshake::new(client, "kai", current());
+            let mut accept = ServerHandshake::new(server, "kai", current());
             let challenge = accept.hello(hello.hello("a"), 0).unwrap();
             match hello.challenge(&challenge) {
                 Ok(proof) => accept.proof(proof).is_ok(),
@@ -362,15 +410,15 @@ mod tests {
     #[test]
     fn a_recorded_proof_cannot_be_replayed() {
         let secret = Secret::new("s3cret");
-        let client = ClientHandshake::new(&secret, "kai");
-        let mut first = ServerHandshake::new(&secret, "kai");
+        let client = ClientHandshake::new(&secret, "kai", current());
+        let mut first = ServerHandshake::new(&secret, "kai", current());
         let challenge = first.hello(client.hello("a"), 0).unwrap();
         let proof = client.challenge(&challenge).unwrap();
         let Message::Proof { proof: recorded } = proof else {
             panic!()
         };
         // A second connection gets a new server nonce: the old proof is worthless.
-        let mut second = ServerHandshake::new(&secret, "kai");
+        let mut second = ServerHandshake::new(&secret, "kai", current());
         second.hello(client.hello("a"), 0).unwrap();
         assert!(second.proof(Message::Proof { proof: recorded }).is_err());
     }
@@ -378,20 +426,72 @@ mod tests {
     #[test]
     fn cluster_name_and_protocol_must_match() {
         let secret = Secret::new("s");
-        let mut server = ServerHandshake::new(&secret, "prod");
-        let err = server.hello(ClientHandshake::new(&secret, "test").hello("a"), 0);
+        let mut server = ServerHandshake::new(&secret, "prod", current());
+        let err = server.hello(
+            ClientHandshake::new(&secret, "test", current()).hello("a"),
+            0,
+        );
         assert!(matches!(err, Err(Refusal::Cluster { .. })));
         let hello = Message::Hello {
             protocol: 99,
             cluster: "prod".into(),
             node: "a".into(),
             nonce: [0; 32],
+            build: None,
         };
         assert!(server
             .hello(hello, 0)
             .unwrap_err()
             .to_string()
             .contains("protocol"));
+    }
+
+    /// The pair speaks the highest protocol both have; a peer with none in common is
+    /// refused with both ranges named.
+    #[test]
+    fn the_highest_common_protocol_is_chosen() {
+        let secret = Secret::new("s");
+        let chosen = |client: Build, server: Build| {
+            let hello = ClientHandshake::new(&secret, "kai", client).hello("a");
+            let mut accept = ServerHandshake::new(&secret, "kai", server);
+            match accept.hello(hello, 0) {
+                Ok(Message::Challenge { protocol, .. }) => Ok(protocol),
+                Ok(other) => panic!("{other:?}"),
+                Err(refusal) => Err(refusal.to_string()),
+            }
+        };
+        assert_eq!(chosen(test_build(3, 4), test_build(3, 4)), Ok(4));
+        assert_eq!(chosen(test_build(3, 5), test_build(3, 4)), Ok(4));
+        assert_eq!(chosen(test_build(3, 4), test_build(4, 5)), Ok(4));
+        assert_eq!(
+            chosen(test_build(3, 3), test_build(4, 4)),
+            Err("no common peer protocol: the peer speaks 3..=3, this node 4..=4".into())
+        );
+        // Release 0.1.0's Hello: protocol 3, no build.
+        let mut accept = ServerHandshake::new(&secret, "kai", current());
+        let old = Message::Hello {
+            protocol: 3,
+            cluster: "kai".into(),
+            node: "a".into(),
+            nonce: [0; 32],
+            build: None,
+        };
+        assert!(accept.hello(old, 0).is_ok());
+        assert_eq!((accept.protocol, accept.peer_build), (3, None));
+        // A server that picks outside the client's range is not believed.
+        let client = ClientHandshake::new(&secret, "kai", test_build(4, 4));
+        let odd = Message::Challenge {
+            nonce: [0; 32],
+            proof: [0; 32],
+            now_us: 0,
+            protocol: 3,
+            build: None,
+        };
+        assert!(client
+            .challenge(&odd)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
     }
 
     #[test]

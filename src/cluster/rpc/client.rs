@@ -25,6 +25,8 @@ pub enum RpcError {
     Unreachable(SocketAddr, String),
     #[error("{0}: connection lost")]
     Lost(SocketAddr),
+    #[error("{0}: {1}")]
+    Older(SocketAddr, super::v3::Inexpressible),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,8 @@ struct Connection {
     /// Added to a deadline to put it on the peer's clock: the measured offset plus half
     /// its round trip (µs), refreshed with each sample, read without a lock per call.
     deadline_shift_us: Arc<AtomicI64>,
+    /// The peer protocol the connection speaks.
+    protocol: u32,
 }
 
 fn deadline_shift(offset: Option<ClockOffset>) -> i64 {
@@ -108,6 +112,9 @@ impl Pool {
         let clock = &self.transport.clock;
         let started_us = clock.wall_micros();
         let connection = self.connection(peer).await?;
+        if connection.protocol <= super::v3::PROTOCOL {
+            super::v3::expressible(&body).map_err(|err| RpcError::Older(peer, err))?;
+        }
         // The deadline on the peer's clock, widened by the offset's uncertainty.
         // The deadline on the peer's clock, widened by the offset's uncertainty.
         let shift = connection.deadline_shift_us.load(Ordering::Relaxed);
@@ -199,12 +206,16 @@ impl Pool {
         let stream = socket.connect(peer).await?;
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
-        if let Err(err) = self.handshake(&mut framed, peer).await {
-            if err.is_authentication() && lock(&self.refused).insert(peer) {
-                log::warn!("rpc: cannot join peer {peer}: {err}");
+        let protocol = match self.handshake(&mut framed, peer).await {
+            Ok(protocol) => protocol,
+            Err(err) => {
+                if err.is_authentication() && lock(&self.refused).insert(peer) {
+                    log::warn!("rpc: cannot join peer {peer}: {err}");
+                }
+                return Err(err.into());
             }
-            return Err(err.into());
-        }
+        };
+        framed.codec_mut().protocol = protocol;
         let (sink, mut stream) = framed.split();
         let (outgoing, queue) = mpsc::channel::<Message>(SEND_QUEUE);
         let pending: Pending = Arc::default();
@@ -247,6 +258,7 @@ impl Pool {
             pending,
             alive,
             deadline_shift_us,
+            protocol,
         })
     }
 
@@ -254,20 +266,31 @@ impl Pool {
         &self,
         framed: &mut Framed<TcpStream, FrameCodec<Message>>,
         peer: SocketAddr,
-    ) -> Result<(), HandshakeError> {
+    ) -> Result<u32, HandshakeError> {
         let transport = &self.transport;
-        let handshake = ClientHandshake::new(&transport.secret, &transport.cluster);
+        let local = transport.upgrade.local_build();
+        let handshake = ClientHandshake::new(&transport.secret, &transport.cluster, local);
         let sent_us = transport.clock.wall_micros();
         framed.send(handshake.hello(&transport.node)).await?;
         let challenge = framed.next().await.ok_or(HandshakeError::Closed)??;
         let received_us = transport.clock.wall_micros();
         let proof = handshake.challenge(&challenge)?;
-        if let Message::Challenge { now_us, .. } = challenge {
-            self.offsets.sample(peer, sent_us, now_us, received_us);
-        }
+        let Message::Challenge {
+            now_us,
+            protocol,
+            build,
+            ..
+        } = challenge
+        else {
+            unreachable!("challenge() accepts only a Challenge");
+        };
+        self.offsets.sample(peer, sent_us, now_us, received_us);
         framed.send(proof).await?;
         match framed.next().await.ok_or(HandshakeError::Closed)?? {
-            Message::Welcome => Ok(()),
+            Message::Welcome => {
+                transport.upgrade.record_peer(peer, protocol, build);
+                Ok(protocol)
+            }
             Message::Refused { reason } => Err(HandshakeError::Refused(reason)),
             _ => Err(HandshakeError::Rejected(
                 "unexpected handshake message".into(),

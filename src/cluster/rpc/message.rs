@@ -7,8 +7,12 @@ use crate::record::Versions;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// Bumped on any incompatible change of these messages.
+/// The newest peer protocol this release speaks; bumped on any incompatible change of these
+/// messages. Each connection speaks the highest version both ends support (docs/design.md,
+/// "Upgrades").
 pub const PEER_PROTOCOL: u32 = 4;
+/// The oldest it still speaks: release 0.1.0's (see `v3`).
+pub const OLDEST_PEER_PROTOCOL: u32 = 3;
 
 pub type Nonce = [u8; 32];
 pub type Proof = [u8; 32];
@@ -17,10 +21,14 @@ pub type Proof = [u8; 32];
 pub enum Message {
     /// Client → server: who I am, which cluster, and a fresh challenge for the server.
     Hello {
+        /// The oldest protocol the client speaks (release 0.1.0 sent its only one and
+        /// refuses any other, so a client that still speaks 3 offers 3 here).
         protocol: u32,
         cluster: String,
         node: String,
         nonce: Nonce,
+        /// Sent after the 0.1.0 layout, which 0.1.0 ignores; None from 0.1.0.
+        build: Option<Build>,
     },
     /// Server → client: the server's proof of the secret and a fresh challenge back, with
     /// the server's wall clock (Unix µs): the client's first measure of the clock offset.
@@ -28,6 +36,10 @@ pub enum Message {
         nonce: Nonce,
         proof: Proof,
         now_us: u64,
+        /// The protocol the connection speaks from now on (0.1.0: its only one, 3).
+        protocol: u32,
+        /// Sent after the 0.1.0 layout; None from 0.1.0.
+        build: Option<Build>,
     },
     /// Client → server: the client's proof of the secret.
     Proof {
@@ -61,6 +73,21 @@ pub enum Message {
         hlc: u64,
         data: Bytes,
     },
+}
+
+/// What a node tells each peer about itself in the handshake: the first-hand source of the
+/// member versions `kai cluster status`, `stats` and `kai check cluster` show.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    /// The release, as `kai --version` prints it.
+    pub version: String,
+    /// The peer protocols it accepts, oldest and newest.
+    pub oldest: u32,
+    pub newest: u32,
+    /// What it supports beyond the protocol (docs/design.md, "Upgrades").
+    pub capabilities: Vec<String>,
+    /// The protocol the operator finalised (`kai cluster finalize`), 0 if none.
+    pub finalized: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,6 +133,12 @@ pub enum Request {
     AdminDigests,
     AdminRemove {
         node: String,
+    },
+    /// `kai cluster finalize`, sent to the local node.
+    AdminFinalize,
+    /// The operator finalised `protocol`: persist it, stop speaking older ones.
+    Finalize {
+        protocol: u32,
     },
 }
 

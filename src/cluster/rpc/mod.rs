@@ -9,6 +9,8 @@ pub mod offsets;
 pub mod server;
 #[cfg(test)]
 mod tests;
+pub mod v3;
+mod wire;
 
 use crate::time::HybridClock;
 use futures_util::{Sink, SinkExt};
@@ -34,6 +36,8 @@ pub struct RpcSettings {
     pub clock: Arc<HybridClock>,
     /// Peer clock offsets above this are logged as warnings.
     pub max_clock_skew: Duration,
+    /// The protocols this node speaks and what handshakes tell of each peer's build.
+    pub upgrade: Arc<crate::cluster::upgrade::Upgrade>,
 }
 
 /// Writes what `queue` delivers to `sink`, batching whatever is ready into one flush (one

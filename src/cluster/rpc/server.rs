@@ -138,7 +138,8 @@ async fn refuse(framed: &mut Connection, reason: &Refusal) {
 }
 
 async fn handshake(framed: &mut Connection, settings: &RpcSettings) -> Result<String, Rejection> {
-    let mut handshake = ServerHandshake::new(&settings.secret, &settings.cluster);
+    let local = settings.upgrade.local_build();
+    let mut handshake = ServerHandshake::new(&settings.secret, &settings.cluster, local);
     let hello = step(framed).await?;
     let challenge = match handshake.hello(hello, settings.clock.wall_micros()) {
         Ok(challenge) => challenge,
@@ -155,7 +156,12 @@ async fn handshake(framed: &mut Connection, settings: &RpcSettings) -> Result<St
         return Err(Rejection::Proof { node, reason });
     }
     framed.send(Message::Welcome).await?;
-    Ok(handshake.peer.unwrap_or_default())
+    framed.codec_mut().protocol = handshake.protocol;
+    let node = handshake.peer.unwrap_or_default();
+    if let Ok(addr) = node.parse() {
+        (settings.upgrade).record_peer(addr, handshake.protocol, handshake.peer_build);
+    }
+    Ok(node)
 }
 
 async fn connection<H: Handler>(framed: Connection, handler: Arc<H>, clock: Arc<HybridClock>) {

@@ -41,6 +41,7 @@ fn settings(clock: Arc<HybridClock>) -> Arc<RpcSettings> {
         bind: None,
         clock,
         max_clock_skew: Duration::from_secs(1),
+        upgrade: Arc::new(crate::cluster::upgrade::Upgrade::in_memory()),
     })
 }
 
@@ -80,7 +81,7 @@ async fn handshake(addr: SocketAddr) -> (Framed<TcpStream, FrameCodec<Message>>,
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
     let secret = Secret::new("s");
-    let client = ClientHandshake::new(&secret, "kai");
+    let client = ClientHandshake::new(&secret, "kai", super::auth::test_build(3, 4));
     framed.send(client.hello("127.0.0.1:2")).await.unwrap();
     let challenge = framed.next().await.unwrap().unwrap();
     let Message::Challenge { now_us, .. } = challenge else {

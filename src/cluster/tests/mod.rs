@@ -91,6 +91,7 @@ fn start_node(
         quorum,
         hints,
         counters,
+        Arc::new(crate::cluster::upgrade::Upgrade::in_memory()),
     );
     let handler = PeerHandler::new(Arc::clone(&coordinator), Box::new(|_| {}));
     network.attach(addr(i), Arc::new(handler), clock);
