@@ -5,7 +5,7 @@
 
 use crate::address::resolve;
 use crate::cluster::anti_entropy::AntiEntropy;
-use crate::cluster::coordinator::Coordinator;
+use crate::cluster::coordinator::{Books, Coordinator};
 use crate::cluster::counters::ClusterCounters;
 use crate::cluster::handoff;
 use crate::cluster::hints::Hints;
@@ -366,9 +366,11 @@ fn start_cluster(
         peers.clone(),
         replica,
         config.cluster.quorum,
-        hints,
-        counters,
-        upgrade,
+        Books {
+            hints,
+            counters,
+            upgrade,
+        },
     );
     node.attach_cluster(Arc::clone(&coordinator));
     let flushing = Arc::clone(node);

@@ -48,6 +48,14 @@ pub struct Coordinator {
     claims: Vec<tokio::sync::Mutex<()>>,
 }
 
+/// What the coordinator keeps account of besides the data: hints for absent owners, its
+/// counters, and the members' builds.
+pub struct Books {
+    pub hints: Arc<Hints>,
+    pub counters: Arc<ClusterCounters>,
+    pub upgrade: Arc<super::upgrade::Upgrade>,
+}
+
 /// Lock shards for recache claims.
 const CLAIM_SHARDS: usize = 64;
 
@@ -69,10 +77,13 @@ impl Coordinator {
         peers: Peers,
         replica: Arc<Replica>,
         quorum: Quorum,
-        hints: Arc<Hints>,
-        counters: Arc<ClusterCounters>,
-        upgrade: Arc<super::upgrade::Upgrade>,
+        books: Books,
     ) -> Arc<Coordinator> {
+        let Books {
+            hints,
+            counters,
+            upgrade,
+        } = books;
         Arc::new(Coordinator {
             me: membership.me(),
             id,

@@ -190,9 +190,11 @@ impl Upgrade {
         let peers = lock(&self.peers);
         (others.iter().copied())
             .filter(|m| {
-                !peers
+                let newest = peers
                     .get(m)
-                    .is_some_and(|p| p.build.as_ref().is_some_and(|b| b.newest >= PEER_PROTOCOL))
+                    .and_then(|p| p.build.as_ref())
+                    .map(|b| b.newest);
+                newest.is_none_or(|n| n < PEER_PROTOCOL)
             })
             .collect()
     }

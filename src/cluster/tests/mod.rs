@@ -89,9 +89,11 @@ fn start_node(
         Peers::new(network.link(addr(i))),
         replica,
         quorum,
-        hints,
-        counters,
-        Arc::new(crate::cluster::upgrade::Upgrade::in_memory()),
+        crate::cluster::coordinator::Books {
+            hints,
+            counters,
+            upgrade: Arc::new(crate::cluster::upgrade::Upgrade::in_memory()),
+        },
     );
     let handler = PeerHandler::new(Arc::clone(&coordinator), Box::new(|_| {}));
     network.attach(addr(i), Arc::new(handler), clock);
