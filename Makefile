@@ -48,6 +48,8 @@ test: deps lint
 	# The fault suite's summary (tests/faults.rs; docs/fault-tests.md keeps a copy).
 	@printf '| scenario | writes acknowledged | lost | keys with siblings | time to converge |\n|---|---|---|---|---|\n'
 	@cat target/tmp/fault-summary/*.row
+	# The rolling upgrade's figures (tests/upgrade.rs).
+	@grep -v '^failure' target/tmp/upgrade-summary.txt | tail -12
 	$(MAKE) package-test
 
 # Installs the node the way the packages lay it out; never overwrites an existing config.
@@ -89,8 +91,10 @@ package-test: build
 		target/debian/new/kai_$(VERSION)-99_amd64.deb
 	$(MAKE) rpm
 	packaging/test/rpm.sh target/rpmbuild/RPMS/x86_64/kai-$(VERSION)-1.x86_64.rpm
+	scripts/previous-release.sh packages
 	packaging/test/systemd.sh target/debian/old/kai_$(VERSION)-1_amd64.deb \
-		target/rpmbuild/RPMS/x86_64/kai-$(VERSION)-1.x86_64.rpm
+		target/rpmbuild/RPMS/x86_64/kai-$(VERSION)-1.x86_64.rpm \
+		target/v0.1.0/packages/kai_0.1.0-1_amd64.deb target/v0.1.0/packages/kai-0.1.0-1.x86_64.rpm
 
 bench: deps
 	$(CARGO) build --release --bins --examples

@@ -18,7 +18,7 @@ use crate::cluster::rpc::client::Pool;
 use crate::cluster::rpc::message::PEER_PROTOCOL;
 use crate::cluster::rpc::server as rpc_server;
 use crate::cluster::rpc::RpcSettings;
-use crate::cluster::upgrade::Upgrade;
+use crate::cluster::upgrade::{self, Upgrade};
 use crate::config::{self, Config, Durability, Engine, Loaded};
 use crate::daemon::notify;
 use crate::memcache::auth::Auth;
@@ -240,6 +240,13 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
     };
     notify::stopping();
     log::info!("{name} received: shutting down");
+    let membership = cluster.coordinator.membership();
+    if membership.active().len() > 1 {
+        // Members route around this node before it stops; meanwhile it keeps serving.
+        membership.depart();
+        let grace = (2 * node.config().cluster.gossip_interval.0).clamp(DEPART_MIN, DEPART_MAX);
+        tokio::time::sleep(grace).await;
+    }
     let _ = shutdown_tx.send(true);
     // Clients first (in-flight requests still reach peers), then the cluster's workers in
     // order, then the hints they may have added; the store flushes when it is dropped.
@@ -291,6 +298,10 @@ struct RunningCluster {
     workers: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
 }
 
+/// How long a stopping node keeps serving after telling the members it goes down.
+const DEPART_MIN: Duration = Duration::from_millis(500);
+const DEPART_MAX: Duration = Duration::from_secs(5);
+
 /// Starts the rpc server, membership and failure detection, the coordinator, hinted
 /// handoff and anti-entropy, then contacts the seeds.
 fn start_cluster(
@@ -313,14 +324,7 @@ fn start_cluster(
         data_file(&config, "upgrade").filter(|_| !ephemeral),
     ));
     let store = node.local_store();
-    upgrade.on_finalize(move |protocol| {
-        let format = if protocol >= PEER_PROTOCOL {
-            crate::record::format::FORMAT
-        } else {
-            crate::record::format::LEGACY
-        };
-        store.set_record_format(format);
-    });
+    upgrade.on_finalize(move |protocol| store.set_record_format(upgrade::record_format(protocol)));
     let settings = Arc::new(RpcSettings {
         secret,
         cluster: config.cluster.name.clone(),

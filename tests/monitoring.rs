@@ -325,6 +325,17 @@ fn prometheus_endpoint_serves_valid_metrics() {
     assert_eq!(samples["kai_cmd_get_total"], 4.0);
     assert_eq!(samples["kai_curr_items"], 10.0);
     assert_eq!(samples["kai_build_info"], 1.0);
+    let build = (body.lines())
+        .find(|l| l.starts_with("kai_build_info{"))
+        .unwrap();
+    assert!(
+        build.contains("protocols=\"3-4\"")
+            && build.contains("capabilities=\"meta-state,record-format-2,side-files-2\"")
+            && build.contains("finalized=\"0\"")
+            && build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    assert!(body.contains("kai_version_mix_seconds{"), "{body}");
     let identity = &node.stats()["kai_node"];
     assert!(body.contains(&format!("node=\"{identity}\"")), "{body}");
     let (head, _) = http_get(&addr, "/");

@@ -47,6 +47,9 @@ const FIELDS: &[&str] = &[
     "kai_hinted_handoffs",
     "kai_read_repairs",
     "kai_sync_keys",
+    "kai_build",
+    "kai_member_versions",
+    "kai_version_mix_secs",
     "runtime_tasks",
     "runtime_version",
 ];
@@ -79,6 +82,16 @@ fn every_field_is_reported_in_order() {
     assert_eq!(stats["kai_unreconciled_get"], "0(0) 0(0)");
     assert_eq!(stats["kai_ring_digest"].len(), 16);
     assert!(stats["version"].starts_with("1.6.18-kai-"));
+    let release = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        stats["kai_build"],
+        format!(
+            "version={release} protocols=3-4 \
+             capabilities=meta-state,record-format-2,side-files-2 finalized=0"
+        )
+    );
+    assert_eq!(stats["kai_member_versions"], release);
+    assert_eq!(stats["kai_version_mix_secs"], "0");
     let settings = client.stats("stats settings");
     assert_eq!(settings["maxconns"], "1024");
     assert_eq!(settings["item_size_max"], "1048576");

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Boots a real systemd (systemd-nspawn over a throw-away overlay of /) and checks the
 # packages under it: the .deb with systemctl start/status/reload/kill -9/journalctl/stop,
-# then the .rpm with `systemctl enable --now` and the kickstart example's %post.
-# Usage: packaging/test/systemd.sh KAI.deb KAI.rpm
+# then the .rpm with `systemctl enable --now` and the kickstart example's %post; given the
+# previous release's packages, the upgrade from each to this one with data kept.
+# Usage: packaging/test/systemd.sh KAI.deb KAI.rpm [PREVIOUS.deb PREVIOUS.rpm]
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -10,6 +11,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 deb=$(realpath "$1")
 rpm=$(realpath "$2")
+previous_deb=${3:+$(realpath "$3")}
+previous_rpm=${4:+$(realpath "$4")}
 kickstart="$here/../kickstart/kai.ks"
 [ "$(id -u)" -eq 0 ] || fail "needs root (mounts and systemd-nspawn)"
 command -v systemd-nspawn >/dev/null || fail "systemd-nspawn missing (Debian package systemd-container)"
@@ -65,7 +68,8 @@ prepare() { # a fresh overlay root with the packages under /opt/kai-test
     # Anything a previous kai install left on the host must not leak in.
     rm -rf "$root/etc/kai" "$root/var/lib/kai"
     mkdir -p "$root/opt/kai-test"
-    cp "$deb" "$rpm" "$root/opt/kai-test/"
+    cp "$deb" "$rpm" ${previous_deb:+"$previous_deb"} ${previous_rpm:+"$previous_rpm"} \
+        "$root/opt/kai-test/"
     cp "$kickstart" "$root/opt/kai-test/kai.ks"
 }
 
@@ -156,4 +160,59 @@ boot
 check "after boot the node runs with the drop-in" node_answers 127.0.0.10 11211 127.0.0.10:11011
 seeds_configured() { inside kai config check | grep -q '127.0.0.11:11011'; }
 check "the seeds are in the effective configuration" seeds_configured
+teardown
+trap teardown EXIT
+
+# --- upgrade from the previous release: its package, data written, this package, restart
+memcache_inside() { # request lines → reply, through bash /dev/tcp inside the container
+    inside bash -c "exec 3<>/dev/tcp/127.0.0.1/11211 && printf '$1' >&3 && timeout 5 sed '/^END/q;/^STORED/q' <&3"
+}
+write_keys() {
+    for i in $(seq 50); do
+        memcache_inside "set upgrade$i 0 0 ${#i}\r\n$i\r\n" | grep -q STORED || return 1
+    done
+}
+keys_read_back() {
+    for i in $(seq 50); do
+        memcache_inside "get upgrade$i\r\n" | grep -qx "$i"$'\r' || return 1
+    done
+}
+runs_version() { stats_inside 127.0.0.1 11211 | grep -q "^STAT kai_version $1"; }
+disk_engine() {
+    inside sh -c 'mkdir -p /etc/kai/conf.d && printf "[store]\nengine = \"disk\"\n" > /etc/kai/conf.d/20-disk.toml'
+}
+install_package() { # deb|rpm file first|upgrade
+    local file
+    file="/opt/kai-test/$(basename "$2")"
+    case "$1:$3" in
+        deb:*) inside dpkg -i "$file" ;;
+        rpm:first) inside rpm -i --nodeps "$file" ;;
+        rpm:upgrade) inside rpm -U --nodeps "$file" ;;
+    esac >/dev/null 2>&1
+}
+upgrade_path() { # deb|rpm previous-package current-package
+    local format=$1 old=$2 new=$3
+    local kind="$format $old_version → $new_version"
+    scratch=$(mktemp -d /tmp/kai-systemd-test.XXXXXX)
+    prepare
+    boot
+    disk_engine
+    install_package "$format" "$old" first
+    inside systemctl enable --now kai.service >/dev/null 2>&1
+    check "$kind: the previous release answers" runs_version "${old_version}"
+    check "$kind: data written through the previous release" write_keys
+    install_package "$format" "$new" upgrade
+    check "$kind: systemctl restart kai after the upgrade" inside systemctl restart kai.service
+    check "$kind: the new release answers" runs_version "${new_version}"
+    check "$kind: everything written before the upgrade reads back" keys_read_back
+    check "$kind: the configuration drop-in survived the upgrade" inside test -f /etc/kai/conf.d/20-disk.toml
+    teardown
+    trap teardown EXIT
+}
+if [ -n "$previous_deb" ] && [ -n "$previous_rpm" ]; then
+    old_version=$(dpkg-deb -f "$previous_deb" Version | sed 's/-.*//')
+    new_version=$(dpkg-deb -f "$deb" Version | sed 's/-.*//')
+    upgrade_path deb "$previous_deb" "$deb"
+    upgrade_path rpm "$previous_rpm" "$rpm"
+fi
 echo "systemd package test: all checks passed"

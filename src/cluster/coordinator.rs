@@ -388,14 +388,26 @@ impl Coordinator {
             None if placement.replicas.contains(&self.me) => return self.coordinate(key, op).await,
             None => {}
         }
-        // Prefer a replica known to be up over a merely suspected one.
-        let target = (placement.replicas.iter())
-            .find(|&&r| self.membership.liveness(r) == Liveness::Up)
-            .or(placement.replicas.first())
-            .copied()
-            .ok_or(ClusterError::NoReplicaUp)?;
+        // Replicas known to be up first, then merely suspected ones. A replica the write
+        // surely did not reach (no connection, or an older release that cannot express
+        // it) hands it to the next: a node restarting must not fail its peers' clients.
+        let mut targets: Vec<SocketAddr> = placement.replicas.clone();
+        targets.sort_by_key(|&r| self.membership.liveness(r) != Liveness::Up);
         let key = Bytes::copy_from_slice(key);
-        (self.peers.forward_write(target, key, op).await).map_err(ClusterError::Forward)
+        let mut last = None;
+        for target in targets {
+            match self
+                .peers
+                .forward_write(target, key.clone(), op.clone())
+                .await
+            {
+                Err(err) if err.not_delivered() || (err.lost() && !op.needs_read()) => {
+                    last = Some(err);
+                }
+                done => return done.map_err(ClusterError::Forward),
+            }
+        }
+        Err(last.map_or(ClusterError::NoReplicaUp, ClusterError::Forward))
     }
 
     /// Runs a write as its coordinator: decide on the current versions, store the new

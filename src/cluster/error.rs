@@ -23,6 +23,21 @@ pub enum PeerError {
     },
 }
 
+impl PeerError {
+    /// The request surely never reached the peer: trying another one is safe for any op.
+    pub fn not_delivered(&self) -> bool {
+        matches!(
+            self,
+            PeerError::Rpc(RpcError::Unreachable(..) | RpcError::Older(..))
+        )
+    }
+
+    /// The connection broke with the request in flight: it may or may not have run.
+    pub fn lost(&self) -> bool {
+        matches!(self, PeerError::Rpc(RpcError::Lost(_)))
+    }
+}
+
 /// Which quorum an operation waited for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuorumKind {

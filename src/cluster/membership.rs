@@ -62,6 +62,8 @@ pub struct Membership {
     previous_ring: RwLock<Option<Arc<Ring>>>,
     /// Write the member list's format line (the upgrade is finalised).
     final_format: AtomicBool,
+    /// Shutting down: told the members, so no rejoining.
+    departing: AtomicBool,
 }
 
 type Swim = Foca<SwimId, PostcardCodec, StdRng, NoCustomBroadcast>;
@@ -133,6 +135,7 @@ impl Membership {
             departed: RwLock::new(Vec::new()),
             previous_ring: RwLock::new(None),
             final_format: AtomicBool::new(false),
+            departing: AtomicBool::new(false),
         });
         membership.persist();
         membership
@@ -336,6 +339,15 @@ impl Membership {
         Ok(())
     }
 
+    /// Shutting down (not leaving the cluster): failure detection tells the members this
+    /// node is down now, so they route around it while it finishes its requests, instead
+    /// of finding out by failed calls. Its next start rejoins as a new incarnation.
+    pub fn depart(&self) {
+        if !self.departing.swap(true, Ordering::AcqRel) {
+            let _ = self.swim.send(SwimInput::Leave);
+        }
+    }
+
     /// Brings this node (back) into the member list, e.g. after it was removed.
     pub fn rejoin(&self) {
         let record = {
@@ -461,7 +473,7 @@ impl Membership {
                     None => return,
                 },
                 Some(timer) = fired.recv() => foca.handle_timer(timer, &mut runtime),
-                _ = announce.tick() => {
+                _ = announce.tick(), if !self.departing.load(Ordering::Acquire) => {
                     // Members failure detection does not know as up (never met, restarted,
                     // or on the other side of a healed partition) are greeted again.
                     let alive: Vec<SocketAddr> = foca.iter_members().map(|m| m.id().addr).collect();
@@ -491,6 +503,7 @@ impl Membership {
             }
             while let Some(notification) = runtime.to_notify() {
                 match notification {
+                    OwnedNotification::Defunct if self.departing.load(Ordering::Acquire) => {}
                     OwnedNotification::Defunct => {
                         log::warn!("failure detection declared this node down; rejoining");
                         let _ = foca.reuse_down_identity();

@@ -3,7 +3,7 @@
 //! finalisation, after which the new on-disk formats are written and older peer protocols
 //! are refused.
 
-use super::rpc::message::{Build, OLDEST_PEER_PROTOCOL, PEER_PROTOCOL};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,12 +11,44 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The newest peer protocol this release speaks; bumped on any incompatible change of these
+/// messages. Each connection speaks the highest version both ends support (docs/design.md,
+/// "Upgrades").
+pub const PEER_PROTOCOL: u32 = 4;
+/// The oldest it still speaks: release 0.1.0's (see `rpc::v3`).
+pub const OLDEST_PEER_PROTOCOL: u32 = 3;
+
+/// What a node tells each peer about itself in the handshake: the first-hand source of the
+/// member versions `kai cluster status`, `stats` and `kai check cluster` show.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    /// The release, as `kai --version` prints it.
+    pub version: String,
+    /// The peer protocols it accepts, oldest and newest.
+    pub oldest: u32,
+    pub newest: u32,
+    /// What it supports beyond the protocol (docs/design.md, "Upgrades").
+    pub capabilities: Vec<String>,
+    /// The protocol the operator finalised (`kai cluster finalize`), 0 if none.
+    pub finalized: u32,
+}
+
 /// What this release supports beyond the protocol. `meta-state`: records on the wire carry
 /// meta's stale and recache-claim flags. The two formats are written only once finalised.
 pub const CAPABILITIES: &[&str] = &["meta-state", "record-format-2", "side-files-2"];
 
 /// The release 0.1.0 spoke only protocol 3 and sends no build: the version we report for it.
 const PROTOCOL_3_RELEASE: &str = "0.1.0";
+
+/// The disk record format to write once `finalized` is the finalised protocol: the
+/// previous release's until the upgrade is final.
+pub fn record_format(finalized: u32) -> u8 {
+    if finalized >= PEER_PROTOCOL {
+        crate::record::format::FORMAT
+    } else {
+        crate::record::format::LEGACY
+    }
+}
 
 /// A peer as its handshake described it.
 #[derive(Clone, Debug, PartialEq, Eq)]

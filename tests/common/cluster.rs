@@ -38,6 +38,8 @@ pub struct Cluster {
     pub env: HashMap<usize, Vec<(String, String)>>,
     /// Nodes started from now on serve Prometheus metrics on their host, port 0.
     pub metrics: bool,
+    /// The kai binary node i runs from its next start, if not this build's.
+    pub binary: HashMap<usize, std::path::PathBuf>,
 }
 
 impl Cluster {
@@ -62,6 +64,7 @@ impl Cluster {
             partition: None,
             env: HashMap::new(),
             metrics: false,
+            binary: HashMap::new(),
         };
         for _ in 0..size {
             let i = cluster.add_member();
@@ -113,7 +116,8 @@ impl Cluster {
         let config = self.config(i, seeded);
         let env = self.env.get(&i).cloned().unwrap_or_default();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let kai = Kai::start_with_config(tempfile::tempdir().unwrap(), &config, &env);
+        let binary = (self.binary.get(&i).cloned()).unwrap_or_else(|| super::KAI.into());
+        let kai = Kai::start_binary(&binary, tempfile::tempdir().unwrap(), &config, &env, &[]);
         self.members[i].process = Some(kai);
     }
 

@@ -55,9 +55,20 @@ impl Kai {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Kai {
+        Kai::start_binary(std::path::Path::new(KAI), dir, config, env, args)
+    }
+
+    /// Starts `binary` (another release of kai, for the upgrade tests).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Kai {
         let path = dir.path().join("kai.toml");
         std::fs::write(&path, config).unwrap();
-        let mut command = Command::new(KAI);
+        let mut command = Command::new(binary);
         command
             .arg("--config")
             .arg(&path)

@@ -7,12 +7,7 @@ use crate::record::Versions;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// The newest peer protocol this release speaks; bumped on any incompatible change of these
-/// messages. Each connection speaks the highest version both ends support (docs/design.md,
-/// "Upgrades").
-pub const PEER_PROTOCOL: u32 = 4;
-/// The oldest it still speaks: release 0.1.0's (see `v3`).
-pub const OLDEST_PEER_PROTOCOL: u32 = 3;
+pub use crate::cluster::upgrade::{Build, OLDEST_PEER_PROTOCOL, PEER_PROTOCOL};
 
 pub type Nonce = [u8; 32];
 pub type Proof = [u8; 32];
@@ -73,21 +68,6 @@ pub enum Message {
         hlc: u64,
         data: Bytes,
     },
-}
-
-/// What a node tells each peer about itself in the handshake: the first-hand source of the
-/// member versions `kai cluster status`, `stats` and `kai check cluster` show.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Build {
-    /// The release, as `kai --version` prints it.
-    pub version: String,
-    /// The peer protocols it accepts, oldest and newest.
-    pub oldest: u32,
-    pub newest: u32,
-    /// What it supports beyond the protocol (docs/design.md, "Upgrades").
-    pub capabilities: Vec<String>,
-    /// The protocol the operator finalised (`kai cluster finalize`), 0 if none.
-    pub finalized: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
