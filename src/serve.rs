@@ -401,6 +401,10 @@ fn start_cluster(
                 shutdown.clone(),
             )),
         ),
+        (
+            "version watch",
+            tokio::spawn(Arc::clone(&coordinator).watch_versions(gossip, shutdown.clone())),
+        ),
         ("member exchange", detection.exchange),
         ("failure detection", detection.swim),
     ];

@@ -227,6 +227,23 @@ fn a_cluster_rolls_from_the_previous_release_and_back_and_finalises() {
     };
     // One node forward, back (its data dir written by this build, read by 0.1.0), forward.
     roll(&mut cluster, 0, "0.2.0", "2. node 1 to 0.2.0");
+    let check = |cluster: &Cluster| {
+        let mut args = vec!["check", "cluster", "--warn-version-mix", "1"];
+        args.extend(["--warn-hints", "1000000", "--warn-sync", "1000000"]);
+        let hosts: Vec<String> = cluster
+            .members
+            .iter()
+            .map(|m| m.memcache.to_string())
+            .collect();
+        for host in &hosts {
+            args.extend(["-H", host.as_str()]);
+        }
+        cluster.kai(&args)
+    };
+    // Nagios hears of a roll left half done.
+    let (code, text) = check(&cluster);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("different releases (0.1.0, 0.2.0)"), "{text}");
     roll(&mut cluster, 0, "0.1.0", "3. node 1 back to 0.1.0");
     for i in 0..NODES {
         let name = format!("{}. node {} to 0.2.0", 4 + i, i + 1);
@@ -252,6 +269,8 @@ fn a_cluster_rolls_from_the_previous_release_and_back_and_finalises() {
             "{build}"
         );
     }
+    let (code, text) = check(&cluster);
+    assert_eq!(code, 0, "one release again: {text}");
     // A plain restart of an upgraded node (systemctl restart) under the same load.
     roll(&mut cluster, 2, "0.2.0", "10. restart node 3");
     std::thread::sleep(Duration::from_secs(1));

@@ -100,6 +100,36 @@ impl Coordinator {
         ]
     }
 
+    /// Keeps the version-mix clock running between `stats` calls and logs when the members
+    /// start and stop running different releases. Ends at shutdown.
+    pub async fn watch_versions(
+        self: std::sync::Arc<Self>,
+        every: std::time::Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut last: Option<Vec<String>> = None;
+        loop {
+            let (versions, _) = self.upgrade.versions(&self.others());
+            let versions: Vec<String> = versions.into_iter().collect();
+            if last.as_ref() != Some(&versions) {
+                match versions.len() {
+                    1 if last.is_some() => log::info!("every member runs {}", versions[0]),
+                    1 => {}
+                    _ => log::info!(
+                        "members run different releases: {} (a rolling upgrade; \
+                         kai cluster finalize once it is done)",
+                        versions.join(", ")
+                    ),
+                }
+                last = Some(versions);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = crate::shutdown::requested(&mut shutdown) => return,
+            }
+        }
+    }
+
     /// `kai cluster finalize`: once every active member runs this release, records the
     /// newest protocol as final here and on each of them (one that misses it adopts it
     /// from the next handshake with any member). From then on the new on-disk formats are
