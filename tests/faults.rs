@@ -842,9 +842,12 @@ fn a_node_30_seconds_off_joins_serves_and_loses_nothing() {
     let row = (table.lines())
         .find(|l| l.starts_with(&cluster.members[skewed].rpc.to_string()))
         .unwrap_or_else(|| panic!("{table}"));
-    let shown: i64 = (row.strip_suffix(" ms"))
-        .and_then(|r| r.rsplit(' ').next()?.parse().ok())
+    // The CLOCK column: "<ms> ms", before VERSION.
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    let shown: i64 = (fields.iter().position(|f| *f == "ms"))
+        .and_then(|at| fields.get(at.checked_sub(1)?)?.parse().ok())
         .unwrap_or_else(|| panic!("no clock offset in {row:?}"));
+    assert_eq!(fields.last(), Some(&env!("CARGO_PKG_VERSION")), "{row}");
     assert!((-31_000..=-29_000).contains(&shown), "{row}");
     let exported = prometheus_offset(&cluster, 0, skewed);
     assert!((-31.0..=-29.0).contains(&exported), "exported {exported} s");

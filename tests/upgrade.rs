@@ -240,6 +240,35 @@ fn a_cluster_rolls_from_the_previous_release_and_back_and_finalises() {
         }
         cluster.kai(&args)
     };
+    let (_, status) = cluster.kai(&[
+        "cluster",
+        "status",
+        "-H",
+        &cluster.members[0].memcache.to_string(),
+    ]);
+    assert!(
+        status.matches(" 0.1.0").count() == 4 && status.matches(" 0.2.0").count() == 1,
+        "{status}"
+    );
+    // What 0.1.0 cannot carry (meta's invalidate) is coordinated by the upgraded node when
+    // it holds the key, and refused with the reason when only 0.1.0 replicas do.
+    let mut upgraded = cluster.client(0);
+    let (mut coordinated, mut refused) = (0, 0);
+    for k in 0..KEYS {
+        let reply = upgraded.call(&format!("md roll{k} I q\r\nmn\r\n"));
+        if reply.starts_with("SERVER_ERROR") {
+            assert!(
+                reply.contains("protocol 3 (release 0.1.0) cannot invalidate"),
+                "{reply}"
+            );
+            assert_eq!(upgraded.line(), "MN\r\n");
+            refused += 1;
+        } else {
+            assert_eq!(reply, "MN\r\n");
+            coordinated += 1;
+        }
+    }
+    assert!(coordinated > 0 && refused > 0, "{coordinated} {refused}");
     // Nagios hears of a roll left half done.
     let (code, text) = check(&cluster);
     assert_eq!(code, 1, "{text}");
@@ -271,6 +300,13 @@ fn a_cluster_rolls_from_the_previous_release_and_back_and_finalises() {
     }
     let (code, text) = check(&cluster);
     assert_eq!(code, 0, "one release again: {text}");
+    let data = cluster.members[1].data.path();
+    assert_eq!(
+        std::fs::read_to_string(data.join("upgrade")).unwrap(),
+        "finalized 4\n"
+    );
+    let members = std::fs::read_to_string(data.join("members")).unwrap();
+    assert!(members.starts_with("# kai members 2\n"), "{members}");
     // A plain restart of an upgraded node (systemctl restart) under the same load.
     roll(&mut cluster, 2, "0.2.0", "10. restart node 3");
     std::thread::sleep(Duration::from_secs(1));
@@ -345,6 +381,17 @@ fn a_cluster_rolls_from_the_previous_release_and_back_and_finalises() {
     assert_eq!(current_failed, 0, "{summary}");
     assert!(converged, "replicas did not converge\n{summary}");
     assert!(acknowledged > 1000, "{summary}");
+    // Finalised: the previous release is refused, and the log names both ranges.
+    stop_gracefully(&mut cluster, 4);
+    cluster.binary.insert(4, previous.clone());
+    cluster.start_node(4, true);
+    let refused = "no common peer protocol: the peer speaks 3..=3, this node 4..=4";
+    assert!(
+        common::wait_until(Duration::from_secs(20), || cluster.logs().contains(refused)),
+        "{}",
+        cluster.logs()
+    );
+    stop_gracefully(&mut cluster, 4);
 }
 
 /// Whether every pair of replicas reports the same digest for each bucket they share.

@@ -164,6 +164,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_format_line_is_written_once_final_and_an_unknown_one_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hints");
+        let owner: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let hints = Hints::load(Some(path.clone()));
+        hints.add(owner, b"k");
+        hints.persist();
+        assert!(!std::fs::read_to_string(&path).unwrap().starts_with('#'));
+        hints.write_final_format();
+        hints.persist();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&format!("{HINTS_FORMAT}\n")), "{text}");
+        assert_eq!(Hints::load(Some(path.clone())).count_for(owner), 1);
+        std::fs::write(&path, "# kai hints 9\n127.0.0.1:1 6b\n").unwrap();
+        assert_eq!(Hints::load(Some(path)).total(), 0);
+    }
+
+    #[test]
     fn hints_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hints");

@@ -745,5 +745,10 @@ mod tests {
         std::fs::write(&path, "127.0.0.1:1 x active\n").unwrap();
         assert!(load(&path).unwrap_err().to_string().contains("line 1"));
         assert_eq!(load(&dir.path().join("absent")).unwrap(), vec![]);
+        // Format 2 opens with its line; a format this release does not know is refused.
+        std::fs::write(&path, format!("{MEMBERS_FORMAT}\n127.0.0.1:1 3 active\n")).unwrap();
+        assert_eq!(load(&path).unwrap(), vec![record(1, 3, false)]);
+        std::fs::write(&path, "# kai members 3\n127.0.0.1:1 3 active\n").unwrap();
+        assert!(load(&path).unwrap_err().to_string().contains("members 3"));
     }
 }
