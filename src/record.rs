@@ -117,13 +117,22 @@ pub mod format {
         postcard::to_extend(versions, out)
     }
 
-    /// `versions` in `format` (LEGACY drops the meta flags, which 0.1.0 has no field for).
+    /// `versions` in `format`. LEGACY is 0.1.0's layout; meta's flags, which 0.1.0 has no
+    /// field for, follow it as a trailer of (stale, recache_claimed) per record, which
+    /// 0.1.0 ignores (it reads one postcard value) and this release reads back.
     pub fn encode_as(versions: &Versions, format: u8) -> Result<Vec<u8>, postcard::Error> {
         if format >= FORMAT {
             return encode(versions);
         }
         let legacy: Vec<RecordV1> = (versions.0.iter()).map(RecordV1::from).collect();
-        postcard::to_allocvec(&legacy)
+        let out = postcard::to_allocvec(&legacy)?;
+        let flags: Vec<(bool, bool)> = (versions.0.iter())
+            .map(|r| (r.stale, r.recache_claimed))
+            .collect();
+        if flags.iter().any(|&(stale, claimed)| stale || claimed) {
+            return postcard::to_extend(&flags, out);
+        }
+        Ok(out)
     }
 
     /// None for bytes no known format decodes.
@@ -132,8 +141,16 @@ pub mod format {
             [0, FORMAT, rest @ ..] => postcard::from_bytes(rest).ok(),
             [0, ..] => None,
             legacy => {
-                let records: Vec<RecordV1> = postcard::from_bytes(legacy).ok()?;
-                Some(Versions(records.into_iter().map(Record::from).collect()))
+                let (records, trailer) = postcard::take_from_bytes::<Vec<RecordV1>>(legacy).ok()?;
+                let mut versions = Versions(records.into_iter().map(Record::from).collect());
+                if let Ok(flags) = postcard::from_bytes::<Vec<(bool, bool)>>(trailer) {
+                    if flags.len() == versions.0.len() {
+                        for (record, (stale, claimed)) in versions.0.iter_mut().zip(flags) {
+                            (record.stale, record.recache_claimed) = (stale, claimed);
+                        }
+                    }
+                }
+                Some(versions)
             }
         }
     }
@@ -202,15 +219,12 @@ pub mod format {
             let read = decode(&legacy).expect("0.1.0 records stay readable");
             assert_eq!(read.0[0].value, record.value);
             assert!(!read.0[0].stale && !read.0[0].recache_claimed);
-            assert_eq!(
-                encode_as(&Versions::one(record.clone()), LEGACY).unwrap()[0],
-                1
-            );
+            // Written for 0.1.0: its reader sees its own layout; ours keeps the flags.
             let legacy = encode_as(&Versions::one(record.clone()), LEGACY).unwrap();
-            assert!(
-                !decode(&legacy).unwrap().0[0].stale,
-                "0.1.0 has no stale flag"
-            );
+            assert_eq!(legacy[0], 1);
+            let as_0_1_0: Vec<RecordV1> = postcard::from_bytes(&legacy).unwrap();
+            assert_eq!(as_0_1_0[0].value, record.value);
+            assert!(decode(&legacy).unwrap().0[0].stale, "the flags survive");
             // An unknown future format is refused, not misread.
             assert_eq!(decode(&[0, FORMAT + 1, 1]), None);
             assert_eq!(decode(&[0]), None);
