@@ -70,10 +70,24 @@ fn store(config_path: Option<PathBuf>, action: StoreAction) -> ExitCode {
         },
     };
     use kai::store::disk::DiskStore;
-    let result = match action {
-        StoreAction::Check { .. } => DiskStore::check(&dir),
-        StoreAction::Compact { .. } => DiskStore::compact(&dir)
-            .map(|(before, after)| format!("compacted: {before} bytes before, {after} after\n")),
+    use kai::store::migrate::{layout, Layout};
+    use kai::store::vlog::{self, LogStore};
+    let compacted = |(before, after)| format!("compacted: {before} bytes before, {after} after\n");
+    let result = match (action, layout(&dir)) {
+        (StoreAction::Check { .. }, Layout::Redb) => DiskStore::check(&dir),
+        (StoreAction::Check { .. }, _) => LogStore::check(&dir),
+        (StoreAction::Compact { .. }, Layout::Redb) => DiskStore::compact(&dir).map(compacted),
+        (StoreAction::Compact { .. }, _) => {
+            let settings = vlog::Settings::new(
+                kai::store::Durability::Fsync,
+                Duration::from_secs(1),
+                // Digests are not kept on disk: any bucket count will do offline.
+                1024,
+            );
+            LogStore::open(&dir, settings)
+                .map_err(|e| kai::store::StoreError::Damaged(e.to_string()))
+                .map(|store| compacted(store.compact_now()))
+        }
     };
     match result {
         Ok(text) => {

@@ -24,8 +24,11 @@ use crate::daemon::notify;
 use crate::memcache::auth::Auth;
 use crate::memcache::listener;
 use crate::node::{Node, VERSION};
+use crate::store;
 use crate::store::disk::{self, DiskStore};
 use crate::store::memory::MemoryStore;
+use crate::store::migrate::{self, Layout};
+use crate::store::vlog::{self, LogStore};
 use crate::store::Store;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -145,15 +148,43 @@ pub fn open_store(prepared: &Prepared) -> anyhow::Result<Arc<dyn Store>> {
         Engine::Disk => {
             let started = std::time::Instant::now();
             let durability = match config.store.durability {
-                Durability::Fsync => disk::Durability::Fsync,
-                Durability::Periodic => disk::Durability::Periodic,
+                Durability::Fsync => store::Durability::Fsync,
+                Durability::Periodic => store::Durability::Periodic,
             };
             let flush = config.store.flush_interval.0;
-            let store = DiskStore::open(data_dir, durability, flush, buckets)
-                .context("store.engine = \"disk\"")?;
+            let finalized = Upgrade::load(Some(data_dir.join("upgrade"))).formats_final();
+            let layout = migrate::layout(data_dir);
+            if layout != Layout::Log && !finalized {
+                // Until the upgrade is finalised the previous release must be able to take
+                // this data directory back.
+                let store = DiskStore::open(data_dir, durability, flush, buckets)
+                    .context("store.engine = \"disk\"")?;
+                log::info!(
+                    "disk store {} (release 0.1.0's format until `kai cluster finalize`; the value log takes over at the first start after it) opened in {} ms ({} items)",
+                    data_dir.join(disk::FILE_NAME).display(),
+                    started.elapsed().as_millis(),
+                    store.stats().items
+                );
+                return Ok(Arc::new(store));
+            }
+            if layout != Layout::Log {
+                let moved = migrate::redb_to_log(data_dir, buckets).with_context(|| {
+                    format!(
+                        "store.engine = \"disk\": moving {} to the value log",
+                        data_dir.join(disk::FILE_NAME).display()
+                    )
+                })?;
+                log::info!(
+                    "disk store: {moved} keys moved from {} to the value log in {} ms",
+                    disk::FILE_NAME,
+                    started.elapsed().as_millis()
+                );
+            }
+            let settings = vlog::Settings::new(durability, flush, buckets);
+            let store = LogStore::open(data_dir, settings).context("store.engine = \"disk\"")?;
             log::info!(
                 "disk store {} opened in {} ms ({} items)",
-                data_dir.join(crate::store::disk::FILE_NAME).display(),
+                data_dir.join(vlog::DIR_NAME).display(),
                 started.elapsed().as_millis(),
                 store.stats().items
             );

@@ -34,14 +34,7 @@ const SHARDS: usize = 64;
 const MAX_BATCH: usize = 4096;
 pub const FILE_NAME: &str = "kai.redb";
 
-/// When a write counts as durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// After the group commit that holds it reached the disk (fsync).
-    Fsync,
-    /// After it was committed; the disk is synced every `flush_interval`.
-    Periodic,
-}
+pub use super::Durability;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -320,6 +313,28 @@ impl DiskStore {
         Ok(report)
     }
 
+    /// Every key and its versions in `dir/kai.redb`, read offline (migrating to the log).
+    pub fn export(dir: &Path, each: &mut dyn FnMut(&[u8], Versions)) -> Result<u64, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let db = Database::open(&path).map_err(|e| file_error(&path, e))?;
+        let txn = db.begin_read().map_err(StoreError::disk)?;
+        let records = txn.open_table(RECORDS).map_err(StoreError::disk)?;
+        let mut exported = 0;
+        for entry in records.iter().map_err(StoreError::disk)? {
+            let (key, value) = entry.map_err(StoreError::disk)?;
+            let record_key = key.value();
+            let versions = decode(value.value()).ok_or_else(|| {
+                StoreError::Damaged(format!(
+                    "{}: an undecodable record (run `kai store check`)",
+                    path.display()
+                ))
+            })?;
+            each(&record_key[4..], versions);
+            exported += 1;
+        }
+        Ok(exported)
+    }
+
     /// Offline compaction (`kai store compact`): returns the file size before and after.
     pub fn compact(dir: &Path) -> Result<(u64, u64), StoreError> {
         let path = dir.join(FILE_NAME);
@@ -533,8 +548,7 @@ impl Store for DiskStore {
         StoreStats {
             items: self.items.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
-            evictions: 0,
-            limit_bytes: 0,
+            ..StoreStats::default()
         }
     }
 }

@@ -294,6 +294,7 @@ impl Store for MemoryStore {
             bytes,
             evictions: self.evictions.load(Ordering::Relaxed),
             limit_bytes: self.limit(),
+            ..StoreStats::default()
         }
     }
 

@@ -4,8 +4,10 @@
 pub mod digest;
 pub mod disk;
 pub mod memory;
+pub mod migrate;
 #[cfg(test)]
 mod tests;
+pub mod vlog;
 
 pub use crate::record::{Record, Versions, RECORD_OVERHEAD};
 use bytes::Bytes;
@@ -26,8 +28,22 @@ pub enum StoreError {
         path: std::path::PathBuf,
         source: Arc<redb::Error>,
     },
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: Arc<std::io::Error>,
+    },
     #[error("{0}")]
     Damaged(String),
+}
+
+/// When a disk engine write counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After the group commit that holds it reached the disk (fsync).
+    Fsync,
+    /// After it was written; the disk is synced every `flush_interval`.
+    Periodic,
 }
 
 impl StoreError {
@@ -74,6 +90,12 @@ pub struct StoreStats {
     pub bytes: u64,
     pub evictions: u64,
     pub limit_bytes: u64,
+    /// The disk engine's files, the part of them no longer current, how many segments
+    /// compaction rewrote and the bytes that gave back.
+    pub file_bytes: u64,
+    pub dead_bytes: u64,
+    pub compactions: u64,
+    pub compacted_bytes: u64,
 }
 
 /// A key/value engine. Every method is atomic per key; none blocks on the network.

@@ -1,0 +1,693 @@
+//! The log engine, the disk engine's format from release 0.2.0 on: an append-only value log
+//! in `data_dir/log/` with the index in memory (docs/design.md, "Disk engine").
+//!
+//! A write takes its key's shard lock, decides, appends one frame to the head of the log
+//! (a `pwrite` into the page cache) and points the index at it, all on the request's own
+//! thread: later reads find it at once, and one key's frames are in the log in the order
+//! they were decided. With `fsync` the writer then waits for the syncer thread, which
+//! fdatasyncs the head for every write appended since its last sync (group commit: one
+//! sync per batch of concurrent writers); a client hears STORED only once its write is
+//! durable. With `periodic` the writer goes on at once and the syncer syncs every
+//! `flush_interval`.
+//!
+//! The log is cut into segments. A full segment is synced, summed up in a hint file (every
+//! frame's key, place, expiry, fingerprint) and sealed; a start reads the hints and scans
+//! only the unsealed segment, truncating a torn last frame. Compaction copies a sealed
+//! segment's live frames to the head, paced, then deletes it. Items, bytes and the
+//! anti-entropy digests are rebuilt from the index at start, never stored.
+
+mod compaction;
+pub mod frame;
+mod recovery;
+#[cfg(test)]
+mod tests;
+
+use super::digest::{Delta, Digests};
+use super::{Change, Commit, Durability, Store, StoreError, StoreStats, Versions};
+use crate::keyspace::key_hash;
+use bytes::Bytes;
+use frame::{Hint, Kind, Summary};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub const DIR_NAME: &str = "log";
+const SHARDS: usize = 64;
+const SHARD_SHIFT: u32 = 32 - SHARDS.trailing_zeros();
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub durability: Durability,
+    pub flush_interval: Duration,
+    /// The ring's bucket count (digests).
+    pub buckets: u32,
+    /// A segment is sealed once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// Compaction copies at most this many bytes per second.
+    pub compaction_rate: u64,
+}
+
+impl Settings {
+    pub fn new(durability: Durability, flush_interval: Duration, buckets: u32) -> Settings {
+        Settings {
+            durability,
+            flush_interval,
+            buckets,
+            segment_bytes: 64 << 20,
+            compaction_rate: 16 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}: in use by another process (is another kai running on this data_dir?)")]
+    InUse(PathBuf),
+    #[error("{0}: cannot open the store ({1}); the files are left untouched: move them away to start empty, or inspect them with `kai store check`")]
+    Unusable(PathBuf, String),
+}
+
+/// Where a key's current frame is, and what the index keeps of it.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    segment: u32,
+    offset: u32,
+    len: u32,
+    hash: u32,
+    summary: Summary,
+}
+
+#[derive(Default)]
+struct Shard {
+    index: HashMap<Box<[u8]>, Entry>,
+}
+
+/// One segment file: read by anyone, appended to while it is the head.
+struct Segment {
+    file: File,
+    size: AtomicU64,
+    /// Bytes of frames no longer current (overwritten, removed, or a remove frame).
+    dead: AtomicU64,
+}
+
+/// The segment being appended to.
+struct Head {
+    id: u32,
+    segment: Arc<Segment>,
+    /// Its frames so far: its hint file once it is sealed.
+    hints: Vec<Hint>,
+    /// Bytes appended to the log since the store opened: a write's position in time.
+    appended: u64,
+}
+
+/// What the syncer and the writers waiting on it share.
+#[derive(Default)]
+struct Syncs {
+    /// `Head::appended` as of the last sync that completed.
+    durable: u64,
+    /// Writers waiting for `durable` to pass their position, oldest first.
+    waiting: VecDeque<(u64, oneshot::Sender<Result<(), StoreError>>)>,
+    stopping: bool,
+}
+
+/// What the request path, the syncer and the compactor share.
+struct Shared {
+    dir: PathBuf,
+    settings: Settings,
+    shards: Vec<Mutex<Shard>>,
+    segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
+    head: Mutex<Head>,
+    /// `head.id`, readable without the head's lock: every lower segment is sealed.
+    head_id: AtomicU32,
+    syncs: Mutex<Syncs>,
+    sync_wanted: Condvar,
+    /// Wakes the compactor when the store closes.
+    stop_signal: Condvar,
+    items: AtomicU64,
+    bytes: AtomicU64,
+    digests: Digests,
+    compactions: AtomicU64,
+    compacted_bytes: AtomicU64,
+    compacting: Mutex<()>,
+}
+
+pub struct LogStore {
+    shared: Arc<Shared>,
+    syncer: Option<std::thread::JoinHandle<()>>,
+    compactor: Option<std::thread::JoinHandle<()>>,
+    /// Held for the store's life: a second process on the same directory is refused.
+    _lock: nix::fcntl::Flock<File>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn shard_of(hash: u32) -> usize {
+    (hash >> SHARD_SHIFT) as usize
+}
+
+fn segment_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:010}.log"))
+}
+
+fn hint_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:010}.hint"))
+}
+
+pub(crate) fn io_error(path: &Path, error: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        source: Arc::new(error),
+    }
+}
+
+fn apply_delta(counter: &AtomicU64, delta: i64) {
+    if delta >= 0 {
+        counter.fetch_add(delta as u64, Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+    }
+}
+
+fn counts(key: &[u8], versions: Option<&Versions>) -> (i64, i64) {
+    versions.map_or((0, 0), |v| {
+        (i64::from(v.has_live()), v.footprint(key) as i64)
+    })
+}
+
+fn failed(error: StoreError) -> Commit {
+    let (done, commit) = oneshot::channel();
+    let _ = done.send(Err(error));
+    Commit::pending(commit)
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `data_dir/log`. Never rewrites a file it cannot read,
+    /// except a torn last frame of the head segment, which no write was acknowledged for.
+    pub fn open(data_dir: &Path, settings: Settings) -> Result<LogStore, OpenError> {
+        Self::open_at(&data_dir.join(DIR_NAME), settings)
+    }
+
+    pub(crate) fn open_at(dir: &Path, settings: Settings) -> Result<LogStore, OpenError> {
+        let unusable =
+            |e: &dyn std::fmt::Display| OpenError::Unusable(dir.to_path_buf(), e.to_string());
+        std::fs::create_dir_all(dir).map_err(|e| unusable(&e))?;
+        let lock_file = File::create(dir.join("LOCK")).map_err(|e| unusable(&e))?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| OpenError::InUse(dir.to_path_buf()))?;
+        let recovered = recovery::recover(dir, &settings)?;
+        let head_segment = Arc::clone(&recovered.segments[&recovered.head]);
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            shards: recovered.shards.into_iter().map(Mutex::new).collect(),
+            segments: RwLock::new(recovered.segments),
+            head: Mutex::new(Head {
+                id: recovered.head,
+                segment: head_segment,
+                hints: recovered.head_hints,
+                appended: 0,
+            }),
+            head_id: AtomicU32::new(recovered.head),
+            syncs: Mutex::new(Syncs::default()),
+            sync_wanted: Condvar::new(),
+            stop_signal: Condvar::new(),
+            items: AtomicU64::new(recovered.items),
+            bytes: AtomicU64::new(recovered.bytes),
+            digests: recovered.digests,
+            compactions: AtomicU64::new(0),
+            compacted_bytes: AtomicU64::new(0),
+            compacting: Mutex::new(()),
+            settings,
+        });
+        let for_syncer = Arc::clone(&shared);
+        let syncer = std::thread::Builder::new()
+            .name("kai-syncer".into())
+            .spawn(move || for_syncer.run_syncer())
+            .map_err(|e| unusable(&e))?;
+        let for_compactor = Arc::clone(&shared);
+        let compactor = std::thread::Builder::new()
+            .name("kai-compactor".into())
+            .spawn(move || compaction::run(&for_compactor))
+            .map_err(|e| unusable(&e))?;
+        Ok(LogStore {
+            shared,
+            syncer: Some(syncer),
+            compactor: Some(compactor),
+            _lock: lock,
+        })
+    }
+
+    /// Compacts every sealed segment holding any dead frame, now (`kai store compact`);
+    /// returns the bytes on disk before and after.
+    pub fn compact_now(&self) -> (u64, u64) {
+        let before = self.shared.file_bytes();
+        while compaction::compact_once(&self.shared, true) {}
+        (before, self.shared.file_bytes())
+    }
+
+    /// Offline check of `data_dir/log` (`kai store check`).
+    pub fn check(data_dir: &Path) -> Result<String, StoreError> {
+        recovery::check(&data_dir.join(DIR_NAME))
+    }
+}
+
+impl Shared {
+    fn segment(&self, id: u32) -> Option<Arc<Segment>> {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        segments.get(&id).cloned()
+    }
+
+    fn file_bytes(&self) -> u64 {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        (segments.values())
+            .map(|s| s.size.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn dead_bytes(&self) -> u64 {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        (segments.values())
+            .map(|s| s.dead.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn add_dead(&self, segment: u32, bytes: u32) {
+        if let Some(segment) = self.segment(segment) {
+            segment.dead.fetch_add(u64::from(bytes), Ordering::Relaxed);
+        }
+    }
+
+    /// The frame an index entry points at, as written.
+    fn read_frame(&self, segment: &Segment, entry: &Entry) -> Result<Vec<u8>, StoreError> {
+        let mut frame = vec![0; entry.len as usize];
+        (segment.file)
+            .read_exact_at(&mut frame, u64::from(entry.offset))
+            .map_err(|e| io_error(&segment_path(&self.dir, entry.segment), e))?;
+        Ok(frame)
+    }
+
+    /// Reads back the versions an index entry points at. Called with the key's shard
+    /// locked, or with the segment taken while it was (compaction deletes a segment only
+    /// once no entry points into it).
+    fn read(&self, segment: &Segment, entry: &Entry, key: &[u8]) -> Result<Versions, StoreError> {
+        let frame = self.read_frame(segment, entry)?;
+        let damaged = || {
+            StoreError::Damaged(format!(
+                "{}: the frame at byte {} does not hold the key it should",
+                segment_path(&self.dir, entry.segment).display(),
+                entry.offset
+            ))
+        };
+        let (frame, _) = frame::decode(&frame).ok_or_else(damaged)?;
+        if frame.kind != Kind::Put || frame.key != key {
+            return Err(damaged());
+        }
+        crate::record::format::decode(frame.value).ok_or_else(damaged)
+    }
+
+    /// The current versions of `key`, unexpired or not.
+    fn current(&self, shard: &Shard, key: &[u8]) -> Option<Versions> {
+        let entry = shard.index.get(key)?;
+        let segment = self.segment(entry.segment)?;
+        self.read(&segment, entry, key)
+            .map_err(|err| log::error!("disk store read failed: {err}"))
+            .ok()
+    }
+
+    fn update(
+        &self,
+        key: &[u8],
+        now_secs: u64,
+        decide: &mut dyn FnMut(Option<&Versions>) -> Change,
+    ) -> Commit {
+        let hash = key_hash(key);
+        let mut shard = lock(&self.shards[shard_of(hash)]);
+        let stored = self.current(&shard, key);
+        let mut live = stored.clone();
+        let pruned = live.as_mut().is_some_and(|v| v.any_expired(now_secs));
+        if let Some(versions) = &mut live {
+            if !versions.retain_unexpired(now_secs) {
+                live = None;
+            }
+        }
+        let new = match decide(live.as_ref()) {
+            Change::Put(versions) => Some(versions),
+            Change::Remove if stored.is_none() => return Commit::done(),
+            Change::Remove => None,
+            Change::Keep if pruned => live,
+            Change::Keep => return Commit::done(),
+        };
+        let mut frame = Vec::with_capacity(frame::HEADER + key.len() + 64);
+        let summary = match &new {
+            Some(versions) => {
+                let value = match crate::record::format::encode(versions) {
+                    Ok(value) => value,
+                    Err(err) => return failed(StoreError::Encode(err)),
+                };
+                frame::encode(&mut frame, Kind::Put, key, &value);
+                Some(Summary::of(key, versions))
+            }
+            None => {
+                frame::encode(&mut frame, Kind::Remove, key, &[]);
+                None
+            }
+        };
+        let position = match self.append(&frame, key, summary) {
+            Ok(position) => position,
+            Err(err) => return failed(err),
+        };
+        self.place(&mut shard, key, hash, summary, &position);
+        // Counted under the shard lock, which a flush_all also holds.
+        let (old_items, old_bytes) = counts(key, stored.as_ref());
+        let (new_items, new_bytes) = counts(key, new.as_ref());
+        self.digests
+            .change(hash, key, stored.as_ref(), new.as_ref());
+        apply_delta(&self.items, new_items - old_items);
+        apply_delta(&self.bytes, new_bytes - old_bytes);
+        drop(shard);
+        self.durable(position.appended)
+    }
+
+    /// Points the index at a frame just appended (a put) or drops the key (a remove).
+    fn place(
+        &self,
+        shard: &mut Shard,
+        key: &[u8],
+        hash: u32,
+        summary: Option<Summary>,
+        at: &Position,
+    ) {
+        let old = match summary {
+            Some(summary) => shard.index.insert(
+                key.into(),
+                Entry {
+                    segment: at.segment,
+                    offset: at.offset,
+                    len: at.len,
+                    hash,
+                    summary,
+                },
+            ),
+            None => {
+                self.add_dead(at.segment, at.len);
+                shard.index.remove(key)
+            }
+        };
+        if let Some(old) = old {
+            self.add_dead(old.segment, old.len);
+        }
+    }
+
+    /// Appends one frame at the head, sealing it first when the frame would not fit.
+    fn append(
+        &self,
+        frame: &[u8],
+        key: &[u8],
+        summary: Option<Summary>,
+    ) -> Result<Position, StoreError> {
+        let mut head = lock(&self.head);
+        let size = head.segment.size.load(Ordering::Relaxed);
+        if size > 0 && size + frame.len() as u64 > self.settings.segment_bytes {
+            self.seal(&mut head)?;
+        }
+        let offset = head.segment.size.load(Ordering::Relaxed);
+        (head.segment.file.write_all_at(frame, offset))
+            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e))?;
+        head.segment
+            .size
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        head.appended += frame.len() as u64;
+        head.hints.push(Hint {
+            kind: if summary.is_some() {
+                Kind::Put
+            } else {
+                Kind::Remove
+            },
+            key: key.into(),
+            offset: offset as u32,
+            len: frame.len() as u32,
+            summary: summary.unwrap_or_default(),
+        });
+        Ok(Position {
+            segment: head.id,
+            offset: offset as u32,
+            len: frame.len() as u32,
+            appended: head.appended,
+        })
+    }
+
+    /// Syncs the head, writes its hint file and starts the next segment.
+    fn seal(&self, head: &mut Head) -> Result<(), StoreError> {
+        (head.segment.file.sync_data())
+            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e))?;
+        self.synced(head.appended, None);
+        let hints = hint_path(&self.dir, head.id);
+        crate::durable::write_atomically(&hints, &frame::encode_hints(&head.hints))
+            .map_err(|e| io_error(&hints, e))?;
+        let next = head.id + 1;
+        let segment = Arc::new(recovery::create_segment(&self.dir, next)?);
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        segments.insert(next, Arc::clone(&segment));
+        drop(segments);
+        head.hints.clear();
+        head.id = next;
+        head.segment = segment;
+        self.head_id.store(next, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A `Commit` that resolves once the log is durable up to `appended`.
+    fn durable(&self, appended: u64) -> Commit {
+        if self.settings.durability == Durability::Periodic {
+            return Commit::done();
+        }
+        let mut syncs = lock(&self.syncs);
+        if syncs.durable >= appended {
+            return Commit::done();
+        }
+        let (done, commit) = oneshot::channel();
+        syncs.waiting.push_back((appended, done));
+        drop(syncs);
+        self.sync_wanted.notify_one();
+        Commit::pending(commit)
+    }
+
+    /// Records a sync that covered everything up to `appended`, and answers the writers
+    /// it made durable (or, on failure, every writer waiting).
+    fn synced(&self, appended: u64, failure: Option<StoreError>) {
+        let mut syncs = lock(&self.syncs);
+        let answered: Vec<_> = match &failure {
+            None => {
+                syncs.durable = syncs.durable.max(appended);
+                let durable = syncs.durable;
+                let count = (syncs.waiting.iter())
+                    .take_while(|(at, _)| *at <= durable)
+                    .count();
+                syncs.waiting.drain(..count).collect()
+            }
+            Some(_) => syncs.waiting.drain(..).collect(),
+        };
+        drop(syncs);
+        for (_, done) in answered {
+            let _ = done.send(failure.clone().map_or(Ok(()), Err));
+        }
+    }
+
+    /// Syncs the head now; returns how far the log is durable.
+    fn sync(&self) -> Result<(), StoreError> {
+        let (id, segment, appended) = {
+            let head = lock(&self.head);
+            (head.id, Arc::clone(&head.segment), head.appended)
+        };
+        let result = segment
+            .file
+            .sync_data()
+            .map_err(|e| io_error(&segment_path(&self.dir, id), e));
+        match &result {
+            Ok(()) => self.synced(appended, None),
+            Err(err) => {
+                log::error!("disk store sync failed: {err}");
+                self.synced(appended, Some(err.clone()));
+            }
+        }
+        result
+    }
+
+    /// The syncer thread: with `fsync`, one sync whenever writers wait (group commit);
+    /// with `periodic`, one every `flush_interval`. A last sync when closing.
+    fn run_syncer(&self) {
+        loop {
+            let stopping = {
+                let syncs = lock(&self.syncs);
+                let syncs = match self.settings.durability {
+                    Durability::Fsync => (self.sync_wanted)
+                        .wait_while(syncs, |s| s.waiting.is_empty() && !s.stopping)
+                        .unwrap_or_else(|p| p.into_inner()),
+                    Durability::Periodic => {
+                        (self.sync_wanted)
+                            .wait_timeout_while(syncs, self.settings.flush_interval, |s| {
+                                !s.stopping
+                            })
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                };
+                syncs.stopping
+            };
+            let _ = self.sync();
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    fn stop_requested(&self) -> bool {
+        lock(&self.syncs).stopping
+    }
+}
+
+/// Where a frame landed.
+struct Position {
+    segment: u32,
+    offset: u32,
+    len: u32,
+    appended: u64,
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        lock(&self.shared.syncs).stopping = true;
+        self.shared.sync_wanted.notify_all();
+        self.shared.stop_signal.notify_all();
+        if let Some(compactor) = self.compactor.take() {
+            let _ = compactor.join();
+        }
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
+    }
+}
+
+impl Store for LogStore {
+    fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions> {
+        let hash = key_hash(key);
+        let shard = lock(&self.shared.shards[shard_of(hash)]);
+        let entry = *shard.index.get(key)?;
+        let segment = self.shared.segment(entry.segment)?;
+        // The read itself needs no lock: a frame never changes and the segment outlives
+        // this handle.
+        drop(shard);
+        let mut versions = (self.shared.read(&segment, &entry, key))
+            .map_err(|err| log::error!("disk store read failed: {err}"))
+            .ok()?;
+        // Expired versions are hidden here and reclaimed by the purge.
+        versions.retain_unexpired(now_secs).then_some(versions)
+    }
+
+    fn update(
+        &self,
+        key: &[u8],
+        now_secs: u64,
+        decide: &mut dyn FnMut(Option<&Versions>) -> Change,
+    ) -> Commit {
+        self.shared.update(key, now_secs, decide)
+    }
+
+    fn clear(&self) {
+        let shared = &self.shared;
+        // Every shard and the head: no write slips between the clear and the reset counters.
+        let mut guards: Vec<_> = shared.shards.iter().map(lock).collect();
+        let mut head = lock(&shared.head);
+        let first = (shared.seal(&mut head))
+            .and_then(|()| recovery::set_first(&shared.dir, head.id).map(|()| head.id));
+        drop(head);
+        for shard in &mut guards {
+            shard.index.clear();
+        }
+        shared.items.store(0, Ordering::Relaxed);
+        shared.bytes.store(0, Ordering::Relaxed);
+        shared.digests.clear();
+        let first = match first {
+            Ok(first) => first,
+            Err(err) => {
+                log::error!("flush_all did not reach the disk: {err}");
+                return;
+            }
+        };
+        let old: Vec<u32> = {
+            let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
+            let old: Vec<u32> = segments.range(..first).map(|(id, _)| *id).collect();
+            for id in &old {
+                segments.remove(id);
+            }
+            old
+        };
+        drop(guards);
+        for id in old {
+            recovery::delete_segment(&shared.dir, id);
+        }
+    }
+
+    fn purge_expired(&self, now_secs: u64) -> u64 {
+        let mut purged = 0;
+        for shard in &self.shared.shards {
+            let expired: Vec<Box<[u8]>> = (lock(shard).index.iter())
+                .filter(|(_, e)| e.summary.expires != 0 && e.summary.expires <= now_secs)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in expired {
+                // Keep: the update drops the expired versions on its own.
+                drop(self.shared.update(&key, now_secs, &mut |_| Change::Keep));
+                purged += 1;
+            }
+        }
+        purged
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            items: self.shared.items.load(Ordering::Relaxed),
+            bytes: self.shared.bytes.load(Ordering::Relaxed),
+            file_bytes: self.shared.file_bytes(),
+            dead_bytes: self.shared.dead_bytes(),
+            compactions: self.shared.compactions.load(Ordering::Relaxed),
+            compacted_bytes: self.shared.compacted_bytes.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        }
+    }
+
+    fn digests(&self) -> &Digests {
+        &self.shared.digests
+    }
+
+    fn keys_in(&self, low: u32, high: u32) -> Vec<(Bytes, u64)> {
+        let mut found: Vec<(u32, Box<[u8]>, u64)> = Vec::new();
+        for shard in &self.shared.shards[shard_of(low)..=shard_of(high)] {
+            let shard = lock(shard);
+            let listed = (shard.index.iter())
+                .filter(|(_, e)| (low..=high).contains(&e.hash))
+                .map(|(key, e)| (e.hash, key.clone(), e.summary.fingerprint));
+            found.extend(listed);
+        }
+        found.sort_unstable();
+        (found.into_iter())
+            .map(|(_, key, print)| (Bytes::from(key.into_vec()), print))
+            .collect()
+    }
+}
+
+/// The bucket summary change of adding one indexed key (a start rebuilding its digests).
+fn entry_delta(digests: &Digests, entry: &Entry) -> Delta {
+    Delta {
+        bucket: digests.bucket_of(entry.hash),
+        xor: entry.summary.fingerprint,
+        keys: 1,
+        tombstoned: i32::from(entry.summary.tombstoned),
+    }
+}

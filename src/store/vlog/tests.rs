@@ -1,0 +1,226 @@
+use super::*;
+use crate::record::test_record;
+use std::time::Instant;
+
+fn settings(segment_bytes: u64) -> Settings {
+    Settings {
+        segment_bytes,
+        compaction_rate: 1 << 30,
+        ..Settings::new(Durability::Fsync, Duration::from_secs(1), 64)
+    }
+}
+
+fn block(commit: Commit) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(commit.wait()).unwrap();
+}
+
+fn put(store: &LogStore, key: &str, value: &str) {
+    let versions = Versions::one(test_record(value, 0));
+    block(store.update(key.as_bytes(), 100, &mut |_| Change::Put(versions.clone())));
+}
+
+fn remove(store: &LogStore, key: &str) {
+    block(store.update(key.as_bytes(), 100, &mut |_| Change::Remove));
+}
+
+fn value(store: &LogStore, key: &str) -> Option<String> {
+    let versions = store.get(key.as_bytes(), 100)?;
+    Some(String::from_utf8(versions.0[0].value.to_vec()).unwrap())
+}
+
+fn files(dir: &Path, suffix: &str) -> usize {
+    (std::fs::read_dir(dir.join(DIR_NAME)).unwrap())
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(suffix)
+        })
+        .count()
+}
+
+#[test]
+fn writes_removes_counts_and_digests_survive_reopen_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stats, digests) = {
+        let store = LogStore::open(dir.path(), settings(1024)).unwrap();
+        for i in 0..300 {
+            put(&store, &format!("key{i}"), &format!("value{i}"));
+        }
+        for i in (0..300).step_by(7) {
+            remove(&store, &format!("key{i}"));
+        }
+        put(&store, "key1", "rewritten");
+        (store.stats(), store.digests().all())
+    };
+    assert!(
+        files(dir.path(), ".hint") > 3,
+        "the log was cut into sealed segments"
+    );
+    let store = LogStore::open(dir.path(), settings(1024)).unwrap();
+    assert_eq!(value(&store, "key1").as_deref(), Some("rewritten"));
+    assert_eq!(value(&store, "key2").as_deref(), Some("value2"));
+    assert_eq!(value(&store, "key7"), None);
+    let reopened = store.stats();
+    assert_eq!((reopened.items, reopened.bytes), (stats.items, stats.bytes));
+    assert_eq!(reopened.items, 300 - 43);
+    assert_eq!(store.digests().all(), digests);
+}
+
+#[test]
+fn a_torn_last_write_is_cut_off_and_a_lost_hint_file_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LogStore::open(dir.path(), settings(2048)).unwrap();
+        for i in 0..100 {
+            put(&store, &format!("key{i}"), "x");
+        }
+    }
+    let log = dir.path().join(DIR_NAME);
+    let head = recovery_head(&log);
+    // Half a frame at the head's end, as a crash mid-append leaves it.
+    let mut torn = Vec::new();
+    frame::encode(&mut torn, Kind::Put, b"never-acknowledged", b"value");
+    let path = segment_path(&log, head);
+    let mut content = std::fs::read(&path).unwrap();
+    let intact = content.len();
+    content.extend_from_slice(&torn[..torn.len() / 2]);
+    std::fs::write(&path, &content).unwrap();
+    std::fs::remove_file(hint_path(&log, 1)).unwrap();
+    let store = LogStore::open(dir.path(), settings(2048)).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), intact as u64);
+    assert!(hint_path(&log, 1).exists(), "rebuilt from the segment");
+    assert_eq!(store.stats().items, 100);
+    assert!((0..100).all(|i| value(&store, &format!("key{i}")).is_some()));
+    assert_eq!(value(&store, "never-acknowledged"), None);
+}
+
+fn recovery_head(log: &Path) -> u32 {
+    (std::fs::read_dir(log).unwrap())
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn a_damaged_sealed_segment_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LogStore::open(dir.path(), settings(1024)).unwrap();
+        for i in 0..50 {
+            put(&store, &format!("key{i}"), "some value");
+        }
+    }
+    let log = dir.path().join(DIR_NAME);
+    std::fs::remove_file(hint_path(&log, 1)).unwrap();
+    let path = segment_path(&log, 1);
+    let mut content = std::fs::read(&path).unwrap();
+    content[20] ^= 0xff;
+    std::fs::write(&path, &content).unwrap();
+    let err = LogStore::open(dir.path(), settings(1024)).err().unwrap();
+    assert!(err.to_string().contains("damaged frame at byte 0"), "{err}");
+    assert!(err.to_string().contains("0000000001.log"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+    assert!(LogStore::check(dir.path()).is_err());
+}
+
+#[test]
+fn compaction_keeps_the_files_within_half_again_the_live_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = "v".repeat(200);
+    {
+        let store = LogStore::open(dir.path(), settings(16 << 10)).unwrap();
+        for round in 0..20 {
+            for i in 0..100 {
+                put(&store, &format!("key{i}"), &format!("{round}{value}"));
+            }
+        }
+        for i in 0..10 {
+            remove(&store, &format!("key{i}"));
+        }
+        // 20 rounds wrote 20× the live data; the compactor may have started already.
+        let (_, after) = store.compact_now();
+        let stats = store.stats();
+        let live = stats.file_bytes - stats.dead_bytes;
+        assert!(stats.compactions > 0 && stats.compacted_bytes > 0);
+        assert!(
+            after * 2 <= live * 3 + (16 << 10),
+            "{after} bytes on disk for {live} live"
+        );
+        assert_eq!(stats.items, 90);
+    }
+    // Nothing removed comes back, nothing live is lost.
+    let store = LogStore::open(dir.path(), settings(16 << 10)).unwrap();
+    assert_eq!(store.stats().items, 90);
+    assert!((0..10).all(|i| store.get(format!("key{i}").as_bytes(), 100).is_none()));
+    assert!((10..100).all(|i| value_of(&store, i).starts_with("19")));
+}
+
+fn value_of(store: &LogStore, i: usize) -> String {
+    value(store, &format!("key{i}")).unwrap()
+}
+
+#[test]
+fn the_compactor_runs_on_its_own_while_writes_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), settings(8 << 10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut round = 0;
+    while store.stats().compactions == 0 && Instant::now() < deadline {
+        for i in 0..50 {
+            put(&store, &format!("key{i}"), &format!("{round:06}"));
+        }
+        round += 1;
+    }
+    assert!(store.stats().compactions > 0);
+    assert!((0..50).all(|i| value_of(&store, i) == format!("{:06}", round - 1)));
+}
+
+#[test]
+fn flush_all_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LogStore::open(dir.path(), settings(1024)).unwrap();
+        for i in 0..50 {
+            put(&store, &format!("key{i}"), "before");
+        }
+        store.clear();
+        put(&store, "after", "kept");
+    }
+    let store = LogStore::open(dir.path(), settings(1024)).unwrap();
+    assert_eq!(store.stats().items, 1);
+    assert_eq!(value(&store, "after").as_deref(), Some("kept"));
+    assert_eq!(value(&store, "key3"), None);
+}
+
+#[test]
+fn periodic_writes_are_on_disk_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let periodic = Settings {
+        durability: Durability::Periodic,
+        ..settings(1 << 20)
+    };
+    {
+        let store = LogStore::open(dir.path(), periodic.clone()).unwrap();
+        for i in 0..100 {
+            put(&store, &format!("key{i}"), "x");
+        }
+    }
+    let store = LogStore::open(dir.path(), periodic).unwrap();
+    assert_eq!(store.stats().items, 100);
+}
+
+#[test]
+fn a_second_opener_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = LogStore::open(dir.path(), settings(1 << 20)).unwrap();
+    let err = LogStore::open(dir.path(), settings(1 << 20)).err().unwrap();
+    assert!(err.to_string().contains("in use"), "{err}");
+}
