@@ -132,7 +132,7 @@ fn data_survives_a_restart_and_a_data_dir_serves_one_node() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("kai.redb: in use by another process"),
+        stderr.contains("/log: in use by another process"),
         "{stderr}"
     );
 
