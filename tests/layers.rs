@@ -20,7 +20,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("logging", &["config"]),
     ("record", &["causality"]),
     ("ops", &["causality", "record"]),
-    ("store", &["causality", "keyspace", "record"]),
+    ("store", &["causality", "durable", "keyspace", "record"]),
     (
         "cluster",
         &[
