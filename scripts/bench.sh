@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make bench: kai against Debian's memcached (-t 2), driven one after the other by the same
 # external load generator (memcaslap from libmemcached-tools): 2 client threads,
-# 50 connections, 64-byte keys, 1 KiB values, get-only / set-only / 9:1 get:set rows.
-# Prints one table of ops/s and the kai/memcached ratio; raw output is kept in bench-results/.
+# 50 connections, 64-byte keys, 1 KiB values, get-only / set-only / 9:1 get:set rows; then
+# latency with our own closed-loop generator, RSS per item, the disk engine at the seed's
+# production size, and last one summary of kai/peer ratios. Raw output stays in bench-results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,9 +35,34 @@ level = "warn"
 TOML
 "$KAI" --config "$OUT/kai.toml" 2> "$OUT/kai.log" &
 KAI_PID=$!
-trap 'kill $MC_PID $KAI_PID 2>/dev/null || true' EXIT
-wait_port "$MC_PORT"
-wait_port "$KAI_PORT"
+# The disk engine twice: every write fsynced before its answer, and synced every second.
+disk_node() { # name port durability
+    mkdir -p "$OUT/$1"
+    cat > "$OUT/$1.toml" <<TOML
+[node]
+data_dir = "$OUT/$1"
+[memcache]
+listen = "127.0.0.1:$2"
+max_connections = 4096
+[rpc]
+listen = "127.0.0.1:0"
+[store]
+engine = "disk"
+durability = "$3"
+[log]
+level = "warn"
+TOML
+    "$KAI" --config "$OUT/$1.toml" 2> "$OUT/$1.log" &
+}
+FSYNC_PORT=$(free_port)
+PERIODIC_PORT=$(free_port)
+disk_node fsync "$FSYNC_PORT" fsync
+FSYNC_PID=$!
+disk_node periodic "$PERIODIC_PORT" periodic
+PERIODIC_PID=$!
+trap 'kill $MC_PID $KAI_PID $FSYNC_PID $PERIODIC_PID 2>/dev/null || true' EXIT
+for port in "$MC_PORT" "$KAI_PORT" "$FSYNC_PORT" "$PERIODIC_PORT"; do wait_port "$port"; done
+declare -A TPS # target/row/conns -> ops/s from memcaslap
 
 # memcaslap workload files: key size, value size, command mix (0 = set, 1 = get).
 workload() { printf 'key\n64 64 1\nvalue\n1024 1024 1\ncmd\n0 %s\n1 %s\n' "$1" "$2" > "$OUT/$3.cfg"; }
@@ -55,20 +81,25 @@ run() { # server-name port row
     awk '/^Run time:/ { for (i = 1; i <= NF; i++) if ($i == "TPS:") print $(i + 1) }' "$raw" | tail -1
 }
 
-printf '%-16s %14s %14s %8s\n' "row" "memcached/s" "kai/s" "ratio" | tee "$OUT/table.txt"
-for row in get set mix; do
-    mc=$(run memcached "$MC_PORT" "$row")
-    kai=$(run kai "$KAI_PORT" "$row")
-    ratio=$(awk -v a="$kai" -v b="$mc" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-    printf '%-16s %14s %14s %8s\n' "$row" "$mc" "$kai" "$ratio" | tee -a "$OUT/table.txt"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+printf '%-16s %12s %12s %6s %12s %12s\n' "row" "memcached/s" "kai/s" "ratio" "fsync/s" "periodic/s" | tee "$OUT/table.txt"
+for conns in 10 50; do
+    for row in get set mix; do
+        mc=$(CONNS=$conns run memcached "$MC_PORT" "$row")
+        kai=$(CONNS=$conns run kai "$KAI_PORT" "$row")
+        fsync=$(CONNS=$conns run kai-fsync "$FSYNC_PORT" "$row")
+        periodic=$(CONNS=$conns run kai-periodic "$PERIODIC_PORT" "$row")
+        TPS[memcached/$row/$conns]=$mc TPS[kai/$row/$conns]=$kai
+        TPS[fsync/$row/$conns]=$fsync TPS[periodic/$row/$conns]=$periodic
+        printf '%-16s %12s %12s %6s %12s %12s\n' "$conns $row" "$mc" "$kai" "$(ratio "$kai" "$mc")" "$fsync" "$periodic" | tee -a "$OUT/table.txt"
+    done
 done
 # The same rows in memcached's binary protocol (memcaslap -B), at 10 and 50 connections.
 for conns in 10 50; do
     for row in get set mix; do
         mc=$(CONNS=$conns PROTOCOL=-B run memcached "$MC_PORT" "$row")
         kai=$(CONNS=$conns PROTOCOL=-B run kai "$KAI_PORT" "$row")
-        ratio=$(awk -v a="$kai" -v b="$mc" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-        printf '%-16s %14s %14s %8s\n' "binary $conns $row" "$mc" "$kai" "$ratio" | tee -a "$OUT/table.txt"
+        printf '%-16s %12s %12s %6s\n' "binary $conns $row" "$mc" "$kai" "$(ratio "$kai" "$mc")" | tee -a "$OUT/table.txt"
     done
 done
 
@@ -99,7 +130,7 @@ TOML
     "$KAI" --config "$OUT/node$i.toml" 2> "$OUT/node$i.log" &
     CLUSTER_PIDS+=($!)
 done
-trap 'kill $MC_PID $KAI_PID "${CLUSTER_PIDS[@]}" 2>/dev/null || true' EXIT
+trap 'kill $MC_PID $KAI_PID $FSYNC_PID $PERIODIC_PID "${CLUSTER_PIDS[@]}" 2>/dev/null || true' EXIT
 members_up() { # host port: how many members the node sees up
     python3 - "$1" "$2" <<'PY' 2>/dev/null || echo 0
 import socket, sys
@@ -121,67 +152,120 @@ CLUSTER="127.0.0.11:$CLUSTER_PORT,127.0.0.12:$CLUSTER_PORT,127.0.0.13:$CLUSTER_P
 
 echo | tee -a "$OUT/table.txt"
 printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s\n' target conns row "ops/s" "p50 us" "p99 us" "p99.9 us" errors closed | tee -a "$OUT/table.txt"
-DISK_PORT=$(free_port)
-mkdir -p "$OUT/disk"
-cat > "$OUT/disk.toml" <<TOML
-[node]
-data_dir = "$OUT/disk"
-[memcache]
-listen = "127.0.0.1:$DISK_PORT"
-max_connections = 4096
-[rpc]
-listen = "127.0.0.1:0"
-[store]
-engine = "disk"
-[log]
-level = "warn"
-TOML
-"$KAI" --config "$OUT/disk.toml" 2> "$OUT/disk.log" &
-DISK_PID=$!
-trap 'kill $MC_PID $KAI_PID $DISK_PID "${CLUSTER_PIDS[@]}" 2>/dev/null || true' EXIT
-wait_port "$DISK_PORT"
-
-for target in memcached kai kai-disk kai-3-nodes; do
+declare -A LAT # target/row/conns -> "ops p50 p99 p99.9"
+for target in memcached kai kai-fsync kai-periodic kai-3-nodes; do
     case $target in
         memcached) servers="127.0.0.1:$MC_PORT" ;;
         kai) servers="127.0.0.1:$KAI_PORT" ;;
-        kai-disk) servers="127.0.0.1:$DISK_PORT" ;;
+        kai-fsync) servers="127.0.0.1:$FSYNC_PORT" ;;
+        kai-periodic) servers="127.0.0.1:$PERIODIC_PORT" ;;
         *) servers=$CLUSTER ;;
     esac
     "$LOADGEN" --servers "$servers" --connections 50 --mix fill > /dev/null
     for conns in 10 50; do
         for row in get set mix; do
             read -r ops p50 p99 p999 errors closed < <("$LOADGEN" --servers "$servers" --connections "$conns" --seconds "$SECONDS_PER_ROW" --mix "$row")
+            LAT[$target/$row/$conns]="$ops $p50 $p99 $p999"
             printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s\n' "$target" "$conns" "$row" "$ops" "$p50" "$p99" "$p999" "$errors" "$closed" | tee -a "$OUT/table.txt"
         done
     done
 done
-kill "$DISK_PID" "${CLUSTER_PIDS[@]}" 2>/dev/null || true
-wait "$DISK_PID" 2>/dev/null || true
+kill "$KAI_PID" "$FSYNC_PID" "$PERIODIC_PID" "${CLUSTER_PIDS[@]}" 2>/dev/null || true
+kill "$MC_PID" 2>/dev/null || true
+wait 2>/dev/null || true
 
-# Third: the seed's production size on the disk engine (BENCH_ITEMS items of 2 KiB,
-# 1.5 M ≈ 3 GB by default), then a restart: time to accepting clients, and RSS after start.
+# RSS per item: a fresh server, 1 M items of the given size loaded, (RSS after - before) / items.
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+per_item() { # pid port value-bytes
+    local before after
+    before=$(rss_kib "$1")
+    "$LOADGEN" --servers "127.0.0.1:$2" --connections 50 --mix fill --keys 1000000 --value "$3" > /dev/null
+    after=$(rss_kib "$1")
+    echo $(( (after - before) * 1024 / 1000000 ))
+}
+declare -A RSS
+for size in 1024 100; do
+    port=$(free_port)
+    memcached "${USER_OPT[@]}" -l 127.0.0.1 -p "$port" -U 0 -t 2 -m 4096 -c 4096 &
+    pid=$!; wait_port "$port"
+    RSS[memcached/$size]=$(per_item "$pid" "$port" "$size")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    sed "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$OUT/kai.toml" > "$OUT/kai-rss.toml"
+    "$KAI" --config "$OUT/kai-rss.toml" 2> "$OUT/kai-rss.log" &
+    pid=$!; wait_port "$port"
+    RSS[kai/$size]=$(per_item "$pid" "$port" "$size")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    printf 'RSS per item, 1 M items of %s B: memcached %s B, kai memory engine %s B\n' "$size" "${RSS[memcached/$size]}" "${RSS[kai/$size]}" | tee -a "$OUT/table.txt"
+done
+
+# The seed's production size on the disk engine (BENCH_ITEMS items of 2 KiB, 1.5 M ≈ 3 GB by
+# default, loaded with durability = "periodic" to save time), half of them overwritten, then
+# a restart: time to accepting clients, RSS, and the log's size against the live data before
+# and after compaction.
 ITEMS=${BENCH_ITEMS:-1500000}
-rm -rf "$OUT/disk"; mkdir -p "$OUT/disk"
-"$KAI" --config "$OUT/disk.toml" 2> "$OUT/disk.log" &
+DISK_PORT=$(free_port)
+rm -rf "$OUT/periodic"
+disk_node periodic "$DISK_PORT" periodic
 DISK_PID=$!
+trap 'kill $DISK_PID 2>/dev/null || true' EXIT
 wait_port "$DISK_PORT"
 load_started=$(date +%s.%N)
 read -r load_rate _ < <("$LOADGEN" --servers "127.0.0.1:$DISK_PORT" --connections 50 --mix fill --keys "$ITEMS" --value 2048)
 load_seconds=$(awk -v a="$load_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
+"$LOADGEN" --servers "127.0.0.1:$DISK_PORT" --connections 50 --mix fill --keys $((ITEMS / 2)) --value 2048 > /dev/null
+stat_of() { # port name
+    python3 - "$1" "$2" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(b"stats\r\n")
+data = b""
+while not data.endswith(b"END\r\n"):
+    data += s.recv(65536)
+for line in data.decode().splitlines():
+    parts = line.split()
+    if len(parts) == 3 and parts[1] == sys.argv[2]:
+        print(parts[2])
+PY
+}
+live_bytes=$(( $(stat_of "$DISK_PORT" kai_store_file_bytes) - $(stat_of "$DISK_PORT" kai_store_dead_bytes) ))
 kill -TERM "$DISK_PID"; wait "$DISK_PID" 2>/dev/null || true
-db_bytes=$(stat -c %s "$OUT/disk/kai.redb")
+log_bytes() { du -sb "$OUT/periodic/log" | cut -f1; }
+before_compaction=$(log_bytes)
 start=$(date +%s.%N)
-"$KAI" --config "$OUT/disk.toml" 2> "$OUT/disk-restart.log" &
+"$KAI" --config "$OUT/periodic.toml" 2> "$OUT/periodic-restart.log" &
 DISK_PID=$!
 wait_port "$DISK_PORT"
 ready_ms=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
-rss_kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$DISK_PID/status")
+rss=$(rss_kib "$DISK_PID")
+kill -TERM "$DISK_PID"; wait "$DISK_PID" 2>/dev/null || true
+"$KAI" store compact --data-dir "$OUT/periodic" > "$OUT/compact.txt"
+after_compaction=$(log_bytes)
 {
     echo
-    echo "disk engine at production size: $ITEMS items of 2 KiB loaded in ${load_seconds}s (${load_rate} durable sets/s, 50 connections)"
-    echo "  database file $((db_bytes / 1048576)) MiB; restart to accepting clients ${ready_ms} ms; RSS after restart $((rss_kib / 1024)) MiB ($(awk -v r="$rss_kib" -v d="$db_bytes" 'BEGIN { printf "%.1f", r * 1024 * 100 / d }')% of the data)"
+    echo "disk engine at production size: $ITEMS items of 2 KiB loaded in ${load_seconds}s (${load_rate} sets/s, 50 connections), half overwritten"
+    echo "  restart to accepting clients ${ready_ms} ms; RSS after restart $((rss / 1024)) MiB"
+    echo "  log $((before_compaction / 1048576)) MiB before compaction, $((after_compaction / 1048576)) MiB after; live data $((live_bytes / 1048576)) MiB"
 } | tee -a "$OUT/table.txt"
-kill "$DISK_PID" 2>/dev/null || true
-rm -rf "$OUT/disk"
+rm -rf "$OUT/periodic" "$OUT/fsync" "$OUT"/node?
+
+# The summary: issue 19's rows, each a ratio against its peer from this run.
+lat() { echo "${LAT[$1]}" | cut -d' ' -f"$2"; } # target/row/conns field (1 ops, 4 p99.9)
+{
+    echo
+    printf '| row | kai | peer | ratio | target |\n|---|---|---|---|---|\n'
+    row() { printf '| %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$(ratio "$2" "$3")" "$4"; }
+    row "disk fsync set, 50 conns (vs memory engine)" "${TPS[fsync/set/50]}" "${TPS[kai/set/50]}" "≥ 0.5"
+    row "disk fsync set, 10 conns (vs memory engine)" "${TPS[fsync/set/10]}" "${TPS[kai/set/10]}" "—"
+    row "disk periodic set, 50 conns (vs memory engine)" "${TPS[periodic/set/50]}" "${TPS[kai/set/50]}" "≥ 0.8"
+    row "disk get, 50 conns (vs memory engine)" "${TPS[fsync/get/50]}" "${TPS[kai/get/50]}" "≥ 0.95"
+    row "RSS per 1 KiB item, bytes (vs memcached)" "${RSS[kai/1024]}" "${RSS[memcached/1024]}" "≤ 1.0"
+    row "RSS per 100 B item, bytes (vs memcached)" "${RSS[kai/100]}" "${RSS[memcached/100]}" "≤ 1.0"
+    row "single node set, 50 conns (vs memcached -t 2)" "${TPS[kai/set/50]}" "${TPS[memcached/set/50]}" "≥ 1.0"
+    row "single node set p99.9 µs, 50 conns (vs memcached)" "$(lat kai/set/50 4)" "$(lat memcached/set/50 4)" "≤ 1.0"
+    row "3 nodes N=3 R=2 W=2 get, 50 conns (vs 80 k/s)" "$(lat kai-3-nodes/get/50 1)" 80000 "≥ 1.0"
+    row "3 nodes set, 50 conns (vs 60 k/s)" "$(lat kai-3-nodes/set/50 1)" 60000 "≥ 1.0"
+    row "3 nodes mix p99.9 µs, 50 conns (vs 3 ms)" "$(lat kai-3-nodes/mix/50 4)" 3000 "≤ 1.0"
+    row "restart at $ITEMS × 2 KiB, ms (vs 5 s)" "$ready_ms" 5000 "< 1.0"
+    row "log after compaction (vs live data)" "$after_compaction" "$live_bytes" "≤ 1.5"
+} | tee -a "$OUT/table.txt"
 echo "kai $(git rev-parse --short HEAD 2>/dev/null || echo unknown); raw output in $OUT" | tee -a "$OUT/table.txt"

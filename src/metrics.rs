@@ -73,6 +73,14 @@ const COUNTERS: &[(&str, &str)] = &[
         "kai_purged_tombstones",
         "Tombstones purged once every replica held them",
     ),
+    (
+        "kai_store_compactions",
+        "Disk engine segments rewritten by compaction",
+    ),
+    (
+        "kai_store_compacted_bytes",
+        "Disk engine bytes given back by compaction",
+    ),
 ];
 
 /// Stats that go up and down, exported as gauges under the given name.
@@ -120,6 +128,16 @@ const GAUGES: &[(&str, &str, &str)] = &[
         "kai_version_mix_secs",
         "kai_version_mix_seconds",
         "Seconds the active members have run more than one release (0: one release)",
+    ),
+    (
+        "kai_store_file_bytes",
+        "kai_store_file_bytes",
+        "Bytes in the disk engine's files (0: memory engine)",
+    ),
+    (
+        "kai_store_dead_bytes",
+        "kai_store_dead_bytes",
+        "Bytes in the disk engine's files no longer current, awaiting compaction",
     ),
     (
         "runtime_tasks",

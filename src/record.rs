@@ -27,7 +27,8 @@ pub struct Record {
     pub recache_claimed: bool,
 }
 
-/// Bytes a record is charged beyond key and value: map entry, LRU links, record fields.
+/// Bytes a record is charged beyond key and value (`bytes`, `memory_limit`): a little more
+/// than the memory engine's slot, table entry, header and encoding take.
 pub const RECORD_OVERHEAD: usize = 96;
 
 impl Record {

@@ -189,6 +189,7 @@ impl Node {
             .cluster
             .get()
             .map_or(0, |cluster| cluster.hints().total());
+        let store = self.store.stats();
         let offsets = self.clock_offsets();
         let max_offset_ms = (offsets.iter())
             .map(|(_, ms)| ms.unsigned_abs())
@@ -233,6 +234,13 @@ impl Node {
                 self.counters.http_requests_closed.get().to_string(),
             ),
             ("kai_clock_offsets", offsets.join(" ")),
+            ("kai_store_file_bytes", store.file_bytes.to_string()),
+            ("kai_store_dead_bytes", store.dead_bytes.to_string()),
+            ("kai_store_compactions", store.compactions.to_string()),
+            (
+                "kai_store_compacted_bytes",
+                store.compacted_bytes.to_string(),
+            ),
         ]
         .into_iter()
         .chain(self.build_stats())

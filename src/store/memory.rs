@@ -1,28 +1,156 @@
-//! The memory engine (Kai's "ets"): a sharded map with per-shard LRU order.
+//! The memory engine (Kai's "ets"): sharded, each key's versions packed in one allocation.
 //!
 //! Keys go to one of `SHARDS` mutex-guarded shards by the top bits of their ring hash, so
 //! concurrent clients rarely meet on a lock and one bucket's keys sit in one shard (what
-//! anti-entropy lists). With a `memory_limit`, a write that takes the total over the limit evicts the least
-//! recently used records, first from its own shard, then from the others.
+//! anti-entropy lists). A key is one `Item`: a header, the key and its versions in the
+//! record encoding, in a single heap block that a slot (24 bytes) points at and a table of
+//! slot numbers finds; reads decode it. That keeps a 1 KiB item near its own size, as
+//! memcached's slabs do, where a map of decoded records spent five allocations on it
+//! (docs/design.md, "Memory engine").
+//!
+//! With a `memory_limit`, a write that takes the total over the limit evicts by CLOCK
+//! (second chance): a read or an overwrite marks an item referenced, the shard's hand
+//! clears a mark or evicts an unmarked item, first in the writer's shard, then in the
+//! others.
 
 use super::digest::Digests;
 use super::{Change, Commit, Store, StoreStats, Versions};
 use crate::keyspace::key_hash;
 use bytes::Bytes;
-use lru::LruCache;
+use hashbrown::HashTable;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 const SHARDS: usize = 64;
 const SHARD_SHIFT: u32 = 32 - SHARDS.trailing_zeros();
 
+/// An item's header: referenced mark (1 byte), key length (2), earliest expiry (8).
+const HEADER: usize = 11;
+
+/// One key and its versions, packed. The empty item marks a free slot.
+#[derive(Default)]
+struct Item(Box<[u8]>);
+
+impl Item {
+    fn new(key: &[u8], versions: &Versions, referenced: bool) -> Item {
+        let earliest_expiry = (versions.0.iter())
+            .map(|r| r.expires_at)
+            .filter(|&at| at != 0)
+            .min()
+            .unwrap_or(0);
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // Encoded in a scratch buffer, then copied into a block of exactly its size: a
+        // block allocated larger and shrunk leaves a sliver malloc rarely reuses.
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut packed = std::mem::take(scratch);
+            packed.clear();
+            packed.push(u8::from(referenced));
+            packed.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            packed.extend_from_slice(&earliest_expiry.to_le_bytes());
+            packed.extend_from_slice(key);
+            // Serialising plain structs into a Vec has no failure path.
+            let packed = postcard::to_extend(versions, packed).expect("versions encode to a Vec");
+            let item = Item(Box::from(&packed[..]));
+            *scratch = packed;
+            item
+        })
+    }
+
+    fn is_free(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn key(&self) -> &[u8] {
+        match &*self.0 {
+            [_, a, b, rest @ ..] => &rest[8..8 + usize::from(u16::from_le_bytes([*a, *b]))],
+            _ => &[],
+        }
+    }
+
+    fn versions(&self) -> Versions {
+        let start = HEADER + self.key().len();
+        // Written by `new` from a valid value, so it decodes.
+        postcard::from_bytes(&self.0[start..]).unwrap_or_default()
+    }
+
+    fn any_expired(&self, now_secs: u64) -> bool {
+        let earliest = u64::from_le_bytes(self.0[3..HEADER].try_into().unwrap_or_default());
+        earliest != 0 && earliest <= now_secs
+    }
+
+    fn referenced(&self) -> bool {
+        self.0[0] != 0
+    }
+
+    fn mark(&mut self, referenced: bool) {
+        self.0[0] = u8::from(referenced);
+    }
+}
+
+struct Slot {
+    item: Item,
+    /// The key's ring hash: shard, bucket range and table position without rehashing.
+    hash: u32,
+}
+
 /// One lock's worth of the store. Its byte count lives under the same lock, so the request
 /// path touches no shared counter.
+#[derive(Default)]
 struct Shard {
-    records: LruCache<Box<[u8]>, Versions>,
+    /// Slot numbers, found by key.
+    table: HashTable<u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// The CLOCK hand: the next slot eviction looks at.
+    hand: usize,
     bytes: u64,
     /// Keys holding a live (non-tombstone) version: the `curr_items` stat.
     live_keys: u64,
+}
+
+/// The table's hash of ring hash `hash`: spread over 64 bits, since the table takes its
+/// tag from the top bits and a shard's ring hashes share theirs.
+fn table_hash(hash: u32) -> u64 {
+    u64::from(hash).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+impl Shard {
+    fn find(&self, hash: u32, key: &[u8]) -> Option<usize> {
+        let slots = &self.slots;
+        (self.table)
+            .find(table_hash(hash), |&at| slots[at as usize].item.key() == key)
+            .map(|&at| at as usize)
+    }
+
+    fn insert(&mut self, hash: u32, item: Item) {
+        let slot = Slot { item, hash };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at as usize] = slot;
+                at
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        (self.table).insert_unique(table_hash(hash), at, |&at| {
+            table_hash(slots[at as usize].hash)
+        });
+    }
+
+    /// Frees slot `at`, returning its item.
+    fn remove_at(&mut self, at: usize) -> Item {
+        let hash = table_hash(self.slots[at].hash);
+        if let Ok(entry) = self.table.find_entry(hash, |&slot| slot as usize == at) {
+            entry.remove();
+        }
+        self.free.push(at as u32);
+        std::mem::take(&mut self.slots[at].item)
+    }
 }
 
 pub struct MemoryStore {
@@ -41,15 +169,7 @@ impl MemoryStore {
     /// `limit_bytes` = 0 means unlimited; `buckets` is the ring's bucket count (digests).
     pub fn new(limit_bytes: u64, buckets: u32) -> Self {
         MemoryStore {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        records: LruCache::unbounded(),
-                        bytes: 0,
-                        live_keys: 0,
-                    })
-                })
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             limit_bytes: AtomicU64::new(limit_bytes),
             total_bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -64,27 +184,37 @@ impl MemoryStore {
     }
 
     fn lock(&self, index: usize) -> MutexGuard<'_, Shard> {
-        // A panic while holding a shard cannot leave a half-written record (LruCache
-        // operations are single calls), so a poisoned lock is still usable.
+        // A panic while holding a shard cannot leave a half-written item (each change of
+        // the table and slots is one call), so a poisoned lock is still usable.
         self.shards[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Accounts for `added` versions stored and `removed` ones released in `shard`.
-    fn charge(
+    /// Makes `new` what `key` (at slot `at`, if it has one) holds in place of `old`: None
+    /// removes it. Accounts for the change.
+    fn set(
         &self,
         shard: &mut Shard,
         hash: u32,
         key: &[u8],
-        added: Option<&Versions>,
-        removed: Option<&Versions>,
+        at: Option<usize>,
+        old: Option<&Versions>,
+        new: Option<&Versions>,
     ) {
         let bytes = |v: Option<&Versions>| v.map_or(0, |v| v.footprint(key) as u64);
         let live = |v: Option<&Versions>| u64::from(v.is_some_and(Versions::has_live));
-        shard.live_keys = shard.live_keys + live(added) - live(removed);
-        self.digests.change(hash, key, removed, added);
-        self.charge_bytes(shard, bytes(added), bytes(removed));
+        shard.live_keys = shard.live_keys + live(new) - live(old);
+        self.digests.change(hash, key, old, new);
+        self.charge_bytes(shard, bytes(new), bytes(old));
+        match (at, new) {
+            // A key written again counts as used; a new key waits for its first read, so a
+            // stream of new keys cannot clear every read key's mark.
+            (Some(at), Some(new)) => shard.slots[at].item = Item::new(key, new, true),
+            (Some(at), None) => drop(shard.remove_at(at)),
+            (None, Some(new)) => shard.insert(hash, Item::new(key, new, false)),
+            (None, None) => {}
+        }
     }
 
     fn charge_bytes(&self, shard: &mut Shard, added: u64, removed: u64) {
@@ -95,27 +225,21 @@ impl MemoryStore {
         }
     }
 
-    fn remove(&self, shard: &mut Shard, hash: u32, key: &[u8]) {
-        if let Some((key, versions)) = shard.records.pop_entry(key) {
-            self.charge(shard, hash, &key, None, Some(&versions));
-        }
-    }
-
-    /// Drops the expired versions of `key`, in `versions` and in the shard (the key goes
-    /// when none is left).
-    fn replace(
+    /// Drops the expired versions of the key at slot `at`; what is left, if anything.
+    fn prune(
         &self,
         shard: &mut Shard,
         hash: u32,
         key: &[u8],
-        versions: &mut Versions,
+        at: usize,
         now_secs: u64,
-    ) {
-        self.remove(shard, hash, key);
-        if versions.retain_unexpired(now_secs) {
-            self.charge(shard, hash, key, Some(versions), None);
-            shard.records.put(key.into(), versions.clone());
-        }
+    ) -> Option<Versions> {
+        let old = shard.slots[at].item.versions();
+        let mut kept = old.clone();
+        let any = kept.retain_unexpired(now_secs);
+        let kept = any.then_some(kept);
+        self.set(shard, hash, key, Some(at), Some(&old), kept.as_ref());
+        kept
     }
 
     fn limit(&self) -> u64 {
@@ -127,19 +251,30 @@ impl MemoryStore {
         limit != 0 && self.total_bytes.load(Ordering::Relaxed) > limit
     }
 
-    /// Evicts least recently used records from `shard`, never the one just written (`keep`).
+    /// Evicts from `shard` until under the limit, never the key just written (`keep`).
     fn evict_from(&self, shard: &mut Shard, keep: Option<&[u8]>) {
-        while self.over_limit() {
-            let Some((key, _)) = shard.records.peek_lru() else {
-                return;
-            };
-            if Some(&**key) == keep {
-                return;
+        // Two turns of the hand clear every mark once and then meet every unmarked item.
+        let mut budget = 2 * shard.slots.len() + 1;
+        while self.over_limit() && budget > 0 && !shard.slots.is_empty() {
+            budget -= 1;
+            let at = shard.hand % shard.slots.len();
+            shard.hand = at + 1;
+            let item = &mut shard.slots[at].item;
+            if item.is_free() || Some(item.key()) == keep {
+                continue;
             }
-            if let Some((key, versions)) = shard.records.pop_lru() {
-                self.charge(shard, key_hash(&key), &key, None, Some(&versions));
-                self.evictions.fetch_add(1, Ordering::Relaxed);
+            if item.referenced() {
+                item.mark(false);
+                continue;
             }
+            let hash = shard.slots[at].hash;
+            let item = shard.remove_at(at);
+            let versions = item.versions();
+            let key = item.key();
+            shard.live_keys -= u64::from(versions.has_live());
+            self.digests.change(hash, key, Some(&versions), None);
+            self.charge_bytes(shard, 0, versions.footprint(key) as u64);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -160,22 +295,19 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions> {
         let hash = key_hash(key);
-        let mut shard = self.lock(Self::shard_of(hash));
-        // Recency only matters when something may be evicted: without a limit, reads do not
-        // reorder the LRU list (and touch no neighbouring nodes).
-        let found = if self.limit() == 0 {
-            shard.records.peek(key)
-        } else {
-            shard.records.get(key)
-        };
-        match found {
-            Some(versions) if !versions.any_expired(now_secs) => return Some(versions.clone()),
-            Some(_) => {}
-            None => return None,
+        let mut guard = self.lock(Self::shard_of(hash));
+        let shard = &mut *guard;
+        let at = shard.find(hash, key)?;
+        let item = &mut shard.slots[at].item;
+        // The mark only matters when something may be evicted: without a limit, reads
+        // write nothing.
+        if self.limit() != 0 && !item.referenced() {
+            item.mark(true);
         }
-        let mut pruned = shard.records.peek(key).cloned()?;
-        self.replace(&mut shard, hash, key, &mut pruned, now_secs);
-        Some(pruned).filter(|v| !v.0.is_empty())
+        if !item.any_expired(now_secs) {
+            return Some(item.versions());
+        }
+        self.prune(shard, hash, key, at, now_secs)
     }
 
     fn update(
@@ -188,41 +320,21 @@ impl Store for MemoryStore {
         let index = Self::shard_of(hash);
         let mut guard = self.lock(index);
         let shard = &mut *guard;
-        // One lookup serves the read, the decision and the write.
-        let slot = if self.limit() == 0 {
-            shard.records.peek_mut(key)
-        } else {
-            shard.records.get_mut(key)
-        };
-        let fresh = slot.as_ref().map(|v| !v.any_expired(now_secs));
-        let change = match (fresh, slot) {
-            (Some(true), Some(slot)) => match decide(Some(slot)) {
-                Change::Put(versions) => {
-                    // Replace in place: no second lookup, no LRU relink.
-                    let (added, added_live) = (versions.footprint(key), versions.has_live());
-                    let old = std::mem::replace(slot, versions);
-                    self.digests.change(hash, key, Some(&old), Some(slot));
-                    shard.live_keys =
-                        shard.live_keys + u64::from(added_live) - u64::from(old.has_live());
-                    self.charge_bytes(shard, added as u64, old.footprint(key) as u64);
-                    Change::Keep
-                }
-                other => other,
-            },
-            (Some(false), _) => {
-                let mut pruned = shard.records.peek(key).cloned().unwrap_or_default();
-                self.replace(shard, hash, key, &mut pruned, now_secs);
-                decide((!pruned.0.is_empty()).then_some(&pruned))
+        let mut at = shard.find(hash, key);
+        let current = match at {
+            Some(slot) if shard.slots[slot].item.any_expired(now_secs) => {
+                let kept = self.prune(shard, hash, key, slot, now_secs);
+                at = at.filter(|_| kept.is_some());
+                kept
             }
-            _ => decide(None),
+            Some(slot) => Some(shard.slots[slot].item.versions()),
+            None => None,
         };
-        match change {
+        match decide(current.as_ref()) {
             Change::Put(versions) => {
-                self.remove(shard, hash, key);
-                self.charge(shard, hash, key, Some(&versions), None);
-                shard.records.put(key.into(), versions);
+                self.set(shard, hash, key, at, current.as_ref(), Some(&versions))
             }
-            Change::Remove => self.remove(shard, hash, key),
+            Change::Remove => self.set(shard, hash, key, at, current.as_ref(), None),
             Change::Keep => {}
         }
         if self.over_limit() {
@@ -238,8 +350,7 @@ impl Store for MemoryStore {
             let mut shard = self.lock(index);
             let bytes = shard.bytes;
             self.charge_bytes(&mut shard, 0, bytes);
-            shard.live_keys = 0;
-            shard.records.clear();
+            *shard = Shard::default();
         }
         self.digests.clear();
     }
@@ -247,18 +358,17 @@ impl Store for MemoryStore {
     fn purge_expired(&self, now_secs: u64) -> u64 {
         let mut purged = 0;
         for index in 0..SHARDS {
-            let mut shard = self.lock(index);
-            let expired: Vec<Box<[u8]>> = (shard.records.iter())
-                .filter(|(_, versions)| versions.any_expired(now_secs))
-                .map(|(key, _)| key.clone())
-                .collect();
-            for key in expired {
-                let Some(mut pruned) = shard.records.peek(&key[..]).cloned() else {
+            let mut guard = self.lock(index);
+            let shard = &mut *guard;
+            for at in 0..shard.slots.len() {
+                let slot = &shard.slots[at];
+                if slot.item.is_free() || !slot.item.any_expired(now_secs) {
                     continue;
-                };
-                purged += pruned.0.len() as u64;
-                self.replace(&mut shard, key_hash(&key), &key, &mut pruned, now_secs);
-                purged -= pruned.0.len() as u64;
+                }
+                let (hash, key) = (slot.hash, slot.item.key().to_vec());
+                let before = slot.item.versions().0.len();
+                let after = self.prune(shard, hash, &key, at, now_secs);
+                purged += (before - after.map_or(0, |v| v.0.len())) as u64;
             }
         }
         purged
@@ -272,9 +382,10 @@ impl Store for MemoryStore {
         let mut out = Vec::new();
         for index in (low >> SHARD_SHIFT)..=(high >> SHARD_SHIFT) {
             let shard = self.lock(index as usize);
-            for (key, versions) in shard.records.iter() {
-                if (low..=high).contains(&key_hash(key)) {
-                    let fingerprint = super::digest::fingerprint(key, Some(versions));
+            for slot in &shard.slots {
+                if !slot.item.is_free() && (low..=high).contains(&slot.hash) {
+                    let key = slot.item.key();
+                    let fingerprint = super::digest::fingerprint(key, Some(&slot.item.versions()));
                     out.push((Bytes::copy_from_slice(key), fingerprint));
                 }
             }
@@ -322,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn lru_eviction_keeps_the_limit_and_recent_keys() {
+    fn eviction_keeps_the_limit_and_recently_read_keys() {
         let value = "v".repeat(100);
         let limit = 2000 * (100 + 4 + super::super::RECORD_OVERHEAD) as u64;
         let store = MemoryStore::new(limit, 1024);
@@ -337,5 +448,41 @@ mod tests {
         assert_eq!(stats.items + stats.evictions, 5000);
         assert!(store.get(b"4999", 100).is_some());
         assert!(store.get(b"0001", 100).is_none());
+    }
+
+    #[test]
+    fn an_item_keeps_its_key_versions_and_earliest_expiry() {
+        let key = vec![b'k'; 250];
+        let mut versions = Versions::one(record("first", 300));
+        versions.0.push(record("second", 0));
+        versions.0.push(record("third", 200));
+        let item = Item::new(&key, &versions, false);
+        assert_eq!(item.key(), &key[..]);
+        assert_eq!(item.versions(), versions);
+        assert!(!item.any_expired(199));
+        assert!(item.any_expired(200));
+        let empty_key = Item::new(b"", &Versions::one(record("v", 0)), true);
+        assert_eq!(empty_key.key(), b"");
+        assert!(!empty_key.any_expired(u64::MAX));
+    }
+
+    #[test]
+    fn freed_slots_are_reused_and_every_key_stays_findable() {
+        let store = MemoryStore::new(0, 1024);
+        for round in 0..3 {
+            for i in 0..2000 {
+                put(&store, &format!("k{i}"), &format!("v{round}.{i}"), 0);
+            }
+            for i in (0..2000).step_by(2) {
+                let _ = store.update(format!("k{i}").as_bytes(), 100, &mut |_| Change::Remove);
+            }
+        }
+        let slots: usize = (0..SHARDS).map(|i| store.lock(i).slots.len()).sum();
+        assert!(slots <= 2000, "{slots} slots for at most 2000 keys");
+        assert_eq!(store.stats().items, 1000);
+        for i in 0..2000 {
+            let found = store.get(format!("k{i}").as_bytes(), 100);
+            assert_eq!(found.is_some(), i % 2 == 1, "k{i}");
+        }
     }
 }

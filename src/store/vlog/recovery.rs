@@ -49,6 +49,7 @@ pub(super) fn create_segment(dir: &Path, id: u32) -> Result<Segment, StoreError>
     Ok(Segment {
         file,
         size: AtomicU64::new(0),
+        written: AtomicU64::new(0),
         dead: AtomicU64::new(0),
     })
 }
@@ -177,6 +178,7 @@ pub(super) fn recover(dir: &Path, settings: &Settings) -> Result<Recovered, Open
             Arc::new(Segment {
                 file,
                 size: AtomicU64::new(size),
+                written: AtomicU64::new(size),
                 dead: AtomicU64::new(0),
             }),
         );
