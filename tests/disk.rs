@@ -116,7 +116,24 @@ fn data_survives_a_restart_and_a_data_dir_serves_one_node() {
     assert_eq!(client.call("set gone 0 0 1\r\nx\r\n"), "STORED\r\n");
     assert_eq!(client.call("delete gone\r\n"), "DELETED\r\n");
     assert_eq!(client.call("set brief 0 1 1\r\nx\r\n"), "STORED\r\n");
-    assert_eq!(kai.stats()["curr_items"], "501");
+    let before = kai.stats();
+    assert_eq!(before["curr_items"], "501");
+    for i in 0..100 {
+        client.set(&format!("key{i}"), format!("again{i}").as_bytes());
+    }
+    // The overwritten frames stay in the file as dead bytes until compaction.
+    let after = kai.stats();
+    let number =
+        |stats: &HashMap<String, String>, name: &str| -> u64 { stats[name].parse().unwrap() };
+    assert!(number(&before, "kai_store_file_bytes") > 500 * 6);
+    assert!(number(&after, "kai_store_file_bytes") > number(&before, "kai_store_file_bytes"));
+    assert!(
+        number(&after, "kai_store_dead_bytes") >= number(&before, "kai_store_dead_bytes") + 100 * 6
+    );
+    assert_eq!(after["kai_store_compactions"], "0");
+    for i in 0..100 {
+        client.set(&format!("key{i}"), format!("value{i}").as_bytes());
+    }
     // A second node on the same data_dir is refused with a clear error.
     let config = format!(
         "[node]\ndata_dir = \"{}\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n[rpc]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"disk\"\n",

@@ -225,7 +225,8 @@ impl MemoryStore {
         }
     }
 
-    /// Drops the expired versions of the key at slot `at`; what is left, if anything.
+    /// Drops the expired versions of the key at slot `at`: what is left, if anything, and
+    /// how many versions went. Expiry is not a use, so the item keeps its mark.
     fn prune(
         &self,
         shard: &mut Shard,
@@ -233,13 +234,18 @@ impl MemoryStore {
         key: &[u8],
         at: usize,
         now_secs: u64,
-    ) -> Option<Versions> {
+    ) -> (Option<Versions>, usize) {
+        let referenced = shard.slots[at].item.referenced();
         let old = shard.slots[at].item.versions();
         let mut kept = old.clone();
         let any = kept.retain_unexpired(now_secs);
+        let dropped = old.0.len() - if any { kept.0.len() } else { 0 };
         let kept = any.then_some(kept);
         self.set(shard, hash, key, Some(at), Some(&old), kept.as_ref());
-        kept
+        if kept.is_some() {
+            shard.slots[at].item.mark(referenced);
+        }
+        (kept, dropped)
     }
 
     fn limit(&self) -> u64 {
@@ -307,7 +313,7 @@ impl Store for MemoryStore {
         if !item.any_expired(now_secs) {
             return Some(item.versions());
         }
-        self.prune(shard, hash, key, at, now_secs)
+        self.prune(shard, hash, key, at, now_secs).0
     }
 
     fn update(
@@ -323,7 +329,7 @@ impl Store for MemoryStore {
         let mut at = shard.find(hash, key);
         let current = match at {
             Some(slot) if shard.slots[slot].item.any_expired(now_secs) => {
-                let kept = self.prune(shard, hash, key, slot, now_secs);
+                let (kept, _) = self.prune(shard, hash, key, slot, now_secs);
                 at = at.filter(|_| kept.is_some());
                 kept
             }
@@ -366,9 +372,7 @@ impl Store for MemoryStore {
                     continue;
                 }
                 let (hash, key) = (slot.hash, slot.item.key().to_vec());
-                let before = slot.item.versions().0.len();
-                let after = self.prune(shard, hash, &key, at, now_secs);
-                purged += (before - after.map_or(0, |v| v.0.len())) as u64;
+                purged += self.prune(shard, hash, &key, at, now_secs).1 as u64;
             }
         }
         purged
@@ -484,5 +488,23 @@ mod tests {
             let found = store.get(format!("k{i}").as_bytes(), 100);
             assert_eq!(found.is_some(), i % 2 == 1, "k{i}");
         }
+    }
+
+    #[test]
+    fn expiry_is_not_a_use_and_purge_counts_the_dropped_versions() {
+        let store = MemoryStore::new(1 << 30, 1024);
+        let mut versions = Versions::one(record("stale", 150));
+        versions.0.push(record("live", 0));
+        let _ = store.update(b"k", 100, &mut |_| Change::Put(versions.clone()));
+        assert_eq!(store.purge_expired(200), 1);
+        assert_eq!(store.purge_expired(200), 0);
+        let hash = key_hash(b"k");
+        let shard = store.lock(MemoryStore::shard_of(hash));
+        let at = shard.find(hash, b"k").expect("the live version stays");
+        assert!(
+            !shard.slots[at].item.referenced(),
+            "purging marked the item used"
+        );
+        assert_eq!(shard.slots[at].item.versions().0.len(), 1);
     }
 }

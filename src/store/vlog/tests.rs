@@ -224,3 +224,43 @@ fn a_second_opener_is_refused() {
     let err = LogStore::open(dir.path(), settings(1 << 20)).err().unwrap();
     assert!(err.to_string().contains("in use"), "{err}");
 }
+
+#[test]
+fn frames_still_in_the_write_buffer_are_read_and_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let periodic = Settings {
+        durability: Durability::Periodic,
+        flush_interval: Duration::from_secs(3600),
+        ..settings(1 << 20)
+    };
+    let on_disk = |dir: &Path| -> u64 {
+        let log = std::fs::read_dir(dir.join(DIR_NAME)).unwrap();
+        (log.map(|e| e.unwrap().path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    {
+        let store = LogStore::open(dir.path(), periodic.clone()).unwrap();
+        for i in 0..20 {
+            put(&store, &format!("key{i}"), "first");
+        }
+        assert_eq!(
+            on_disk(dir.path()),
+            0,
+            "the frames were written out already"
+        );
+        assert_eq!(value(&store, "key3").as_deref(), Some("first"));
+        for i in 0..20 {
+            put(&store, &format!("key{i}"), &format!("second{i}"));
+        }
+        assert_eq!(value(&store, "key7").as_deref(), Some("second7"));
+        assert_eq!(store.stats().items, 20);
+        assert!(
+            store.stats().dead_bytes > 0,
+            "overwritten frames count as dead"
+        );
+    }
+    let store = LogStore::open(dir.path(), periodic).unwrap();
+    assert!((0..20).all(|i| value_of(&store, i) == format!("second{i}")));
+}
