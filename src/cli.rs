@@ -88,7 +88,7 @@ pub enum Action {
     /// Cluster membership: status, join, leave, remove, inspect
     #[command(subcommand)]
     Cluster(ClusterAction),
-    /// Disk store maintenance, on a stopped node's data_dir
+    /// Disk store maintenance on a stopped node's data_dir; backup of a running node
     #[command(subcommand)]
     Store(StoreAction),
 }
@@ -103,6 +103,25 @@ pub enum StoreAction {
     },
     /// Reclaim free space in the database file
     Compact {
+        /// Data directory [default: node.data_dir of the configuration]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Write every version of every key a running node holds (siblings, clocks,
+    /// tombstones) to a backup file
+    Backup {
+        /// The backup file to write (replaced atomically once complete)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Node to back up, host:port of its rpc listener [default: the local node]
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
+    /// Merge a backup file into a stopped node's disk store; its next start repairs the
+    /// restored buckets with anti-entropy at once
+    Restore {
+        /// The backup file
+        file: PathBuf,
         /// Data directory [default: node.data_dir of the configuration]
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,

@@ -8,12 +8,35 @@ use std::path::Path;
 
 /// Replaces `path` with `content` durably and atomically.
 pub fn write_atomically(path: &Path, content: &[u8]) -> io::Result<()> {
-    let temporary = path.with_extension("tmp");
-    let mut file = File::create(&temporary)?;
-    file.write_all(content)?;
-    file.sync_all()?;
+    replace(path, &path.with_extension("tmp"), |file| {
+        file.write_all(content)
+    })
+}
+
+/// Replaces `path` durably and atomically with what `write` puts in a new file, written
+/// as `path` + ".partial" first (a large file: a backup).
+pub fn write_file_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    replace(path, Path::new(&partial), write)
+}
+
+fn replace(
+    path: &Path,
+    temporary: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut file = File::create(temporary)?;
+    if let Err(err) = write(&mut file).and_then(|()| file.sync_all()) {
+        drop(file);
+        let _ = fs::remove_file(temporary);
+        return Err(err);
+    }
     drop(file);
-    fs::rename(&temporary, path)?;
+    fs::rename(temporary, path)?;
     // The rename is durable only once the directory entry is.
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

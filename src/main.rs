@@ -58,17 +58,45 @@ fn main() -> ExitCode {
 }
 
 fn store(config_path: Option<PathBuf>, action: StoreAction) -> ExitCode {
-    let (StoreAction::Check { data_dir } | StoreAction::Compact { data_dir }) = &action;
-    let dir = match data_dir {
-        Some(dir) => dir.clone(),
-        None => match config::load(config_path.as_deref()) {
-            Ok(loaded) => loaded.config.node.data_dir,
-            Err(e) => {
+    let load = || {
+        config::load(config_path.as_deref())
+            .map(|loaded| loaded.config)
+            .map_err(|e| {
                 eprintln!("kai: configuration error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
+                ExitCode::from(EXIT_CONFIG)
+            })
+    };
+    let data_dir = match &action {
+        StoreAction::Check { data_dir }
+        | StoreAction::Compact { data_dir }
+        | StoreAction::Restore { data_dir, .. } => data_dir.clone(),
+        StoreAction::Backup { .. } => None,
+    };
+    let dir = match data_dir {
+        Some(dir) => dir,
+        None => match load() {
+            Ok(config) => config.node.data_dir,
+            Err(code) => return code,
         },
     };
+    let tool = match &action {
+        StoreAction::Backup { out, node } => {
+            Some(load().map(|c| admin::backup::backup(&c, node.as_deref(), out)))
+        }
+        StoreAction::Restore { file, .. } => {
+            Some(load().map(|c| admin::backup::restore(&c, &dir, file)))
+        }
+        _ => None,
+    };
+    match tool {
+        Some(Err(code)) => return code,
+        Some(Ok(Ok(text))) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Some(Ok(Err(e))) => return fail(e),
+        None => {}
+    }
     use kai::store::disk::DiskStore;
     use kai::store::migrate::{layout, Layout};
     use kai::store::vlog::{self, LogStore};
@@ -77,6 +105,7 @@ fn store(config_path: Option<PathBuf>, action: StoreAction) -> ExitCode {
         (StoreAction::Check { .. }, Layout::Redb) => DiskStore::check(&dir),
         (StoreAction::Check { .. }, _) => LogStore::check(&dir),
         (StoreAction::Compact { .. }, Layout::Redb) => DiskStore::compact(&dir).map(compacted),
+        (StoreAction::Backup { .. } | StoreAction::Restore { .. }, _) => unreachable!(),
         (StoreAction::Compact { .. }, _) => {
             let settings = vlog::Settings::new(
                 kai::store::Durability::Fsync,

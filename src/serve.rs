@@ -376,6 +376,7 @@ fn start_cluster(
     };
     let membership = Membership::open(
         me,
+        config.node.zone_name(),
         shape,
         data_file(&config, "members").filter(|_| !ephemeral),
     );
@@ -422,7 +423,14 @@ fn start_cluster(
     let workers = vec![
         (
             "anti-entropy",
-            tokio::spawn(anti_entropy.run(config.cluster.sync_interval.0, shutdown.clone())),
+            tokio::spawn(
+                anti_entropy.run(
+                    config.cluster.sync_interval.0,
+                    data_file(&config, crate::store::backup::RESTORED_MARK)
+                        .filter(|mark| mark.exists()),
+                    shutdown.clone(),
+                ),
+            ),
         ),
         (
             "hinted handoff",

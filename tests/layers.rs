@@ -51,7 +51,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("memcache", &["node", "ops", "stats", "time"]),
     ("metrics", &["node"]),
-    ("admin", &["address", "cluster", "config", "record", "time"]),
+    (
+        "admin",
+        &[
+            "address", "cluster", "config", "durable", "record", "store", "time",
+        ],
+    ),
     (
         "serve",
         &[

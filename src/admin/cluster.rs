@@ -17,8 +17,8 @@ use std::time::Duration;
 pub fn status(host: &str, timeout: Duration) -> Result<String, FetchError> {
     let lines = fetch(host, "stats cluster", timeout)?;
     let mut out = format!(
-        "{:<24} {:<8} {:>8} {:>8} {:>10} {:<10}\n",
-        "MEMBER", "STATE", "BUCKETS", "HINTS", "CLOCK", "VERSION"
+        "{:<24} {:<8} {:<12} {:>8} {:>8} {:>10} {:<10}\n",
+        "MEMBER", "STATE", "ZONE", "BUCKETS", "HINTS", "CLOCK", "VERSION"
     );
     for (_, line) in lines.iter().filter(|(name, _)| name == "member") {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -40,9 +40,10 @@ pub fn status(host: &str, timeout: Duration) -> Result<String, FetchError> {
             ms => format!("{ms} ms"),
         };
         out.push_str(&format!(
-            "{:<24} {:<8} {:>8} {:>8} {clock:>10} {:<10}{me}\n",
+            "{:<24} {:<8} {:<12} {:>8} {:>8} {clock:>10} {:<10}{me}\n",
             fields.first().unwrap_or(&"?"),
             fields.get(1).unwrap_or(&"?"),
+            (fields.iter().find_map(|f| f.strip_prefix("zone="))).unwrap_or("-"),
             field("buckets="),
             field("hints="),
             field("version="),
@@ -78,6 +79,27 @@ pub enum Command {
 /// Sends `command` to the node configured by `config` (its rpc.listen, authenticated with
 /// its rpc.secret_file) and returns what to print.
 pub fn run(config: &Config, node: Option<&str>, command: Command) -> Result<String, String> {
+    let (target, pool, runtime) = connect(config, node)?;
+    let request = match &command {
+        Command::Join(seed) => Request::AdminJoin { seed: seed.clone() },
+        Command::Leave => Request::AdminLeave,
+        Command::Remove(node) => Request::AdminRemove { node: node.clone() },
+        Command::Inspect(key) => Request::Get {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+        },
+        Command::Digests => Request::AdminDigests,
+        Command::Finalize => Request::AdminFinalize,
+    };
+    let reply = runtime.block_on(pool.call(target, request));
+    print_reply(target, reply.map_err(|e| e.to_string())?)
+}
+
+/// The local node's rpc address (or `node`), a connection pool authenticated with the
+/// configured secret, and a runtime to drive it.
+pub(super) fn connect(
+    config: &Config,
+    node: Option<&str>,
+) -> Result<(std::net::SocketAddr, Pool, tokio::runtime::Runtime), String> {
     let target = resolve(node.unwrap_or(&config.rpc.listen)).map_err(|e| e.to_string())?;
     let secret = if config.rpc.secret_file.exists() {
         Secret::load(&config.rpc.secret_file).map_err(|e| format!("rpc.secret_file: {e}"))?
@@ -95,25 +117,16 @@ pub fn run(config: &Config, node: Option<&str>, command: Command) -> Result<Stri
         max_clock_skew: config.cluster.max_clock_skew.0,
         upgrade: Arc::new(crate::cluster::upgrade::Upgrade::in_memory()),
     });
-    let request = match &command {
-        Command::Join(seed) => Request::AdminJoin { seed: seed.clone() },
-        Command::Leave => Request::AdminLeave,
-        Command::Remove(node) => Request::AdminRemove { node: node.clone() },
-        Command::Inspect(key) => Request::Get {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-        },
-        Command::Digests => Request::AdminDigests,
-        Command::Finalize => Request::AdminFinalize,
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let reply = runtime.block_on(async {
-        let pool = Pool::new(transport);
-        pool.call(target, request).await
-    });
-    match reply.map_err(|e| e.to_string())? {
+    let pool = Pool::new(transport);
+    Ok((target, pool, runtime))
+}
+
+fn print_reply(target: std::net::SocketAddr, reply: Response) -> Result<String, String> {
+    match reply {
         Response::Done(text) => Ok(format!("{text}\n")),
         Response::Error(err) => Err(err),
         Response::Versions(None) => Ok(format!("{target}: no version of this key\n")),

@@ -24,6 +24,9 @@ pub enum AdminError {
     Finalize(#[from] super::upgrade::FinalizeError),
 }
 
+/// A backup page holds about this many bytes of records (one rpc frame, well under 64 MiB).
+const BACKUP_PAGE: usize = 4 << 20;
+
 /// `version=… protocols=oldest-newest capabilities=a,b finalized=N`.
 pub fn build_line(build: &super::rpc::message::Build) -> String {
     format!(
@@ -167,6 +170,39 @@ impl Coordinator {
         Ok(report.join("\n"))
     }
 
+    /// `kai store backup`: this node's keys whose ring hash is in `low..=high`, in (hash,
+    /// key) order after `after`, every version of each as the store holds it, up to about
+    /// `BACKUP_PAGE` bytes; true when the range holds more. Each key is read atomically.
+    pub fn backup_page(
+        &self,
+        low: u32,
+        high: u32,
+        after: Option<bytes::Bytes>,
+    ) -> (Vec<(bytes::Bytes, crate::record::Versions)>, bool) {
+        use crate::keyspace::key_hash;
+        let store = self.replica.store();
+        let mut keys: Vec<(u32, bytes::Bytes)> = (store.keys_in(low, high).into_iter())
+            .map(|(key, _)| (key_hash(&key), key))
+            .collect();
+        keys.sort_unstable();
+        let start = after.map_or(0, |after| {
+            let cursor = (key_hash(&after), after);
+            keys.partition_point(|k| *k <= cursor)
+        });
+        let now = crate::time::unix_now().as_secs();
+        let (mut page, mut bytes) = (Vec::new(), 0);
+        for (_, key) in &keys[start..] {
+            if bytes >= BACKUP_PAGE {
+                return (page, true);
+            }
+            if let Some(versions) = store.get(key, now) {
+                bytes += versions.footprint(key);
+                page.push((key.clone(), versions));
+            }
+        }
+        (page, false)
+    }
+
     /// `kai cluster digests`: "bucket digest keys" for every bucket this node owns.
     pub fn digest_report(&self) -> String {
         let ring = self.membership.ring();
@@ -185,7 +221,7 @@ impl Coordinator {
         out.join("\n")
     }
 
-    /// `kai cluster status`: each member, its liveness, owned buckets and pending hints.
+    /// `kai cluster status`: each member, its liveness, owned buckets, pending hints and zone.
     pub fn status(&self) -> Vec<String> {
         let owned = placement::owned_buckets(&self.membership.ring(), self.replicas());
         let offsets: std::collections::HashMap<_, _> =
@@ -207,8 +243,10 @@ impl Coordinator {
                 } else {
                     self.upgrade.version_of(record.addr)
                 };
+                let zone =
+                    (record.zone.as_ref()).map_or_else(String::new, |z| format!(" zone={z}"));
                 format!(
-                    "{} {state} buckets={} hints={} version={version}{clock}{}",
+                    "{} {state} buckets={} hints={} version={version}{zone}{clock}{}",
                     record.addr,
                     owned.get(&record.addr).copied().unwrap_or(0),
                     self.hints.count_for(record.addr),

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,12 +91,39 @@ impl AntiEntropy {
     pub async fn run(
         self: Arc<Self>,
         interval: Duration,
+        restored: Option<PathBuf>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
+        if let Some(mark) = restored {
+            // A restore just happened: compare every bucket with every owner now, starting
+            // every exchange from this side, and again each second until one round reached
+            // them all; then the mark goes.
+            let mut eager = Periodic::new(Duration::from_secs(1), shutdown.clone());
+            // The first tick is at once: give the node a second to start joining.
+            eager.tick().await;
+            loop {
+                if !eager.tick().await {
+                    return;
+                }
+                let complete = tokio::select! {
+                    complete = self.round(true) => complete,
+                    () = eager.stopping() => return,
+                };
+                if complete {
+                    log::info!(
+                        "restored data compared with every member: the restored buckets are repaired"
+                    );
+                    if let Err(err) = std::fs::remove_file(&mark) {
+                        log::warn!("{}: {err}", mark.display());
+                    }
+                    break;
+                }
+            }
+        }
         let mut periodic = Periodic::new(interval, shutdown);
         while periodic.tick().await {
             tokio::select! {
-                () = self.round() => {}
+                _ = self.round(false) => {}
                 () = periodic.stopping() => return,
             }
         }
@@ -107,10 +135,12 @@ impl AntiEntropy {
 
     /// One round over every bucket (in-process tests drive rounds one by one).
     pub async fn run_round(&self) {
-        self.round().await;
+        self.round(false).await;
     }
 
-    async fn round(&self) {
+    /// One round; true when every other member answered and every repair succeeded.
+    /// `eager`: this node starts the exchange of every differing pair it is in.
+    async fn round(&self, eager: bool) -> bool {
         let membership = self.cluster.membership();
         let ring = membership.ring();
         let digests = self.store.digests();
@@ -120,7 +150,7 @@ impl AntiEntropy {
                 digests.buckets(),
                 ring.buckets()
             );
-            return;
+            return false;
         }
         let me = membership.me();
         let peers: Vec<SocketAddr> = (membership.active().into_iter())
@@ -159,7 +189,7 @@ impl AntiEntropy {
                             differing = true;
                             all_agree = false;
                             // One side of each pair starts the (two-way) exchange.
-                            if me < owner {
+                            if me < owner || eager {
                                 mine.push(owner);
                             }
                         }
@@ -187,7 +217,15 @@ impl AntiEntropy {
         self.stats()
             .pending_buckets
             .store(moving, Ordering::Relaxed);
+        // Complete once every other member answered; a node alone (no seeds) has no one
+        // to compare with, one still joining is not done.
+        let mut complete = if membership.is_clustered() {
+            remote.len() == peers.len() && peers.len() + 1 == membership.active().len()
+        } else {
+            !membership.is_awaiting_join()
+        };
         for task in tasks {
+            let purge = matches!(task, Task::PurgeTombstones(_));
             let done = match task {
                 Task::Repair(bucket, peers) => {
                     let mut done = !peers.is_empty();
@@ -205,6 +243,7 @@ impl AntiEntropy {
                 }
                 Task::Handoff(bucket, owners) => self.hand_off(bucket, &owners, &remote).await,
             };
+            complete &= done || purge;
             if done {
                 let pending = &self.stats().pending_buckets;
                 let _ = pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
@@ -212,6 +251,7 @@ impl AntiEntropy {
                 });
             }
         }
+        complete
     }
 
     async fn remote_digests(&self, peer: SocketAddr) -> Result<Vec<u64>, PeerError> {

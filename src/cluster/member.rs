@@ -12,11 +12,22 @@ pub struct MemberRecord {
     pub addr: SocketAddr,
     pub generation: u64,
     pub left: bool,
+    /// `[node] zone`: a changed zone comes with a new generation. None from a node that
+    /// declares none, and from release 0.1.0, which cannot carry it.
+    pub zone: Option<String>,
 }
 
 impl MemberRecord {
     pub fn supersedes(&self, other: &MemberRecord) -> bool {
         (self.generation, self.left) > (other.generation, other.left)
+    }
+
+    /// Newer than `other`, or the same record with the zone a 0.1.0 relay dropped.
+    pub fn improves_on(&self, other: &MemberRecord) -> bool {
+        self.supersedes(other)
+            || ((self.generation, self.left) == (other.generation, other.left)
+                && other.zone.is_none()
+                && self.zone.is_some())
     }
 }
 

@@ -37,6 +37,8 @@ struct View {
 
 pub struct Membership {
     me: SocketAddr,
+    /// This node's `[node] zone`.
+    zone: Option<String>,
     shape: RingShape,
     view: RwLock<View>,
     /// More than this node in the ring: read on every client request, so kept apart from
@@ -98,7 +100,12 @@ impl Membership {
     /// Loads the persisted member list (if any). `path` is the member file, or None when
     /// nothing can be persisted. Nothing runs until [`Membership::start_detection`]; until
     /// then every other member counts as suspect (usable).
-    pub fn open(me: SocketAddr, shape: RingShape, path: Option<PathBuf>) -> Arc<Membership> {
+    pub fn open(
+        me: SocketAddr,
+        zone: Option<String>,
+        shape: RingShape,
+        path: Option<PathBuf>,
+    ) -> Arc<Membership> {
         let mut members = BTreeMap::new();
         if let Some(path) = &path {
             match load(path) {
@@ -113,16 +120,27 @@ impl Membership {
                 Err(err) => log::warn!("{}: {err}; starting with no members", path.display()),
             }
         }
-        members.entry(me).or_insert(MemberRecord {
+        let own = members.entry(me).or_insert(MemberRecord {
             addr: me,
             generation: 1,
             left: false,
+            zone: zone.clone(),
         });
+        if own.zone != zone {
+            // A new generation, so every member replaces the old zone.
+            log::info!(
+                "this node's zone is now {}",
+                zone.as_deref().unwrap_or("(none)")
+            );
+            own.generation += 1;
+            own.zone = zone.clone();
+        }
         let (swim, inputs) = mpsc::unbounded_channel();
         let ring = Arc::new(build_ring(me, &shape, &members));
         let clustered = AtomicBool::new(ring.nodes() != [me]);
         let membership = Arc::new(Membership {
             me,
+            zone,
             shape,
             clustered,
             awaiting_join: AtomicBool::new(false),
@@ -257,7 +275,7 @@ impl Membership {
             let mut changed = false;
             for record in incoming {
                 let known = view.members.get(&record.addr);
-                if known.is_none_or(|k| record.supersedes(k)) {
+                if known.is_none_or(|k| record.improves_on(k)) {
                     if record.left && known.is_some_and(|k| !k.left) {
                         let mut departed = write_lock(&self.departed);
                         departed.retain(|(a, _)| *a != record.addr);
@@ -273,6 +291,11 @@ impl Membership {
                             log::info!("member {} joined the cluster", record.addr);
                             added.push(record.addr);
                         }
+                        (Some(known), false) if known.zone != record.zone => log::info!(
+                            "member {} is in zone {}",
+                            record.addr,
+                            record.zone.as_deref().unwrap_or("(none)")
+                        ),
                         _ => {}
                     }
                     if record.addr == self.me && record.left {
@@ -288,7 +311,7 @@ impl Membership {
                 return false;
             }
             let ring = Arc::new(build_ring(self.me, &self.shape, &view.members));
-            if ring.nodes() != view.ring.nodes() {
+            if !ring.same_layout(&view.ring) {
                 let previous = if view.ring.nodes().len() > 1 {
                     Some(Arc::clone(&view.ring))
                 } else {
@@ -330,6 +353,7 @@ impl Membership {
                 addr,
                 generation: known.generation + 1,
                 left: true,
+                zone: known.zone.clone(),
             }
         };
         self.merge(&[record]);
@@ -359,6 +383,7 @@ impl Membership {
                     addr: self.me,
                     generation: known.map_or(1, |k| k.generation + 1),
                     left: false,
+                    zone: self.zone.clone(),
                 },
             }
         };
@@ -387,7 +412,9 @@ impl Membership {
 
     fn persist(&self) {
         let Some(path) = &self.path else { return };
-        let header = if self.final_format.load(Ordering::Acquire) {
+        // Format 1 (release 0.1.0) has no format line and no zones.
+        let final_format = self.final_format.load(Ordering::Acquire);
+        let header = if final_format {
             format!("{MEMBERS_FORMAT}\n")
         } else {
             String::new()
@@ -395,7 +422,12 @@ impl Membership {
         let text: String = std::iter::once(header)
             .chain((read_lock(&self.view).members.values()).map(|r| {
                 let state = if r.left { "left" } else { "active" };
-                format!("{} {} {state}\n", r.addr, r.generation)
+                match &r.zone {
+                    Some(zone) if final_format => {
+                        format!("{} {} {state} zone={zone}\n", r.addr, r.generation)
+                    }
+                    _ => format!("{} {} {state}\n", r.addr, r.generation),
+                }
             }))
             .collect();
         if let Err(err) = crate::durable::write_atomically(path, text.as_bytes()) {
@@ -598,7 +630,16 @@ fn build_ring(
     }
     // Full preference walks: the coordinator needs the fallbacks after the N owners.
     let walk = nodes.len();
-    Ring::new(&nodes, shape.virtual_nodes, shape.buckets, walk)
+    let zoned: Vec<(SocketAddr, Option<&str>)> = (nodes.iter())
+        .map(|addr| (*addr, members.get(addr).and_then(|r| r.zone.as_deref())))
+        .collect();
+    Ring::with_zones(
+        &zoned,
+        shape.virtual_nodes,
+        shape.buckets,
+        walk,
+        shape.replicas,
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -629,7 +670,11 @@ fn load(path: &PathBuf) -> Result<Vec<MemberRecord>, MemberFileError> {
             return Err(MemberFileError::UnknownFormat(line.to_string()));
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let parsed = match fields[..] {
+        let (zone, fields) = match fields[..] {
+            [ref rest @ .., last] if last.starts_with("zone=") => (Some(&last[5..]), rest),
+            _ => (None, &fields[..]),
+        };
+        let parsed = match fields {
             [addr, generation, state @ ("active" | "left")] => addr
                 .parse()
                 .ok()
@@ -637,7 +682,8 @@ fn load(path: &PathBuf) -> Result<Vec<MemberRecord>, MemberFileError> {
                 .map(|(addr, generation)| MemberRecord {
                     addr,
                     generation,
-                    left: state == "left",
+                    left: *state == "left",
+                    zone: zone.filter(|z| !z.is_empty()).map(String::from),
                 }),
             _ => None,
         };
@@ -696,6 +742,7 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             generation,
             left,
+            zone: None,
         }
     }
 
@@ -750,5 +797,57 @@ mod tests {
         assert_eq!(load(&path).unwrap(), vec![record(1, 3, false)]);
         std::fs::write(&path, "# kai members 3\n127.0.0.1:1 3 active\n").unwrap();
         assert!(load(&path).unwrap_err().to_string().contains("members 3"));
+    }
+
+    fn shape() -> RingShape {
+        RingShape {
+            virtual_nodes: 16,
+            buckets: 64,
+            replicas: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn zones_are_persisted_once_final_and_a_new_zone_is_a_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members");
+        let me = SocketAddr::from(([127, 0, 0, 1], 1));
+        let zone = |z: &str| Some(z.to_string());
+        let membership = Membership::open(me, zone("a"), shape(), Some(path.clone()));
+        assert_eq!(membership.records()[0].zone, zone("a"));
+        // Release 0.1.0 reads the file until the upgrade is final: no zone in it.
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "127.0.0.1:1 1 active\n"
+        );
+        membership.write_final_format();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("127.0.0.1:1 1 active zone=a\n"), "{text}");
+        assert_eq!(load(&path).unwrap()[0].zone, zone("a"));
+        drop(membership);
+        let moved = Membership::open(me, zone("b"), shape(), Some(path.clone()));
+        let own = moved.records()[0].clone();
+        assert_eq!((own.generation, own.zone), (2, zone("b")));
+        // A relay that dropped the zone (0.1.0) does not erase it; a copy with it fills it in.
+        let other = SocketAddr::from(([127, 0, 0, 2], 1));
+        let bare = MemberRecord {
+            addr: other,
+            generation: 1,
+            left: false,
+            zone: None,
+        };
+        assert!(moved.merge(std::slice::from_ref(&bare)));
+        assert!(
+            !moved.ring().is_zoned(),
+            "a member without a zone: Kai's ring"
+        );
+        let zoned = MemberRecord {
+            zone: zone("c"),
+            ..bare.clone()
+        };
+        assert!(moved.merge(&[zoned]));
+        assert!(!moved.merge(&[bare]));
+        assert_eq!(moved.ring().zone(other), Some("c"));
+        assert!(moved.ring().is_zoned());
     }
 }

@@ -93,6 +93,16 @@ impl Handler for PeerHandler {
                 Response::Done(String::new())
             }
             Request::AdminDigests => Response::Done(coordinator.digest_report()),
+            Request::AdminBackup { low, high, after } => {
+                // Reading the store may block on disk: off the runtime's workers.
+                let coordinator = Arc::clone(coordinator);
+                let page =
+                    tokio::task::spawn_blocking(move || coordinator.backup_page(low, high, after));
+                match page.await {
+                    Ok((entries, more)) => Response::Backup { entries, more },
+                    Err(err) => Response::Error(format!("backup: {err}")),
+                }
+            }
             Request::AdminFinalize => match coordinator.finalize_upgrade().await {
                 Ok(report) => Response::Done(report),
                 Err(err) => Response::Error(err.to_string()),

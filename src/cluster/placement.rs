@@ -2,7 +2,9 @@
 //!
 //! A key's *owners* are the first N members of its preference list; its *replicas* are the
 //! first N members walking that list that are not down (sloppy quorum); `next` are up to two
-//! further available members, asked while buckets move between owners.
+//! further available members, asked while buckets move between owners. On a zoned ring a
+//! fallback from a zone that holds no available replica yet comes first, so a down node's
+//! copy lands in a zone the surviving replicas do not cover.
 
 use super::ring::Ring;
 use std::collections::HashMap;
@@ -22,26 +24,35 @@ impl Placement {
         n: usize,
         available: impl Fn(SocketAddr) -> bool,
     ) -> Placement {
-        let mut owners = Vec::with_capacity(n);
-        let mut replicas = Vec::with_capacity(n);
-        let mut next = Vec::new();
-        for (position, node) in ring.nodes_for(key).enumerate() {
-            if position < n {
-                owners.push(node);
-            }
-            if available(node) {
-                if replicas.len() < n {
+        let list: Vec<SocketAddr> = ring.nodes_for(key).collect();
+        let split = n.min(list.len());
+        let (owners, later) = list.split_at(split);
+        let mut replicas: Vec<SocketAddr> = Vec::with_capacity(n);
+        replicas.extend(owners.iter().copied().filter(|&node| available(node)));
+        let fallbacks: Vec<SocketAddr> = later
+            .iter()
+            .copied()
+            .filter(|&node| available(node))
+            .collect();
+        if ring.is_zoned() {
+            for &node in &fallbacks {
+                let zone = ring.zone(node);
+                if replicas.len() < n && !replicas.iter().any(|&r| ring.zone(r) == zone) {
                     replicas.push(node);
-                } else if next.len() < 2 {
-                    next.push(node);
                 }
             }
-            if position >= n && next.len() == 2 {
-                break;
+        }
+        for &node in &fallbacks {
+            if replicas.len() < n && !replicas.contains(&node) {
+                replicas.push(node);
             }
         }
+        let next = (fallbacks.into_iter())
+            .filter(|node| !replicas.contains(node))
+            .take(2)
+            .collect();
         Placement {
-            owners,
+            owners: owners.to_vec(),
             replicas,
             next,
         }
@@ -91,6 +102,24 @@ mod tests {
         assert_eq!(sloppy.replicas.len(), 3);
         // The fallback is the first node after the owners.
         assert_eq!(sloppy.replicas[2], all.next[0]);
+    }
+
+    #[test]
+    fn a_fallback_comes_from_the_zone_the_survivors_lack() {
+        let zones = ["a", "a", "b", "b", "c", "c"];
+        let nodes: Vec<_> = (1..=6)
+            .map(|i| (node(i), Some(zones[i as usize - 1])))
+            .collect();
+        let ring = Ring::with_zones(&nodes, 16, 64, 6, 3);
+        for key in ["k", "x", "zone", "another"] {
+            let all = Placement::of(&ring, key.as_bytes(), 3, |_| true);
+            let down = all.owners[0];
+            let sloppy = Placement::of(&ring, key.as_bytes(), 3, |n| n != down);
+            assert_eq!(sloppy.replicas.len(), 3);
+            let fallback = sloppy.replicas[2];
+            assert!(!all.owners.contains(&fallback));
+            assert_eq!(ring.zone(fallback), ring.zone(down), "{key}: {sloppy:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! - a bucket's preference list walks the ring clockwise from the bucket's lower boundary,
 //!   taking vnodes strictly greater, and collects up to N distinct nodes.
 //!
+//! Zones (docs/design.md, "Zones") change only the order within each list, and only when
+//! every node declares one: a bucket's first N entries are then the first node of each new
+//! zone met on the walk, up to min(N, zones), then the walk's next nodes. Without zones the
+//! lists are Kai's.
+//!
 //! The ring is pure data. Lookups return slices of a precomputed table: no allocation.
 
 use crate::keyspace::{self, key_hash};
@@ -26,6 +31,10 @@ pub struct Ring {
     preference: Vec<usize>,
     /// Length of each row (shorter when there are fewer nodes than replicas).
     row_len: usize,
+    /// Each node's zone (same order as `nodes`) when every node has one; else empty.
+    zones: Vec<String>,
+    /// How many of a row's first entries must span distinct zones: min(N, zones).
+    spread: usize,
 }
 
 /// First 4 bytes of MD5 as a big-endian u32.
@@ -52,10 +61,32 @@ impl Ring {
     /// Builds the ring of `nodes`, each with `virtual_nodes` positions. `buckets` must be a
     /// power of two (the configuration guarantees it).
     pub fn new(nodes: &[SocketAddr], virtual_nodes: u16, buckets: u32, replicas: usize) -> Ring {
+        let unzoned: Vec<(SocketAddr, Option<&str>)> = nodes.iter().map(|&n| (n, None)).collect();
+        Ring::with_zones(&unzoned, virtual_nodes, buckets, replicas, replicas)
+    }
+
+    /// Like [`Ring::new`], for nodes that may declare a zone: when all of them do, each
+    /// row's first `owners` (N) entries span min(N, zones) distinct zones.
+    pub fn with_zones(
+        nodes: &[(SocketAddr, Option<&str>)],
+        virtual_nodes: u16,
+        buckets: u32,
+        replicas: usize,
+        owners: usize,
+    ) -> Ring {
         assert!(buckets.is_power_of_two(), "buckets must be a power of two");
-        let mut nodes = nodes.to_vec();
-        nodes.sort();
-        nodes.dedup();
+        let mut zoned: Vec<(SocketAddr, Option<&str>)> = nodes.to_vec();
+        zoned.sort_by_key(|&(addr, _)| addr);
+        zoned.dedup_by_key(|&mut (addr, _)| addr);
+        let nodes: Vec<SocketAddr> = zoned.iter().map(|&(addr, _)| addr).collect();
+        let zones: Vec<String> = match zoned.iter().map(|&(_, z)| z).collect::<Option<Vec<_>>>() {
+            Some(zones) if !zones.is_empty() => zones.into_iter().map(String::from).collect(),
+            _ => Vec::new(),
+        };
+        let mut distinct: Vec<&String> = zones.iter().collect();
+        distinct.sort();
+        distinct.dedup();
+        let spread = owners.min(distinct.len());
         let mut vnodes: Vec<(u32, usize)> =
             Vec::with_capacity(nodes.len() * virtual_nodes as usize);
         for (index, &node) in nodes.iter().enumerate() {
@@ -75,6 +106,8 @@ impl Ring {
             replicas,
             preference: Vec::with_capacity(buckets as usize * row_len),
             row_len,
+            zones,
+            spread,
         };
         for bucket in 0..buckets {
             ring.fill_row(bucket);
@@ -89,8 +122,14 @@ impl Ring {
             .vnodes
             .partition_point(|&(position, _)| u64::from(position) <= start);
         let row_start = self.preference.len();
+        // With zones the whole walk is needed: the zone a row lacks may come last.
+        let wanted = if self.zones.is_empty() {
+            self.row_len
+        } else {
+            self.nodes.len()
+        };
         for step in 0..self.vnodes.len() {
-            if self.preference.len() - row_start == self.row_len {
+            if self.preference.len() - row_start == wanted {
                 break;
             }
             let (_, node) = self.vnodes[(first + step) % self.vnodes.len()];
@@ -98,6 +137,35 @@ impl Ring {
                 self.preference.push(node);
             }
         }
+        if !self.zones.is_empty() {
+            let walk = self.preference.split_off(row_start);
+            let mut front: Vec<usize> = Vec::with_capacity(self.spread);
+            for &node in &walk {
+                let zone = &self.zones[node];
+                if front.len() < self.spread && !front.iter().any(|&f| &self.zones[f] == zone) {
+                    front.push(node);
+                }
+            }
+            let rest = walk.iter().filter(|n| !front.contains(n));
+            let row: Vec<usize> = front.iter().chain(rest).copied().collect();
+            self.preference.extend(&row[..self.row_len]);
+        }
+    }
+
+    /// Same nodes in the same zones: the two rings place every key alike.
+    pub fn same_layout(&self, other: &Ring) -> bool {
+        self.nodes == other.nodes && self.zones == other.zones
+    }
+
+    /// Whether placement follows zones (every node declares one).
+    pub fn is_zoned(&self) -> bool {
+        !self.zones.is_empty()
+    }
+
+    /// The zone `node` declared, when the ring is zoned.
+    pub fn zone(&self, node: SocketAddr) -> Option<&str> {
+        let index = self.nodes.binary_search(&node).ok()?;
+        self.zones.get(index).map(String::as_str)
     }
 
     pub fn buckets(&self) -> u32 {
@@ -195,6 +263,56 @@ mod tests {
         );
     }
 
+    /// Two nodes per zone, zones a, b, c: 127.0.0.1..=6.
+    fn zoned(zones: &[&'static str]) -> Vec<(SocketAddr, Option<&'static str>)> {
+        (zones.iter().enumerate())
+            .map(|(i, &z)| (node(i as u8 + 1), Some(z)))
+            .collect()
+    }
+
+    #[test]
+    fn with_zones_every_bucket_has_one_owner_per_zone() {
+        let nodes = zoned(&["a", "a", "b", "b", "c", "c"]);
+        let ring = Ring::with_zones(&nodes, 128, 1024, 6, 3);
+        assert!(ring.is_zoned());
+        assert_eq!(ring.zone(node(3)), Some("b"));
+        for bucket in 0..1024 {
+            let list: Vec<_> = ring.preference_list(bucket).collect();
+            assert_eq!(list.len(), 6, "the fallbacks follow the owners");
+            let mut zones: Vec<_> = list[..3].iter().map(|&n| ring.zone(n).unwrap()).collect();
+            zones.sort();
+            assert_eq!(zones, ["a", "b", "c"], "bucket {bucket}: {list:?}");
+        }
+        // Without zones, the same nodes leave some buckets with two owners in one zone.
+        let plain: Vec<SocketAddr> = nodes.iter().map(|&(n, _)| n).collect();
+        let plain = Ring::new(&plain, 128, 1024, 3);
+        let zone_of = |n: SocketAddr| nodes.iter().find(|&&(m, _)| m == n).unwrap().1;
+        let crowded = (0..1024)
+            .filter(|&b| {
+                let mut zones: Vec<_> = plain.preference_list(b).map(zone_of).collect();
+                zones.sort();
+                zones.dedup();
+                zones.len() < 3
+            })
+            .count();
+        assert!(crowded > 100, "{crowded}");
+    }
+
+    #[test]
+    fn a_node_without_a_zone_keeps_kais_ring() {
+        let mut nodes = zoned(&["a", "b", "c", "a"]);
+        nodes[3].1 = None;
+        let mixed = Ring::with_zones(&nodes, 2, 4, 2, 2);
+        let plain = Ring::new(&[node(1), node(2), node(3), node(4)], 2, 4, 2);
+        assert!(!mixed.is_zoned());
+        assert_eq!(mixed.zone(node(1)), None);
+        for bucket in 0..4 {
+            assert!(mixed
+                .preference_list(bucket)
+                .eq(plain.preference_list(bucket)));
+        }
+    }
+
     fn cluster(size: usize) -> Vec<SocketAddr> {
         (0..size)
             .map(|i| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 11011)))
@@ -214,6 +332,28 @@ mod tests {
                 distinct.sort();
                 distinct.dedup();
                 prop_assert_eq!(distinct.len(), list.len());
+            }
+        }
+
+        #[test]
+        fn zoned_owners_span_min_n_zones(members in 1usize..12, zones in 1usize..5, n in 1usize..5) {
+            let names = ["a", "b", "c", "d"];
+            let nodes: Vec<_> = (cluster(members).into_iter().enumerate())
+                .map(|(i, addr)| (addr, Some(names[i % zones])))
+                .collect();
+            let ring = Ring::with_zones(&nodes, 32, 256, members, n);
+            let present = zones.min(members);
+            for bucket in 0..256 {
+                let list: Vec<_> = ring.preference_list(bucket).collect();
+                prop_assert_eq!(list.len(), members);
+                let mut owner_zones: Vec<_> = list.iter().take(n).map(|&a| ring.zone(a)).collect();
+                owner_zones.sort();
+                owner_zones.dedup();
+                prop_assert_eq!(owner_zones.len(), n.min(present).min(members));
+                let mut distinct = list.clone();
+                distinct.sort();
+                distinct.dedup();
+                prop_assert_eq!(distinct.len(), members);
             }
         }
 

@@ -26,6 +26,15 @@ pub struct Config {
 pub struct NodeSection {
     pub hostname: String,
     pub data_dir: PathBuf,
+    /// Failure domain (rack, room, site); empty: none. Replicas spread over zones once
+    /// every member declares one.
+    pub zone: String,
+}
+
+impl NodeSection {
+    pub fn zone_name(&self) -> Option<String> {
+        (!self.zone.is_empty()).then(|| self.zone.clone())
+    }
 }
 
 impl Default for NodeSection {
@@ -33,6 +42,7 @@ impl Default for NodeSection {
         NodeSection {
             hostname: "127.0.0.1".into(),
             data_dir: "/var/lib/kai".into(),
+            zone: String::new(),
         }
     }
 }

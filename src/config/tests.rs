@@ -42,6 +42,19 @@ fn bad_value_names_the_key() {
 }
 
 #[test]
+fn a_zone_is_a_plain_name() {
+    let config = load_text("[node]\nzone = \"rack-2.room_b\"\n").unwrap();
+    assert_eq!(
+        config.config.node.zone_name().as_deref(),
+        Some("rack-2.room_b")
+    );
+    assert_eq!(load_text("").unwrap().config.node.zone_name(), None);
+    let err = load_text("[node]\nhostname = \"10.0.0.1\"\nzone = \"rack 2\"\n").unwrap_err();
+    assert_eq!((err.line, err.key.as_str()), (Some(3), "node.zone"));
+    assert!(err.reason.contains("letters, digits"), "{err}");
+}
+
+#[test]
 fn buckets_must_be_a_power_of_two() {
     let err = load_text("[cluster]\nvirtual_nodes = 64\nbuckets = 1000\n").unwrap_err();
     assert_eq!((err.line, err.key.as_str()), (Some(3), "cluster.buckets"));

@@ -23,6 +23,14 @@ pub fn check(config: &Config, warnings: &mut Vec<String>) -> Result<(), Problem>
     if config.node.hostname.trim().is_empty() {
         return Err(problem("node.hostname", "must not be empty"));
     }
+    let zone = &config.node.zone;
+    let zone_char = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if zone.len() > 64 || !zone.chars().all(zone_char) {
+        return Err(problem(
+            "node.zone",
+            format!("{zone:?}: a zone is up to 64 letters, digits, '.', '_' or '-'"),
+        ));
+    }
     check_address("memcache.listen", &config.memcache.listen)?;
     check_address("rpc.listen", &config.rpc.listen)?;
     if !config.metrics.listen.is_empty() {

@@ -736,6 +736,21 @@ impl Node {
     }
 
     /// Members in the ring, as `host:port`, sorted.
+    /// What the ring digest covers: the members, each with its zone when the ring is zoned
+    /// (two nodes that disagree on zones place keys differently).
+    pub fn ring_layout(&self) -> String {
+        let Some(cluster) = self.cluster.get() else {
+            return self.address.clone();
+        };
+        let ring = cluster.membership().ring();
+        let members =
+            (cluster.membership().active().into_iter()).map(|addr| match ring.zone(addr) {
+                Some(zone) => format!("{addr}@{zone}"),
+                None => addr.to_string(),
+            });
+        members.collect::<Vec<_>>().join(" ")
+    }
+
     pub fn members(&self) -> Vec<String> {
         match self.cluster.get() {
             Some(cluster) => (cluster.membership().active().iter())

@@ -178,7 +178,7 @@ impl Node {
         let q = config.cluster.quorum;
         let up = self.members_up();
         let members = self.members();
-        let digest = Md5::digest(members.join(" ").as_bytes());
+        let digest = Md5::digest(self.ring_layout().as_bytes());
         let ring_digest: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         let count = |read: fn(&ClusterCounters) -> &AtomicU64| {
             (self.cluster.get())

@@ -1,6 +1,7 @@
 //! Storage engines behind one trait. The store knows keys, records and memory; it knows
 //! nothing of the ring, the cluster, the configuration or the protocols (docs/design.md).
 
+pub mod backup;
 pub mod digest;
 pub mod disk;
 pub mod memory;

@@ -40,6 +40,8 @@ pub struct Cluster {
     pub metrics: bool,
     /// The kai binary node i runs from its next start, if not this build's.
     pub binary: HashMap<usize, std::path::PathBuf>,
+    /// Node i's `[node] zone`, if any.
+    pub zones: HashMap<usize, String>,
 }
 
 impl Cluster {
@@ -49,6 +51,11 @@ impl Cluster {
     }
 
     pub fn start_with(net: u8, size: usize, extra: &str, rpc_extra: &str) -> Cluster {
+        Cluster::start_zoned(net, &vec![""; size], extra, rpc_extra)
+    }
+
+    /// One node per entry of `zones` (its `[node] zone`; "" for none).
+    pub fn start_zoned(net: u8, zones: &[&str], extra: &str, rpc_extra: &str) -> Cluster {
         // Two probes may hand out the same free port; the listeners need two.
         let rpc_port = free_port();
         let memcache_port = std::iter::repeat_with(free_port)
@@ -65,8 +72,12 @@ impl Cluster {
             env: HashMap::new(),
             metrics: false,
             binary: HashMap::new(),
+            zones: (zones.iter().enumerate())
+                .filter(|(_, z)| !z.is_empty())
+                .map(|(i, z)| (i, z.to_string()))
+                .collect(),
         };
-        for _ in 0..size {
+        for _ in zones {
             let i = cluster.add_member();
             cluster.start_node(i, true);
         }
@@ -100,8 +111,9 @@ impl Cluster {
         } else {
             String::new()
         };
+        let zone = (self.zones.get(&i)).map_or_else(String::new, |z| format!("zone = \"{z}\"\n"));
         format!(
-            "[node]\nhostname = \"{}\"\ndata_dir = \"{}\"\n[memcache]\nlisten = \"{}\"\n[rpc]\nlisten = \"{}\"\ntimeout = \"1s\"\n{}[cluster]\n{seeds}gossip_interval = \"250ms\"\n{}{metrics}",
+            "[node]\nhostname = \"{}\"\ndata_dir = \"{}\"\n{zone}[memcache]\nlisten = \"{}\"\n[rpc]\nlisten = \"{}\"\ntimeout = \"1s\"\n{}[cluster]\n{seeds}gossip_interval = \"250ms\"\n{}{metrics}",
             m.host,
             m.data.path().display(),
             m.memcache,

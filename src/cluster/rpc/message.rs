@@ -114,6 +114,13 @@ pub enum Request {
     AdminRemove {
         node: String,
     },
+    /// `kai store backup`: a page of this node's keys with ring hash in `low..=high`,
+    /// after key `after` (see `Coordinator::backup_page`).
+    AdminBackup {
+        low: u32,
+        high: u32,
+        after: Option<Bytes>,
+    },
     /// `kai cluster finalize`, sent to the local node.
     AdminFinalize,
     /// The operator finalised `protocol`: persist it, stop speaking older ones.
@@ -133,6 +140,11 @@ pub enum Response {
     Members(Vec<MemberRecord>),
     Digests(Vec<u64>),
     Keys(Vec<(Bytes, u64)>),
+    /// A backup page: keys with every version; `more` when the range continues.
+    Backup {
+        entries: Vec<(Bytes, Versions)>,
+        more: bool,
+    },
     Done(String),
     Error(String),
 }

@@ -61,7 +61,7 @@ pub enum Request3 {
     SyncKeys { bucket: u32 },
     SyncForget { keys: Vec<Bytes> },
     Flush { delay: i64 },
-    Members { members: Vec<MemberRecord> },
+    Members { members: Vec<MemberRecord3> },
     AdminJoin { seed: String },
     AdminLeave,
     AdminDigests,
@@ -73,7 +73,7 @@ pub enum Response3 {
     Versions(Option<Vec<RecordV1>>),
     Applied { had_live: bool },
     Outcome(Outcome3),
-    Members(Vec<MemberRecord>),
+    Members(Vec<MemberRecord3>),
     Digests(Vec<u64>),
     Keys(Vec<(Bytes, u64)>),
     Done(String),
@@ -299,7 +299,9 @@ fn request_v3(request: Request) -> Result<Request3, Inexpressible> {
         Request::SyncKeys { bucket } => Request3::SyncKeys { bucket },
         Request::SyncForget { keys } => Request3::SyncForget { keys },
         Request::Flush { delay } => Request3::Flush { delay },
-        Request::Members { members } => Request3::Members { members },
+        Request::Members { members: m } => Request3::Members {
+            members: members_v3(m),
+        },
         Request::AdminJoin { seed } => Request3::AdminJoin { seed },
         Request::AdminLeave => Request3::AdminLeave,
         Request::AdminDigests => Request3::AdminDigests,
@@ -307,6 +309,7 @@ fn request_v3(request: Request) -> Result<Request3, Inexpressible> {
         Request::AdminFinalize | Request::Finalize { .. } => {
             return Err(Inexpressible("take part in finalising an upgrade"))
         }
+        Request::AdminBackup { .. } => return Err(Inexpressible("be backed up")),
     })
 }
 
@@ -325,7 +328,9 @@ fn request(request: Request3) -> Request {
         Request3::SyncKeys { bucket } => Request::SyncKeys { bucket },
         Request3::SyncForget { keys } => Request::SyncForget { keys },
         Request3::Flush { delay } => Request::Flush { delay },
-        Request3::Members { members } => Request::Members { members },
+        Request3::Members { members: m } => Request::Members {
+            members: members(m),
+        },
         Request3::AdminJoin { seed } => Request::AdminJoin { seed },
         Request3::AdminLeave => Request::AdminLeave,
         Request3::AdminDigests => Request::AdminDigests,
@@ -333,14 +338,44 @@ fn request(request: Request3) -> Request {
     }
 }
 
+/// A member as release 0.1.0 records it: no zone.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberRecord3 {
+    addr: std::net::SocketAddr,
+    generation: u64,
+    left: bool,
+}
+
+fn members_v3(members: Vec<MemberRecord>) -> Vec<MemberRecord3> {
+    (members.into_iter())
+        .map(|m| MemberRecord3 {
+            addr: m.addr,
+            generation: m.generation,
+            left: m.left,
+        })
+        .collect()
+}
+
+fn members(members: Vec<MemberRecord3>) -> Vec<MemberRecord> {
+    (members.into_iter())
+        .map(|m| MemberRecord {
+            addr: m.addr,
+            generation: m.generation,
+            left: m.left,
+            zone: None,
+        })
+        .collect()
+}
+
 fn response_v3(response: Response) -> Response3 {
     match response {
         Response::Versions(v) => Response3::Versions(v.map(versions_v1)),
         Response::Applied { had_live } => Response3::Applied { had_live },
         Response::Outcome(o) => Response3::Outcome(outcome_v3(o)),
-        Response::Members(members) => Response3::Members(members),
+        Response::Members(m) => Response3::Members(members_v3(m)),
         Response::Digests(digests) => Response3::Digests(digests),
         Response::Keys(keys) => Response3::Keys(keys),
+        Response::Backup { .. } => Response3::Error("a backup needs peer protocol 4".into()),
         Response::Done(text) => Response3::Done(text),
         Response::Error(text) => Response3::Error(text),
     }
@@ -351,7 +386,7 @@ fn response(response: Response3) -> Response {
         Response3::Versions(v) => Response::Versions(v.map(versions)),
         Response3::Applied { had_live } => Response::Applied { had_live },
         Response3::Outcome(o) => Response::Outcome(outcome(o)),
-        Response3::Members(members) => Response::Members(members),
+        Response3::Members(m) => Response::Members(members(m)),
         Response3::Digests(digests) => Response::Digests(digests),
         Response3::Keys(keys) => Response::Keys(keys),
         Response3::Done(text) => Response::Done(text),

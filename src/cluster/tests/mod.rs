@@ -53,6 +53,7 @@ fn member_records(size: usize) -> Vec<MemberRecord> {
             addr: addr(i),
             generation: 1,
             left: false,
+            zone: None,
         })
         .collect()
 }
@@ -73,7 +74,7 @@ fn start_node(
         buckets: BUCKETS,
         replicas: quorum.n as usize,
     };
-    let membership = Membership::open(addr(i), shape, None);
+    let membership = Membership::open(addr(i), None, shape, None);
     membership.merge(members);
     let counters = Arc::new(ClusterCounters::default());
     let replica = Arc::new(Replica::new(

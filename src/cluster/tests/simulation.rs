@@ -320,6 +320,7 @@ impl Sim {
             addr: addr(i),
             generation: 1,
             left: false,
+            zone: None,
         };
         self.members.push(record.clone());
         self.add_node(i, 0);

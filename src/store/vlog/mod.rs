@@ -254,6 +254,11 @@ impl LogStore {
         })
     }
 
+    /// Makes every write so far durable now, whatever the durability (`kai store restore`).
+    pub fn sync_now(&self) -> Result<(), StoreError> {
+        self.shared.sync()
+    }
+
     /// Compacts every sealed segment holding any dead frame, now (`kai store compact`);
     /// returns the bytes on disk before and after.
     pub fn compact_now(&self) -> (u64, u64) {
