@@ -174,17 +174,27 @@ fn a_live_backup_restored_into_a_wiped_node_is_repaired_at_once_with_siblings_an
     assert!(backed_up >= keys + 2, "{text}");
     assert!(!acknowledged.lock().unwrap().is_empty());
 
-    // A running node's data dir is refused.
+    // A running node's data dir is refused, and so is a memory-engine configuration (its
+    // node would start empty).
     let data = cluster.members[2].data.path().to_str().unwrap().to_string();
-    let (code, text) = cluster.kai(&[
-        "store",
-        "restore",
-        file.to_str().unwrap(),
-        "--data-dir",
-        &data,
-    ]);
+    let restore = |config: &str| {
+        let restore = [
+            "store",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            &data,
+        ];
+        cluster.kai(&[&["--config", config][..], &restore[..]].concat())
+    };
+    let (code, text) = restore(&config_path);
     assert_ne!(code, 0);
     assert!(text.contains("in use by another process"), "{text}");
+    let memory = backup_dir.path().join("memory.toml");
+    std::fs::write(&memory, "[store]\nengine = \"memory\"\n").unwrap();
+    let (code, text) = restore(memory.to_str().unwrap());
+    assert_ne!(code, 0);
+    assert!(text.contains("store.engine is \"memory\""), "{text}");
 
     // Node 2 loses its disk; the backup is restored into the new one.
     cluster.kill(2);

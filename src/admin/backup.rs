@@ -72,6 +72,13 @@ pub fn backup(config: &Config, node: Option<&str>, out: &Path) -> Result<String,
 
 /// Restores `file` into the disk store in `data_dir`, which no node may be running on.
 pub fn restore(config: &Config, data_dir: &Path, file: &Path) -> Result<String, String> {
+    if config.store.engine != crate::config::Engine::Disk {
+        return Err(
+            "store.engine is \"memory\" in the configuration: that node starts empty and would \
+             never read a restored store; restore with the disk-engine node's configuration (--config)"
+                .to_string(),
+        );
+    }
     if layout(data_dir) == Layout::Redb {
         return Err(format!(
             "{}: holds a release 0.1.0 store (kai.redb): start the node once so it migrates, stop it, then restore",
