@@ -58,7 +58,8 @@ fn main() -> ExitCode {
 }
 
 fn store(config_path: Option<PathBuf>, action: StoreAction) -> ExitCode {
-    let load = || {
+    // Check and compact with --data-dir need no configuration at all.
+    let config = || {
         config::load(config_path.as_deref())
             .map(|loaded| loaded.config)
             .map_err(|e| {
@@ -66,56 +67,28 @@ fn store(config_path: Option<PathBuf>, action: StoreAction) -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             })
     };
-    let data_dir = match &action {
-        StoreAction::Check { data_dir }
-        | StoreAction::Compact { data_dir }
-        | StoreAction::Restore { data_dir, .. } => data_dir.clone(),
-        StoreAction::Backup { .. } => None,
-    };
-    let dir = match data_dir {
-        Some(dir) => dir,
-        None => match load() {
-            Ok(config) => config.node.data_dir,
+    let compact = matches!(action, StoreAction::Compact { .. });
+    let result = match action {
+        StoreAction::Backup { out, node } => match config() {
+            Ok(config) => admin::backup::backup(&config, node.as_deref(), &out),
             Err(code) => return code,
         },
-    };
-    let tool = match &action {
-        StoreAction::Backup { out, node } => {
-            Some(load().map(|c| admin::backup::backup(&c, node.as_deref(), out)))
-        }
-        StoreAction::Restore { file, .. } => {
-            Some(load().map(|c| admin::backup::restore(&c, &dir, file)))
-        }
-        _ => None,
-    };
-    match tool {
-        Some(Err(code)) => return code,
-        Some(Ok(Ok(text))) => {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
-        Some(Ok(Err(e))) => return fail(e),
-        None => {}
-    }
-    use kai::store::disk::DiskStore;
-    use kai::store::migrate::{layout, Layout};
-    use kai::store::vlog::{self, LogStore};
-    let compacted = |(before, after)| format!("compacted: {before} bytes before, {after} after\n");
-    let result = match (action, layout(&dir)) {
-        (StoreAction::Check { .. }, Layout::Redb) => DiskStore::check(&dir),
-        (StoreAction::Check { .. }, _) => LogStore::check(&dir),
-        (StoreAction::Compact { .. }, Layout::Redb) => DiskStore::compact(&dir).map(compacted),
-        (StoreAction::Backup { .. } | StoreAction::Restore { .. }, _) => unreachable!(),
-        (StoreAction::Compact { .. }, _) => {
-            let settings = vlog::Settings::new(
-                kai::store::Durability::Fsync,
-                Duration::from_secs(1),
-                // Digests are not kept on disk: any bucket count will do offline.
-                1024,
-            );
-            LogStore::open(&dir, settings)
-                .map_err(|e| kai::store::StoreError::Damaged(e.to_string()))
-                .map(|store| compacted(store.compact_now()))
+        StoreAction::Restore { file, data_dir } => match config() {
+            Ok(config) => {
+                let dir = data_dir.unwrap_or_else(|| config.node.data_dir.clone());
+                admin::backup::restore(&config, &dir, &file)
+            }
+            Err(code) => return code,
+        },
+        StoreAction::Check { data_dir } | StoreAction::Compact { data_dir } => {
+            let dir = match data_dir {
+                Some(dir) => dir,
+                None => match config() {
+                    Ok(config) => config.node.data_dir,
+                    Err(code) => return code,
+                },
+            };
+            maintain(&dir, compact).map_err(|e| e.to_string())
         }
     };
     match result {
@@ -124,6 +97,30 @@ fn store(config_path: Option<PathBuf>, action: StoreAction) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+/// `kai store check` (or `compact`) on a stopped node's data dir, either engine's layout.
+fn maintain(dir: &std::path::Path, compact: bool) -> Result<String, kai::store::StoreError> {
+    use kai::store::disk::DiskStore;
+    use kai::store::migrate::{layout, Layout};
+    use kai::store::vlog::{self, LogStore};
+    let compacted = |(before, after)| format!("compacted: {before} bytes before, {after} after\n");
+    match (compact, layout(dir)) {
+        (false, Layout::Redb) => DiskStore::check(dir),
+        (false, _) => LogStore::check(dir),
+        (true, Layout::Redb) => DiskStore::compact(dir).map(compacted),
+        (true, _) => {
+            let settings = vlog::Settings::new(
+                kai::store::Durability::Fsync,
+                Duration::from_secs(1),
+                // Digests are not kept on disk: any bucket count will do offline.
+                1024,
+            );
+            LogStore::open(dir, settings)
+                .map_err(|e| kai::store::StoreError::Damaged(e.to_string()))
+                .map(|store| compacted(store.compact_now()))
+        }
     }
 }
 

@@ -24,35 +24,40 @@ impl Placement {
         n: usize,
         available: impl Fn(SocketAddr) -> bool,
     ) -> Placement {
-        let list: Vec<SocketAddr> = ring.nodes_for(key).collect();
-        let split = n.min(list.len());
-        let (owners, later) = list.split_at(split);
+        // One hash per request; the list is a slice of the ring's table, walked again
+        // rather than copied.
+        let bucket = ring.bucket(key);
+        let owners: Vec<SocketAddr> = ring.preference_list(bucket).take(n).collect();
+        let fallbacks = || (ring.preference_list(bucket).skip(n)).filter(|&node| available(node));
         let mut replicas: Vec<SocketAddr> = Vec::with_capacity(n);
         replicas.extend(owners.iter().copied().filter(|&node| available(node)));
-        let fallbacks: Vec<SocketAddr> = later
-            .iter()
-            .copied()
-            .filter(|&node| available(node))
-            .collect();
-        if ring.is_zoned() {
-            for &node in &fallbacks {
+        if ring.is_zoned() && replicas.len() < n {
+            for node in fallbacks() {
                 let zone = ring.zone(node);
-                if replicas.len() < n && !replicas.iter().any(|&r| ring.zone(r) == zone) {
+                if !replicas.iter().any(|&r| ring.zone(r) == zone) {
                     replicas.push(node);
+                    if replicas.len() == n {
+                        break;
+                    }
                 }
             }
         }
-        for &node in &fallbacks {
-            if replicas.len() < n && !replicas.contains(&node) {
-                replicas.push(node);
+        if replicas.len() < n {
+            for node in fallbacks() {
+                if !replicas.contains(&node) {
+                    replicas.push(node);
+                    if replicas.len() == n {
+                        break;
+                    }
+                }
             }
         }
-        let next = (fallbacks.into_iter())
+        let next = fallbacks()
             .filter(|node| !replicas.contains(node))
             .take(2)
             .collect();
         Placement {
-            owners: owners.to_vec(),
+            owners,
             replicas,
             next,
         }

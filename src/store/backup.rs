@@ -215,9 +215,8 @@ pub fn restore<R: Read>(
     now_secs: u64,
 ) -> Result<Restored, super::StoreError> {
     let mut restored = Restored::default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| super::StoreError::Damaged(format!("cannot start: {e}")))?;
+    // Only a store whose writes wait for a sync (fsync durability) needs one.
+    let mut runtime = None;
     for entry in backup {
         let (key, mut versions) = entry.map_err(|e| super::StoreError::Damaged(e.to_string()))?;
         if !versions.retain_unexpired(now_secs) {
@@ -239,6 +238,14 @@ pub fn restore<R: Read>(
             }
         });
         if !commit.is_done() {
+            let runtime = match &mut runtime {
+                Some(runtime) => runtime,
+                None => runtime.insert(
+                    tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .map_err(|e| super::StoreError::Damaged(format!("cannot start: {e}")))?,
+                ),
+            };
             runtime.block_on(commit.wait())?;
         }
     }
@@ -302,6 +309,25 @@ mod tests {
         let (reader, _) = BackupReader::open(&bytes[..]).unwrap();
         let restored = restore(&store, reader, 8, 100).unwrap();
         assert_eq!((restored.keys, restored.versions), (3, 4));
+        for (key, versions) in &entries {
+            assert_eq!(store.get(key, 100).as_ref(), Some(versions), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn a_restore_into_an_fsync_log_store_waits_for_its_syncs_and_survives_reopening() {
+        use crate::store::vlog::{LogStore, Settings};
+        use crate::store::Durability;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::new(Durability::Fsync, std::time::Duration::from_secs(1), 1024);
+        let entries = siblings_and_a_tombstone();
+        let bytes = backup_of(&entries);
+        {
+            let store = LogStore::open(dir.path(), settings.clone()).unwrap();
+            let (reader, _) = BackupReader::open(&bytes[..]).unwrap();
+            assert_eq!(restore(&store, reader, 8, 100).unwrap().keys, 3);
+        }
+        let store = LogStore::open(dir.path(), settings).unwrap();
         for (key, versions) in &entries {
             assert_eq!(store.get(key, 100).as_ref(), Some(versions), "{key:?}");
         }
