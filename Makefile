@@ -7,7 +7,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 # Test dependencies: the reference memcached and its tools, the packaging toolchain, and
 # the stock binary-protocol clients (Ruby's Dalli, PHP's Memcached, pylibmc; SASL PLAIN
 # needs libsasl2-modules on the client side).
-APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc lintian nftables rpm faketime \
+APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc lintian nftables rpm faketime openssl \
                 rpmlint systemd-container ruby ruby-dalli php-cli php-memcached python3-pylibmc \
                 libsasl2-modules
 # memjs, Node's binary-protocol client, from npm (pinned).

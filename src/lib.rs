@@ -15,6 +15,7 @@ pub mod logging;
 pub mod shutdown;
 pub mod stats;
 pub mod time;
+pub mod tls;
 
 // Records and the memcached operation semantics every protocol shares.
 pub mod ops;

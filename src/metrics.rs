@@ -17,6 +17,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "rejected_connections",
         "Client connections refused at max_connections",
     ),
+    (
+        "ssl_handshake_errors",
+        "TLS listener handshakes that failed or timed out",
+    ),
     ("cmd_get", "Keys read that returned a value (Kai semantics)"),
     ("cmd_set", "Successful storage commands"),
     ("cmd_touch", "touch and gat commands"),

@@ -17,6 +17,7 @@ use crate::cluster::rpc::auth::Secret;
 use crate::cluster::rpc::client::Pool;
 use crate::cluster::rpc::message::PEER_PROTOCOL;
 use crate::cluster::rpc::server as rpc_server;
+use crate::cluster::rpc::tls::PeerTls;
 use crate::cluster::rpc::RpcSettings;
 use crate::cluster::upgrade::{self, Upgrade};
 use crate::config::{self, Config, Durability, Engine, Loaded};
@@ -30,6 +31,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::migrate::{self, Layout};
 use crate::store::vlog::{self, LogStore};
 use crate::store::Store;
+use crate::tls::{Tls, TlsFiles};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +63,9 @@ pub struct Prepared {
     /// list is persisted (it would name a node that can never come back).
     ephemeral: bool,
     secret: Secret,
+    peer_tls: PeerTls,
+    /// The memcache TLS listener and its certificates, when `memcache.tls_listen` is set.
+    client_tls: Option<(std::net::TcpListener, Arc<Tls>)>,
     /// Client credentials (`memcache.auth_file`), re-read on SIGHUP.
     auth: Arc<Auth>,
     /// The Prometheus listener, when `[metrics] listen` is set.
@@ -101,6 +106,24 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
     let me = resolve(&format!("{}:{rpc_port}", config.node.hostname))
         .map_err(|e| anyhow::anyhow!("node.hostname: {e}"))?;
     let secret = cluster_secret(&config)?;
+    let peer_tls =
+        PeerTls::from_config(&config.rpc).map_err(|e| anyhow::anyhow!("rpc TLS: {e}"))?;
+    let client_tls = match config.memcache.tls_listen.as_str() {
+        "" => None,
+        listen => {
+            let listener = std::net::TcpListener::bind(listen)
+                .with_context(|| format!("cannot listen on memcache.tls_listen {listen}"))?;
+            listener.set_nonblocking(true)?;
+            let memcache = &config.memcache;
+            let tls = Tls::for_clients(TlsFiles {
+                cert: memcache.tls_cert.clone(),
+                key: memcache.tls_key.clone(),
+                ca: (!memcache.tls_ca.as_os_str().is_empty()).then(|| memcache.tls_ca.clone()),
+            })
+            .map_err(|e| anyhow::anyhow!("memcache TLS: {e}"))?;
+            Some((listener, Arc::new(tls)))
+        }
+    };
     let auth = Arc::new(Auth::load(&config.memcache.auth_file)?);
     let metrics = match config.metrics.listen.as_str() {
         "" => None,
@@ -130,6 +153,8 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
         me,
         ephemeral,
         secret,
+        peer_tls,
+        client_tls,
         auth,
         metrics,
         config_path,
@@ -214,6 +239,8 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
         me,
         ephemeral,
         secret,
+        peer_tls,
+        client_tls,
         auth,
         metrics,
         config_path,
@@ -238,7 +265,17 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let cluster = start_cluster(&node, rpc, me, ephemeral, secret, shutdown_rx.clone())?;
+    let certificates = Certificates {
+        peers: peer_tls.tls().cloned(),
+        clients: client_tls.as_ref().map(|(_, tls)| Arc::clone(tls)),
+    };
+    let cluster = start_cluster(
+        &node,
+        rpc,
+        (me, ephemeral),
+        (secret, peer_tls),
+        shutdown_rx.clone(),
+    )?;
     if let Some(metrics) = metrics {
         let metrics = tokio::net::TcpListener::from_std(metrics)?;
         log::info!("serving metrics on {}", metrics.local_addr()?);
@@ -253,20 +290,37 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
         tokio::spawn(report_status(Arc::clone(&node))),
         tokio::spawn(pet_watchdog()),
     ];
-    let clients = tokio::spawn(listener::serve(
+    let mut clients = vec![tokio::spawn(listener::serve(
         listener,
+        None,
         Arc::clone(&node),
         Arc::clone(&auth),
-        shutdown_rx,
+        shutdown_rx.clone(),
         SHUTDOWN_GRACE,
-    ));
+    ))];
+    if let Some((tls_listener, tls)) = client_tls {
+        let tls_listener = tokio::net::TcpListener::from_std(tls_listener)?;
+        log::info!(
+            "serving memcache over TLS on {} (certificate {})",
+            tls_listener.local_addr()?,
+            tls.files().cert.display()
+        );
+        clients.push(tokio::spawn(listener::serve(
+            tls_listener,
+            Some(tls),
+            Arc::clone(&node),
+            Arc::clone(&auth),
+            shutdown_rx,
+            SHUTDOWN_GRACE,
+        )));
+    }
     notify::ready(&status_line(&node));
 
     let name = loop {
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
-            _ = hangup.recv() => reload(&node, &auth, config_path.as_deref()),
+            _ = hangup.recv() => reload(&node, &auth, &certificates, config_path.as_deref()),
         }
     };
     notify::stopping();
@@ -281,7 +335,9 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
     let _ = shutdown_tx.send(true);
     // Clients first (in-flight requests still reach peers), then the cluster's workers in
     // order, then the hints they may have added; the store flushes when it is dropped.
-    let _ = clients.await;
+    for listener in clients {
+        let _ = listener.await;
+    }
     for (name, task) in cluster.workers {
         if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
             log::warn!("{name} did not stop within {SHUTDOWN_GRACE:?}");
@@ -338,18 +394,26 @@ const DEPART_MAX: Duration = Duration::from_secs(5);
 fn start_cluster(
     node: &Arc<Node>,
     rpc: std::net::TcpListener,
-    me: SocketAddr,
-    ephemeral: bool,
-    secret: Secret,
+    (me, ephemeral): (SocketAddr, bool),
+    (secret, tls): (Secret, PeerTls),
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<RunningCluster> {
     let config = node.config();
     let rpc = tokio::net::TcpListener::from_std(rpc)?;
-    if secret.is_empty() {
-        log::info!("rpc on {me} without a cluster secret (loopback only)");
-    } else {
-        log::info!("rpc on {me}, peers authenticated with the cluster secret");
-    }
+    let proof = match secret.is_empty() {
+        true => "without a cluster secret (loopback only)",
+        false => "peers authenticated with the cluster secret",
+    };
+    let encryption = match tls.tls() {
+        None => String::new(),
+        Some(files) => format!(
+            ", TLS {} (certificate {}, CA {})",
+            tls.name(),
+            files.files().cert.display(),
+            config.rpc.tls_ca.display()
+        ),
+    };
+    log::info!("rpc on {me}, {proof}{encryption}");
     let clock = Arc::clone(node.clock());
     let upgrade = Arc::new(Upgrade::load(
         data_file(&config, "upgrade").filter(|_| !ephemeral),
@@ -366,6 +430,7 @@ fn start_cluster(
         clock: Arc::clone(&clock),
         max_clock_skew: config.cluster.max_clock_skew.0,
         upgrade: Arc::clone(&upgrade),
+        tls,
     });
     let peers = Peers::new(Arc::new(Pool::new(Arc::clone(&settings))));
     let gossip = config.cluster.gossip_interval.0;
@@ -495,10 +560,32 @@ fn start_cluster(
 /// How often a node that has not joined repeats its warning.
 const NOT_JOINED_WARNING: Duration = Duration::from_secs(30);
 
-/// SIGHUP: re-read the configuration; apply what can change live, keep the rest (and the
-/// whole running configuration when the new one is invalid).
-fn reload(node: &Node, auth: &Auth, path: Option<&std::path::Path>) {
+/// The TLS setups SIGHUP re-reads.
+struct Certificates {
+    peers: Option<Arc<Tls>>,
+    clients: Option<Arc<Tls>>,
+}
+
+impl Certificates {
+    fn reload(&self) {
+        for (what, tls) in [("rpc", &self.peers), ("memcache", &self.clients)] {
+            let Some(tls) = tls else { continue };
+            match tls.reload() {
+                Ok(()) => log::info!(
+                    "{what} TLS certificate {} re-read",
+                    tls.files().cert.display()
+                ),
+                Err(e) => log::error!("{what} TLS: {e}; keeping the running certificates"),
+            }
+        }
+    }
+}
+
+/// SIGHUP: re-read the configuration and the TLS certificates; apply what can change live,
+/// keep the rest (and the whole running configuration when the new one is invalid).
+fn reload(node: &Node, auth: &Auth, certificates: &Certificates, path: Option<&std::path::Path>) {
     notify::reloading();
+    certificates.reload();
     match config::load(path) {
         Ok(loaded) => {
             for warning in &loaded.warnings {

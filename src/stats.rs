@@ -76,6 +76,7 @@ counters!(
     curr_connections,
     total_connections,
     rejected_connections,
+    ssl_handshake_errors,
     auth_cmds,
     auth_errors,
     http_requests_closed,

@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("shutdown", &[]),
     ("stats", &[]),
     ("time", &[]),
+    ("tls", &[]),
     ("daemon", &[]),
     ("logging", &["config"]),
     ("record", &["causality"]),
@@ -34,6 +35,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "shutdown",
             "store",
             "time",
+            "tls",
         ],
     ),
     (
@@ -49,7 +51,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "time",
         ],
     ),
-    ("memcache", &["node", "ops", "stats", "time"]),
+    ("memcache", &["node", "ops", "stats", "time", "tls"]),
     ("metrics", &["node"]),
     (
         "admin",
@@ -61,7 +63,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "serve",
         &[
             "address", "cluster", "config", "daemon", "logging", "memcache", "metrics", "node",
-            "shutdown", "store", "time",
+            "shutdown", "store", "time", "tls",
         ],
     ),
 ];

@@ -7,6 +7,7 @@ use crate::address::resolve;
 use crate::cluster::rpc::auth::Secret;
 use crate::cluster::rpc::client::Pool;
 use crate::cluster::rpc::message::{Request, Response};
+use crate::cluster::rpc::tls::PeerTls;
 use crate::cluster::rpc::RpcSettings;
 use crate::config::Config;
 use bytes::Bytes;
@@ -106,6 +107,8 @@ pub(super) fn connect(
     } else {
         Secret::none()
     };
+    // The node's own certificate: a node with rpc.tls = "on" takes nothing else.
+    let tls = PeerTls::from_config(&config.rpc).map_err(|e| format!("rpc TLS: {e}"))?;
     let transport = Arc::new(RpcSettings {
         secret,
         cluster: config.cluster.name.clone(),
@@ -116,6 +119,7 @@ pub(super) fn connect(
         clock: Arc::new(crate::time::HybridClock::new()),
         max_clock_skew: config.cluster.max_clock_skew.0,
         upgrade: Arc::new(crate::cluster::upgrade::Upgrade::in_memory()),
+        tls,
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -57,6 +57,12 @@ pub struct MemcacheSection {
     pub request_timeout: Span,
     /// Client credentials, one `user:password` a line; empty: no authentication.
     pub auth_file: PathBuf,
+    /// A second listener speaking TLS (memcached's `-Z`); empty: none.
+    pub tls_listen: String,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// When set, TLS clients must show a certificate this CA signed.
+    pub tls_ca: PathBuf,
 }
 
 impl Default for MemcacheSection {
@@ -68,6 +74,10 @@ impl Default for MemcacheSection {
             idle_timeout: Span(Duration::ZERO),
             request_timeout: Span(Duration::from_secs(30)),
             auth_file: PathBuf::new(),
+            tls_listen: String::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_ca: PathBuf::new(),
         }
     }
 }
@@ -79,6 +89,24 @@ pub struct RpcSection {
     pub max_connections: u32,
     pub timeout: Span,
     pub secret_file: PathBuf,
+    pub tls: TlsMode,
+    /// This node's certificate: it must name the node's rpc address (an IP SAN).
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// The cluster's CA: every peer's certificate must be signed by it.
+    pub tls_ca: PathBuf,
+}
+
+/// Whether peer traffic is encrypted.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    Off,
+    /// Accepts TLS and plaintext, dials TLS (plaintext to a peer that does not speak it):
+    /// the step between off and on in a rolling change.
+    Transitional,
+    On,
 }
 
 impl Default for RpcSection {
@@ -88,6 +116,10 @@ impl Default for RpcSection {
             max_connections: 256,
             timeout: Span(Duration::from_secs(5)),
             secret_file: "/etc/kai/cluster.secret".into(),
+            tls: TlsMode::Off,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_ca: PathBuf::new(),
         }
     }
 }

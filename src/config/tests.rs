@@ -177,3 +177,18 @@ fn packaged_config_matches_the_defaults() {
         }
     }
 }
+
+#[test]
+fn tls_needs_its_files_named() {
+    let err = load_text("[rpc]\ntls = \"on\"\ntls_cert = \"/etc/kai/node.pem\"\n").unwrap_err();
+    assert_eq!(err.key, "rpc.tls_key");
+    assert!(err.reason.contains("must name a PEM file"), "{err}");
+    let err = load_text("[rpc]\ntls = \"sometimes\"\n").unwrap_err();
+    assert_eq!((err.line, err.key.as_str()), (Some(2), "rpc.tls"));
+    let err = load_text("[memcache]\ntls_listen = \"127.0.0.1:11212\"\n").unwrap_err();
+    assert_eq!(err.key, "memcache.tls_cert");
+    let err = load_text("[memcache]\ntls_listen = \"127.0.0.1:11211\"\n").unwrap_err();
+    assert_eq!(err.key, "memcache.tls_listen");
+    let ok = "[rpc]\ntls = \"transitional\"\ntls_cert = \"c\"\ntls_key = \"k\"\ntls_ca = \"a\"\n";
+    assert_eq!(load_text(ok).unwrap().config.rpc.tls, TlsMode::Transitional);
+}

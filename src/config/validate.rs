@@ -1,6 +1,6 @@
 //! Semantic checks that serde cannot express: ranges, powers of two, address syntax.
 
-use super::schema::{Config, Engine};
+use super::schema::{Config, Engine, TlsMode};
 
 /// Largest item kai accepts: a replica must fit in one RPC frame (64 MiB) with room to spare.
 pub const MAX_ITEM_SIZE_LIMIT: u64 = 32 << 20;
@@ -33,6 +33,7 @@ pub fn check(config: &Config, warnings: &mut Vec<String>) -> Result<(), Problem>
     }
     check_address("memcache.listen", &config.memcache.listen)?;
     check_address("rpc.listen", &config.rpc.listen)?;
+    check_tls(config)?;
     if !config.metrics.listen.is_empty() {
         check_address("metrics.listen", &config.metrics.listen)?;
     }
@@ -146,6 +147,38 @@ pub fn check(config: &Config, warnings: &mut Vec<String>) -> Result<(), Problem>
                 FACILITIES.join(", ")
             ),
         ));
+    }
+    Ok(())
+}
+
+/// TLS needs its files named; they are read (and their errors reported) when kai starts.
+fn check_tls(config: &Config) -> Result<(), Problem> {
+    let required = |key: &str, path: &std::path::Path, why: &str| {
+        if path.as_os_str().is_empty() {
+            Err(problem(key, format!("must name a PEM file when {why}")))
+        } else {
+            Ok(())
+        }
+    };
+    let rpc = &config.rpc;
+    if rpc.tls != TlsMode::Off {
+        let why = "rpc.tls is \"transitional\" or \"on\"";
+        required("rpc.tls_cert", &rpc.tls_cert, why)?;
+        required("rpc.tls_key", &rpc.tls_key, why)?;
+        required("rpc.tls_ca", &rpc.tls_ca, why)?;
+    }
+    let memcache = &config.memcache;
+    if !memcache.tls_listen.is_empty() {
+        check_address("memcache.tls_listen", &memcache.tls_listen)?;
+        if memcache.tls_listen == memcache.listen && !memcache.listen.ends_with(":0") {
+            return Err(problem(
+                "memcache.tls_listen",
+                "must differ from memcache.listen",
+            ));
+        }
+        let why = "memcache.tls_listen is set";
+        required("memcache.tls_cert", &memcache.tls_cert, why)?;
+        required("memcache.tls_key", &memcache.tls_key, why)?;
     }
     Ok(())
 }

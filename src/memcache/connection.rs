@@ -9,6 +9,7 @@ use super::auth::{self, Auth, TextLogin};
 use super::binary;
 use super::execute::{execute, Flow};
 use super::parse::{parse, Parsed, LINE_TOO_LONG};
+use super::stream::ClientStream;
 use crate::node::Node;
 use bytes::{Buf, BytesMut};
 use std::io;
@@ -16,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// A read buffer this large is released once drained (after a big value went through).
@@ -40,8 +40,8 @@ enum Step {
     Close,
 }
 
-pub struct Connection {
-    stream: TcpStream,
+pub struct Connection<S> {
+    stream: S,
     peer: SocketAddr,
     node: Arc<Node>,
     auth: Arc<Auth>,
@@ -64,8 +64,8 @@ pub struct Connection {
     partial_since: Option<Instant>,
 }
 
-impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr, node: Arc<Node>, auth: Arc<Auth>) -> Self {
+impl<S: ClientStream> Connection<S> {
+    pub fn new(stream: S, peer: SocketAddr, node: Arc<Node>, auth: Arc<Auth>) -> Self {
         let local = stream.local_addr().unwrap_or(peer);
         let mut connection = Connection {
             entry: node.clients().register(peer, local),
@@ -114,6 +114,8 @@ impl Connection {
             let flow = self.answer_buffered().await;
             if !self.output.is_empty() {
                 self.stream.write_all(&self.output).await?;
+                // TLS holds records back until flushed (a no-op for TCP).
+                self.stream.flush().await?;
                 self.output.clear();
             }
             let idle = self.input.is_empty() && self.swallow == 0;
@@ -149,7 +151,7 @@ impl Connection {
 
     /// Waits for input, within the idle timeout (nothing buffered) or what is left of the
     /// request timeout (part of a request buffered).
-    async fn readable(&self) -> io::Result<()> {
+    async fn readable(&mut self) -> io::Result<()> {
         let (limit, what) = match self.partial_since {
             Some(since) => (
                 (self.request_timeout).map(|limit| limit.saturating_sub(since.elapsed())),

@@ -1,9 +1,11 @@
-//! Accepts memcache clients: enforces `max_connections`, spawns a [`Connection`] per client
-//! and, on shutdown, stops accepting and waits (bounded) for the connections to finish.
+//! Accepts memcache clients: enforces `max_connections`, completes TLS on the TLS listener,
+//! spawns a [`Connection`] per client and, on shutdown, stops accepting and waits (bounded)
+//! for the connections to finish.
 
 use super::auth::Auth;
 use super::connection::Connection;
 use crate::node::Node;
+use crate::tls::Tls;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -24,16 +26,20 @@ impl Drop for Slot {
     }
 }
 
-/// Serves clients from `listener` until `shutdown` fires, then gives open connections up to
-/// `grace` to answer what they already received.
+/// A TLS client gets this long to complete its handshake.
+const TLS_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Serves clients from `listener` (over TLS with `tls`) until `shutdown` fires, then gives
+/// open connections up to `grace` to answer what they already received.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     node: Arc<Node>,
     auth: Arc<Auth>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    if let Ok(address) = listener.local_addr() {
+    if let (Ok(address), None) = (listener.local_addr(), &tls) {
         node.clients().set_listening(address);
     }
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -74,10 +80,36 @@ pub async fn serve(
             node: Arc::clone(&node),
             _done: done_tx.clone(),
         };
-        let connection = Connection::new(stream, peer, Arc::clone(&node), Arc::clone(&auth));
-        let shutdown = shutdown.clone();
+        let (node, auth, shutdown) = (Arc::clone(&node), Arc::clone(&auth), shutdown.clone());
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(async move {
-            if let Err(e) = connection.run(shutdown).await {
+            let ended = match acceptor {
+                None => {
+                    Connection::new(stream, peer, node, auth)
+                        .run(shutdown)
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            Connection::new(stream, peer, node, auth)
+                                .run(shutdown)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            node.counters().ssl_handshake_errors.add(1);
+                            log::info!("TLS handshake with client {peer} failed: {e}");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            node.counters().ssl_handshake_errors.add(1);
+                            log::info!("TLS handshake with client {peer} timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 log::debug!("connection from {peer} ended: {e}");
             }
             drop(slot);

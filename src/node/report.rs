@@ -120,6 +120,7 @@ impl Node {
             ("curr_connections", read(&c.curr_connections)),
             ("total_connections", read(&c.total_connections)),
             ("rejected_connections", read(&c.rejected_connections)),
+            ("ssl_handshake_errors", read(&c.ssl_handshake_errors)),
             ("threads", self.worker_threads.to_string()),
             ("bytes", store.bytes.to_string()),
             ("curr_items", store.items.to_string()),

@@ -117,10 +117,13 @@ impl HandshakeError {
     /// A failure that says the two sides disagree on secret or cluster (worth one log
     /// line per peer), as opposed to a connection that simply broke.
     pub fn is_authentication(&self) -> bool {
-        matches!(
-            self,
-            HandshakeError::Refused(_) | HandshakeError::Rejected(_)
-        )
+        match self {
+            HandshakeError::Refused(_) | HandshakeError::Rejected(_) => true,
+            // A TLS 1.3 server checks our certificate after we think TLS is up: its
+            // refusal arrives as the first read of the handshake.
+            HandshakeError::Frame(FrameError::Io(err)) => crate::tls::is_tls_refusal(err),
+            _ => false,
+        }
     }
 }
 

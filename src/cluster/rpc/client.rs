@@ -5,6 +5,7 @@ use super::auth::{ClientHandshake, HandshakeError};
 use super::frame::FrameCodec;
 use super::message::{Message, Request, Response};
 use super::offsets::{ClockOffset, ClockOffsets};
+use super::tls::{self, Dialled, PeerStream};
 use super::RpcSettings;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -35,6 +36,19 @@ enum ConnectError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+}
+
+impl ConnectError {
+    /// The peer and this node disagree (secret, cluster, certificates): worth a log line.
+    fn is_refusal(&self) -> bool {
+        match self {
+            ConnectError::Io(_) => false,
+            ConnectError::Handshake(err) => err.is_authentication(),
+            ConnectError::Tls(err) => crate::tls::is_tls_refusal(err),
+        }
+    }
 }
 
 /// After a failed connect, calls to that peer fail at once for this long instead of each
@@ -188,6 +202,26 @@ impl Pool {
     }
 
     async fn connect(&self, peer: SocketAddr) -> Result<Connection, ConnectError> {
+        let stream = self.dial(peer).await?;
+        let connected = match tls::dial(stream, peer, &self.transport.tls).await {
+            Ok(Dialled::Plain(stream)) => self.start(stream, peer).await,
+            Ok(Dialled::Tls(stream)) => self.start(*stream, peer).await,
+            Ok(Dialled::SpeaksPlaintext) => {
+                log::debug!("rpc: {peer} does not speak TLS yet; dialling it in plaintext");
+                let stream = self.dial(peer).await?;
+                self.start(stream, peer).await
+            }
+            Err(err) => Err(ConnectError::Tls(err)),
+        };
+        if let Err(err) = &connected {
+            if err.is_refusal() && lock(&self.refused).insert(peer) {
+                log::warn!("rpc: cannot join peer {peer}: {err}");
+            }
+        }
+        connected
+    }
+
+    async fn dial(&self, peer: SocketAddr) -> std::io::Result<TcpStream> {
         let fresh = || match peer {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
             SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -205,16 +239,17 @@ impl Pool {
         }
         let stream = socket.connect(peer).await?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Runs the cluster handshake on a fresh stream and starts its reader and writer.
+    async fn start<S: PeerStream>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+    ) -> Result<Connection, ConnectError> {
         let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
-        let protocol = match self.handshake(&mut framed, peer).await {
-            Ok(protocol) => protocol,
-            Err(err) => {
-                if err.is_authentication() && lock(&self.refused).insert(peer) {
-                    log::warn!("rpc: cannot join peer {peer}: {err}");
-                }
-                return Err(err.into());
-            }
-        };
+        let protocol = self.handshake(&mut framed, peer).await?;
         framed.codec_mut().protocol = protocol;
         let (sink, mut stream) = framed.split();
         let (outgoing, queue) = mpsc::channel::<Message>(SEND_QUEUE);
@@ -262,9 +297,9 @@ impl Pool {
         })
     }
 
-    async fn handshake(
+    async fn handshake<S: PeerStream>(
         &self,
-        framed: &mut Framed<TcpStream, FrameCodec<Message>>,
+        framed: &mut Framed<S, FrameCodec<Message>>,
         peer: SocketAddr,
     ) -> Result<u32, HandshakeError> {
         let transport = &self.transport;

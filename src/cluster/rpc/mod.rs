@@ -1,5 +1,6 @@
-//! Node-to-node RPC (docs/design.md, "Cluster"): length-prefixed postcard frames over TCP, a handshake that
-//! proves the cluster secret, a pipelined client pool and the server.
+//! Node-to-node RPC (docs/design.md, "Cluster"): length-prefixed postcard frames over TCP
+//! (or TLS), a handshake that proves the cluster secret, a pipelined client pool and the
+//! server.
 
 pub mod auth;
 pub mod client;
@@ -9,6 +10,7 @@ pub mod offsets;
 pub mod server;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod v3;
 mod wire;
 
@@ -38,6 +40,8 @@ pub struct RpcSettings {
     pub max_clock_skew: Duration,
     /// The protocols this node speaks and what handshakes tell of each peer's build.
     pub upgrade: Arc<crate::cluster::upgrade::Upgrade>,
+    /// `[rpc] tls`: what this node accepts and how it dials.
+    pub tls: tls::PeerTls,
 }
 
 /// Writes what `queue` delivers to `sink`, batching whatever is ready into one flush (one

@@ -4,6 +4,7 @@
 use super::auth::{Refusal, ServerHandshake};
 use super::frame::{FrameCodec, FrameError};
 use super::message::{Message, Request, Response};
+use super::tls::{self, AcceptError, Accepted, PeerStream};
 use super::RpcSettings;
 use crate::store::Commit;
 use crate::time::HybridClock;
@@ -12,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Framed;
 
@@ -65,32 +66,68 @@ pub async fn serve<H: Handler>(
             Arc::clone(&refused_peers),
         );
         tokio::spawn(async move {
-            let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
-            let Ok(_permit) = permit else {
-                let reason = "too many rpc connections".to_string();
-                let _ = framed.send(Message::Refused { reason }).await;
-                return;
-            };
-            match tokio::time::timeout(transport.timeout, handshake(&mut framed, &transport)).await
-            {
-                Ok(Ok(_node)) => connection(framed, handler, Arc::clone(&transport.clock)).await,
-                Ok(Err(reason)) => {
-                    // One log line per peer address: a misconfigured node retries forever.
-                    if refused
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(peer.ip())
-                    {
-                        log::warn!("rpc: refused peer {peer}: {reason}");
-                    }
+            // One log line per peer address and cause: a misconfigured node retries forever.
+            let log_once = |reason: String| {
+                let first = (refused.lock().unwrap_or_else(|p| p.into_inner()))
+                    .insert((peer.ip(), reason.clone()));
+                if first {
+                    log::warn!("rpc: refused peer {peer}: {reason}");
                 }
-                Err(_) => log::debug!("rpc: handshake with {peer} timed out"),
+            };
+            let accepted =
+                tokio::time::timeout(transport.timeout, tls::accept(stream, &transport.tls)).await;
+            let outcome = match accepted {
+                Ok(Ok(Accepted::Plain(stream))) => {
+                    session(stream, permit.is_ok(), &transport, handler).await
+                }
+                Ok(Ok(Accepted::Tls(stream))) => {
+                    session(*stream, permit.is_ok(), &transport, handler).await
+                }
+                Ok(Err(AcceptError::Closed)) => Outcome::Served,
+                Ok(Err(err)) => Outcome::Refused(err.to_string()),
+                Err(_) => Outcome::TimedOut,
+            };
+            drop(permit);
+            match outcome {
+                Outcome::Served => {}
+                Outcome::TimedOut => log::debug!("rpc: handshake with {peer} timed out"),
+                Outcome::Refused(reason) => log_once(reason),
             }
         });
     }
 }
 
-type Connection = Framed<TcpStream, FrameCodec<Message>>;
+enum Outcome {
+    /// Served until the connection ended (or told it was one too many).
+    Served,
+    Refused(String),
+    TimedOut,
+}
+
+/// Runs the cluster handshake on an accepted stream, then serves the peer.
+async fn session<S: PeerStream, H: Handler>(
+    stream: S,
+    admitted: bool,
+    transport: &Arc<RpcSettings>,
+    handler: Arc<H>,
+) -> Outcome {
+    let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
+    if !admitted {
+        let reason = "too many rpc connections".to_string();
+        let _ = framed.send(Message::Refused { reason }).await;
+        return Outcome::Served;
+    }
+    match tokio::time::timeout(transport.timeout, handshake(&mut framed, transport)).await {
+        Ok(Ok(_node)) => {
+            connection(framed, handler, Arc::clone(&transport.clock)).await;
+            Outcome::Served
+        }
+        Ok(Err(reason)) => Outcome::Refused(reason.to_string()),
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
+type Connection<S> = Framed<S, FrameCodec<Message>>;
 
 /// The reply to request `id`, stamped with this node's clocks when it is sent.
 struct Reply {
@@ -124,7 +161,7 @@ enum Rejection {
     Closed,
 }
 
-async fn step(framed: &mut Connection) -> Result<Message, Rejection> {
+async fn step<S: PeerStream>(framed: &mut Connection<S>) -> Result<Message, Rejection> {
     match framed.next().await {
         Some(Ok(message)) => Ok(message),
         Some(Err(err)) => Err(err.into()),
@@ -132,12 +169,15 @@ async fn step(framed: &mut Connection) -> Result<Message, Rejection> {
     }
 }
 
-async fn refuse(framed: &mut Connection, reason: &Refusal) {
+async fn refuse<S: PeerStream>(framed: &mut Connection<S>, reason: &Refusal) {
     let reason = reason.to_string();
     let _ = framed.send(Message::Refused { reason }).await;
 }
 
-async fn handshake(framed: &mut Connection, settings: &RpcSettings) -> Result<String, Rejection> {
+async fn handshake<S: PeerStream>(
+    framed: &mut Connection<S>,
+    settings: &RpcSettings,
+) -> Result<String, Rejection> {
     let local = settings.upgrade.local_build();
     let mut handshake = ServerHandshake::new(&settings.secret, &settings.cluster, local);
     let hello = step(framed).await?;
@@ -164,7 +204,11 @@ async fn handshake(framed: &mut Connection, settings: &RpcSettings) -> Result<St
     Ok(node)
 }
 
-async fn connection<H: Handler>(framed: Connection, handler: Arc<H>, clock: Arc<HybridClock>) {
+async fn connection<S: PeerStream, H: Handler>(
+    framed: Connection<S>,
+    handler: Arc<H>,
+    clock: Arc<HybridClock>,
+) {
     let (sink, mut stream) = framed.split();
     let (replies, queue) = mpsc::channel::<Message>(REPLY_QUEUE);
     let writer = tokio::spawn(super::write_batched(sink, queue));

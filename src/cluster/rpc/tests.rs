@@ -42,6 +42,7 @@ fn settings(clock: Arc<HybridClock>) -> Arc<RpcSettings> {
         clock,
         max_clock_skew: Duration::from_secs(1),
         upgrade: Arc::new(crate::cluster::upgrade::Upgrade::in_memory()),
+        tls: super::tls::PeerTls::Off,
     })
 }
 
