@@ -74,15 +74,18 @@ pub async fn serve<H: Handler>(
                     log::warn!("rpc: refused peer {peer}: {reason}");
                 }
             };
+            let Ok(permit) = permit else {
+                // Told at once, before TLS: a peer over the limit gets no session either way.
+                let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
+                let reason = "too many rpc connections".to_string();
+                let _ = framed.send(Message::Refused { reason }).await;
+                return;
+            };
             let accepted =
                 tokio::time::timeout(transport.timeout, tls::accept(stream, &transport.tls)).await;
             let outcome = match accepted {
-                Ok(Ok(Accepted::Plain(stream))) => {
-                    session(stream, permit.is_ok(), &transport, handler).await
-                }
-                Ok(Ok(Accepted::Tls(stream))) => {
-                    session(*stream, permit.is_ok(), &transport, handler).await
-                }
+                Ok(Ok(Accepted::Plain(stream))) => session(stream, &transport, handler).await,
+                Ok(Ok(Accepted::Tls(stream))) => session(*stream, &transport, handler).await,
                 Ok(Err(AcceptError::Closed)) => Outcome::Served,
                 Ok(Err(err)) => Outcome::Refused(err.to_string()),
                 Err(_) => Outcome::TimedOut,
@@ -98,7 +101,7 @@ pub async fn serve<H: Handler>(
 }
 
 enum Outcome {
-    /// Served until the connection ended (or told it was one too many).
+    /// Served until the connection ended.
     Served,
     Refused(String),
     TimedOut,
@@ -107,16 +110,10 @@ enum Outcome {
 /// Runs the cluster handshake on an accepted stream, then serves the peer.
 async fn session<S: PeerStream, H: Handler>(
     stream: S,
-    admitted: bool,
     transport: &Arc<RpcSettings>,
     handler: Arc<H>,
 ) -> Outcome {
     let mut framed = Framed::new(stream, FrameCodec::<Message>::default());
-    if !admitted {
-        let reason = "too many rpc connections".to_string();
-        let _ = framed.send(Message::Refused { reason }).await;
-        return Outcome::Served;
-    }
     match tokio::time::timeout(transport.timeout, handshake(&mut framed, transport)).await {
         Ok(Ok(_node)) => {
             connection(framed, handler, Arc::clone(&transport.clock)).await;
