@@ -89,14 +89,10 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
         u64::from(config.memcache.max_connections) + u64::from(config.rpc.max_connections),
     );
     let listen = &config.memcache.listen;
-    let memcache = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("cannot listen on memcache.listen {listen}"))?;
-    memcache.set_nonblocking(true)?;
+    let memcache = bind("memcache.listen", listen)?;
     let mut config = config;
     let rpc_listen = &config.rpc.listen;
-    let rpc = std::net::TcpListener::bind(rpc_listen)
-        .with_context(|| format!("cannot listen on rpc.listen {rpc_listen}"))?;
-    rpc.set_nonblocking(true)?;
+    let rpc = bind("rpc.listen", rpc_listen)?;
     let rpc_port = rpc.local_addr()?.port();
     let ephemeral = matches!(config.rpc.listen.rsplit_once(':'), Some((_, "0")));
     if let Some((host, "0")) = config.rpc.listen.rsplit_once(':') {
@@ -111,9 +107,7 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
     let client_tls = match config.memcache.tls_listen.as_str() {
         "" => None,
         listen => {
-            let listener = std::net::TcpListener::bind(listen)
-                .with_context(|| format!("cannot listen on memcache.tls_listen {listen}"))?;
-            listener.set_nonblocking(true)?;
+            let listener = bind("memcache.tls_listen", listen)?;
             let memcache = &config.memcache;
             let tls = Tls::for_clients(TlsFiles {
                 cert: memcache.tls_cert.clone(),
@@ -127,12 +121,7 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
     let auth = Arc::new(Auth::load(&config.memcache.auth_file)?);
     let metrics = match config.metrics.listen.as_str() {
         "" => None,
-        listen => {
-            let listener = std::net::TcpListener::bind(listen)
-                .with_context(|| format!("cannot listen on metrics.listen {listen}"))?;
-            listener.set_nonblocking(true)?;
-            Some(listener)
-        }
+        listen => Some(bind("metrics.listen", listen)?),
     };
     let data_dir = &config.node.data_dir;
     if config.store.engine == Engine::Memory
@@ -160,6 +149,14 @@ pub fn prepare(loaded: Loaded, config_path: Option<PathBuf>) -> anyhow::Result<P
         config_path,
         threads,
     })
+}
+
+/// A non-blocking listener on `listen`; the error names the config key.
+fn bind(key: &str, listen: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {key} {listen}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 /// Opens the store. Runs after daemonizing and dropping privileges: the disk engine starts
@@ -406,10 +403,10 @@ fn start_cluster(
     };
     let encryption = match tls.tls() {
         None => String::new(),
-        Some(files) => format!(
+        Some(setup) => format!(
             ", TLS {} (certificate {}, CA {})",
             tls.name(),
-            files.files().cert.display(),
+            setup.files().cert.display(),
             config.rpc.tls_ca.display()
         ),
     };

@@ -161,6 +161,12 @@ fn s_client(addr: &str, ca: &Path, request: &[u8]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// Waits (bounded) for `text` in the node's log; fails with the log.
+fn wait_for_log(kai: &Kai, text: &str) {
+    let logged = wait_until(Duration::from_secs(5), || kai.log().contains(text));
+    assert!(logged, "no {text:?} in the log:\n{}", kai.log());
+}
+
 fn tls_port(kai: &Kai) -> String {
     let announced = |kai: &Kai| kai.log().contains("serving memcache over TLS on ");
     wait_until(Duration::from_secs(10), || announced(kai));
@@ -240,13 +246,7 @@ print("pymemcache over TLS: ok")
     std::fs::copy(&renewed, &cert).unwrap();
     std::fs::copy(&renewed_key, &key).unwrap();
     kai.signal(Signal::SIGHUP);
-    assert!(
-        wait_until(Duration::from_secs(5), || kai
-            .log()
-            .contains("memcache TLS certificate")),
-        "{}",
-        kai.log()
-    );
+    wait_for_log(&kai, "memcache TLS certificate");
     let out = s_client(&tls, &authority.ca(), b"get greeting\r\n");
     assert!(out.contains("CN = kai-renewed"), "{out}");
     assert!(out.contains("hello"), "{out}");
@@ -254,13 +254,7 @@ print("pymemcache over TLS: ok")
     // A damaged certificate: the reload is refused and the running one stays.
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
     kai.signal(Signal::SIGHUP);
-    assert!(
-        wait_until(Duration::from_secs(5), || kai
-            .log()
-            .contains("keeping the running certificates")),
-        "{}",
-        kai.log()
-    );
+    wait_for_log(&kai, "keeping the running certificates");
     let out = s_client(&tls, &authority.ca(), b"get greeting\r\n");
     assert!(
         out.contains("CN = kai-renewed") && out.contains("hello"),
