@@ -2,15 +2,19 @@
 //! more servers like a round-robin load balancer (connection i goes to server i mod n), with
 //! exact latency percentiles and a count of errors and closed connections.
 //!
+//! The connections are multiplexed on a few client threads (`--threads`, 2 by default), as
+//! memcaslap does: a thread per connection would make 50 client threads compete with the
+//! server for the cores, and the latencies would measure the scheduler more than the server.
+//!
 //! loadgen --servers H:P[,H:P...] --connections N --seconds S --mix get|set|mix|fill
-//!         [--keys K] [--value BYTES]
+//!         [--keys K] [--value BYTES] [--threads T]
 //! Prints: ops/s p50_us p99_us p999_us errors closed
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 struct Options {
     servers: Vec<String>,
@@ -19,6 +23,7 @@ struct Options {
     mix: String,
     keys: u64,
     value: usize,
+    threads: usize,
 }
 
 fn options() -> Options {
@@ -29,6 +34,7 @@ fn options() -> Options {
         mix: "mix".into(),
         keys: 100_000,
         value: 1024,
+        threads: 2,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -40,9 +46,11 @@ fn options() -> Options {
             "--mix" => options.mix = value,
             "--keys" => options.keys = value.parse().expect("--keys"),
             "--value" => options.value = value.parse().expect("--value"),
+            "--threads" => options.threads = value.parse().expect("--threads"),
             other => panic!("unknown option {other}"),
         }
     }
+    options.threads = options.threads.clamp(1, options.connections.max(1));
     options
 }
 
@@ -53,28 +61,38 @@ struct Tally {
     closed: u64,
 }
 
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        self.closed += other.closed;
+    }
+}
+
+type Reader = BufReader<TcpStream>;
+
 /// One client connection: issues requests until `stop`, reconnecting after a close. With
 /// `fill`, connection `seed` sets keys seed-1, seed-1+C, … once each and returns.
-fn client(server: String, seed: u64, options: Arc<Options>, stop: Arc<AtomicBool>) -> Tally {
+async fn client(server: String, seed: u64, options: Arc<Options>, stop: Arc<AtomicBool>) -> Tally {
     let fill = options.mix == "fill";
     let mut next_fill = seed - 1;
     let mut tally = Tally::default();
     let value = vec![b'v'; options.value];
     let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut connection: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let mut connection: Option<Reader> = None;
     let mut line = String::new();
+    let mut request = Vec::with_capacity(value.len() + 64);
     while !stop.load(Ordering::Relaxed) {
-        let (stream, reader) = match &mut connection {
+        let reader = match &mut connection {
             Some(c) => c,
-            None => match TcpStream::connect(&server) {
+            None => match TcpStream::connect(&server).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    let reader = BufReader::new(stream.try_clone().expect("clone"));
-                    connection.insert((stream, reader))
+                    connection.insert(BufReader::new(stream))
                 }
                 Err(_) => {
                     tally.closed += 1;
-                    std::thread::sleep(Duration::from_millis(10));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
@@ -97,8 +115,7 @@ fn client(server: String, seed: u64, options: Arc<Options>, stop: Arc<AtomicBool
             "get" => false,
             _ => rng % 10 == 0,
         };
-        let started = Instant::now();
-        let mut request = Vec::with_capacity(value.len() + 64);
+        request.clear();
         if is_set {
             request.extend_from_slice(format!("set {key} 0 0 {}\r\n", value.len()).as_bytes());
             request.extend_from_slice(&value);
@@ -106,8 +123,9 @@ fn client(server: String, seed: u64, options: Arc<Options>, stop: Arc<AtomicBool
         } else {
             request.extend_from_slice(format!("get {key}\r\n").as_bytes());
         }
-        let ok = match stream.write_all(&request) {
-            Ok(()) => read_reply(reader, &mut line, is_set),
+        let started = Instant::now();
+        let ok = match reader.get_mut().write_all(&request).await {
+            Ok(()) => read_reply(reader, &mut line, is_set).await,
             Err(_) => None,
         };
         match ok {
@@ -127,9 +145,9 @@ fn client(server: String, seed: u64, options: Arc<Options>, stop: Arc<AtomicBool
 
 /// Some(true) for a good reply, Some(false) for an error reply, None when the connection
 /// broke.
-fn read_reply(reader: &mut BufReader<TcpStream>, line: &mut String, is_set: bool) -> Option<bool> {
+async fn read_reply(reader: &mut Reader, line: &mut String, is_set: bool) -> Option<bool> {
     line.clear();
-    if reader.read_line(line).ok()? == 0 {
+    if reader.read_line(line).await.ok()? == 0 {
         return None;
     }
     if is_set {
@@ -144,12 +162,35 @@ fn read_reply(reader: &mut BufReader<TcpStream>, line: &mut String, is_set: bool
         }
         let length: usize = line.trim_end().rsplit(' ').next()?.parse().ok()?;
         let mut data = vec![0; length + 2];
-        std::io::Read::read_exact(reader, &mut data).ok()?;
+        reader.read_exact(&mut data).await.ok()?;
         line.clear();
-        if reader.read_line(line).ok()? == 0 {
+        if reader.read_line(line).await.ok()? == 0 {
             return None;
         }
     }
+}
+
+/// One client thread: its share of the connections on a single-threaded runtime.
+fn client_thread(first: usize, options: Arc<Options>, stop: Arc<AtomicBool>) -> Tally {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    runtime.block_on(async {
+        let clients: Vec<_> = (first..options.connections)
+            .step_by(options.threads)
+            .map(|i| {
+                let server = options.servers[i % options.servers.len()].clone();
+                let (options, stop) = (Arc::clone(&options), Arc::clone(&stop));
+                tokio::spawn(client(server, i as u64 + 1, options, stop))
+            })
+            .collect();
+        let mut total = Tally::default();
+        for client in clients {
+            total.add(client.await.expect("client task"));
+        }
+        total
+    })
 }
 
 fn percentile(sorted: &[u32], fraction: f64) -> u32 {
@@ -163,11 +204,10 @@ fn percentile(sorted: &[u32], fraction: f64) -> u32 {
 fn main() {
     let options = Arc::new(options());
     let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..options.connections)
-        .map(|i| {
-            let server = options.servers[i % options.servers.len()].clone();
+    let threads: Vec<_> = (0..options.threads)
+        .map(|first| {
             let (options, stop) = (Arc::clone(&options), Arc::clone(&stop));
-            std::thread::spawn(move || client(server, i as u64 + 1, options, stop))
+            std::thread::spawn(move || client_thread(first, options, stop))
         })
         .collect();
     let started = Instant::now();
@@ -177,10 +217,7 @@ fn main() {
     }
     let mut total = Tally::default();
     for thread in threads {
-        let tally = thread.join().expect("client thread");
-        total.latencies_us.extend(tally.latencies_us);
-        total.errors += tally.errors;
-        total.closed += tally.closed;
+        total.add(thread.join().expect("client thread"));
     }
     let elapsed = started.elapsed().as_secs_f64();
     total.latencies_us.sort_unstable();

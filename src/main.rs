@@ -3,6 +3,9 @@
 
 mod cli;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use cli::{Action, CheckAction, Cli, ClusterAction, ConfigAction, ServeOptions, StoreAction};
 use kai::admin;

@@ -292,6 +292,10 @@ impl Coordinator {
             });
         }
         let read = reconcile(&replies);
+        // Every reply is in and none is stale (the common case): no repair task.
+        if pending.is_empty() && !replies.iter().any(|(_, held)| is_stale(&read, held)) {
+            return Ok(read);
+        }
         // The remaining replies finish in the background, then stale replicas are repaired.
         let coordinator = Arc::clone(self);
         tokio::spawn(async move {
@@ -318,20 +322,16 @@ impl Coordinator {
 
     /// Sends the reconciled versions to every replica whose reply lacked one of them.
     async fn repair(&self, key: Bytes, replies: Replies) {
-        let Some(merged) = reconcile(&replies).versions else {
+        let read = reconcile(&replies);
+        let Some(merged) = &read.versions else {
             return;
         };
-        for (replica, versions) in replies {
-            let held = versions.unwrap_or_default();
-            let stale = merged
-                .0
-                .iter()
-                .any(|m| !held.0.iter().any(|h| h.clock.descends(&m.clock)));
-            if !stale {
+        for (replica, held) in &replies {
+            if !is_stale(&read, held) {
                 continue;
             }
             self.counters.read_repairs.fetch_add(1, Ordering::Relaxed);
-            if let Err(err) = self.put(replica, key.clone(), merged.clone()).await {
+            if let Err(err) = self.put(*replica, key.clone(), merged.clone()).await {
                 log::debug!("read repair of {replica} failed: {err}");
             }
         }
@@ -536,6 +536,15 @@ impl Coordinator {
         }
         while flushes.join_next().await.is_some() {}
     }
+}
+
+/// Whether a replica that answered `held` lacks one of the versions `read` reconciled.
+fn is_stale(read: &Read, held: &Option<Versions>) -> bool {
+    let Some(merged) = &read.versions else {
+        return false;
+    };
+    let held = held.as_ref().map_or(&[][..], |v| &v.0[..]);
+    (merged.0.iter()).any(|m| !held.iter().any(|h| h.clock.descends(&m.clock)))
 }
 
 /// The versions no reply's version supersedes, and Kai's unreconciled counts.

@@ -81,16 +81,26 @@ pub async fn serve(
             _done: done_tx.clone(),
         };
         let (node, auth, shutdown) = (Arc::clone(&node), Arc::clone(&auth), shutdown.clone());
-        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
-        tokio::spawn(async move {
-            let ended = match acceptor {
-                None => {
-                    Connection::new(stream, peer, node, auth)
+        // Plain and TLS connections are separate tasks: a plain connection's task holds no
+        // room for a TLS session (an idle connection's whole cost is its task).
+        match tls.as_ref().map(|tls| tls.acceptor()) {
+            None => {
+                let task = async move {
+                    let ended = Connection::new(stream, peer, node, auth)
                         .run(shutdown)
-                        .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
+                        .await;
+                    if let Err(e) = ended {
+                        log::debug!("connection from {peer} ended: {e}");
+                    }
+                    drop(slot);
+                };
+                tokio::spawn(task);
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let accepted =
+                        tokio::time::timeout(TLS_HANDSHAKE_LIMIT, acceptor.accept(stream)).await;
+                    let ended = match accepted {
                         Ok(Ok(stream)) => {
                             Connection::new(stream, peer, node, auth)
                                 .run(shutdown)
@@ -106,14 +116,14 @@ pub async fn serve(
                             log::info!("TLS handshake with client {peer} timed out");
                             Ok(())
                         }
+                    };
+                    if let Err(e) = ended {
+                        log::debug!("connection from {peer} ended: {e}");
                     }
-                }
-            };
-            if let Err(e) = ended {
-                log::debug!("connection from {peer} ended: {e}");
+                    drop(slot);
+                });
             }
-            drop(slot);
-        });
+        }
     }
     drop(listener);
     drop(done_tx);

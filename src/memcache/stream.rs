@@ -7,6 +7,7 @@ use futures_util::FutureExt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -29,7 +30,24 @@ impl ClientStream for TcpStream {
     }
 
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        TcpStream::try_read_buf(self, buf)
+        // A read that did not fill the buffer drained the socket: saying WouldBlock to
+        // `try_io` clears the readiness with it, so the next wait goes to epoll instead of
+        // spending a recv on EAGAIN (one syscall less per request). Data arriving meanwhile
+        // is a new readiness event, which tokio does not clear.
+        let space = buf.capacity() - buf.len();
+        let mut drained = None;
+        let read = self.try_io(Interest::READABLE, || {
+            let n = TcpStream::try_read_buf(self, buf)?;
+            if n == 0 || n >= space {
+                return Ok(n);
+            }
+            drained = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
+        });
+        match (read, drained) {
+            (_, Some(n)) => Ok(n),
+            (read, None) => read,
+        }
     }
 }
 

@@ -298,7 +298,9 @@ impl Node {
         self.check_joined()?;
         match self.cluster() {
             Some(cluster) => {
-                let read = cluster.read(key).await?;
+                // Boxed: the quorum's state would otherwise sit in every connection's task,
+                // idle or not (see `write`).
+                let read = Box::pin(cluster.read(key)).await?;
                 self.unreconciled.record(read.gathered, read.kept);
                 Ok(read.versions)
             }
@@ -311,7 +313,9 @@ impl Node {
     async fn write(&self, key: &[u8], op: WriteOp) -> Result<Outcome, NodeError> {
         self.check_joined()?;
         if let Some(cluster) = self.cluster() {
-            return Ok(cluster.write(key, op).await?);
+            // Boxed, one allocation per clustered write: a connection's task is as large as
+            // the largest future it may await, and an idle client costs that much.
+            return Ok(Box::pin(cluster.write(key, op)).await?);
         }
         let mut outcome = Outcome::Deleted(DeleteOutcome::NotFound);
         let commit = self

@@ -16,6 +16,9 @@
 use super::digest::Digests;
 use super::{Change, Commit, Store, StoreStats, Versions};
 use crate::keyspace::key_hash;
+use allocator_api2::alloc::System;
+use allocator_api2::boxed::Box as SystemBox;
+use allocator_api2::vec::Vec as SystemVec;
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,8 +31,17 @@ const SHARD_SHIFT: u32 = 32 - SHARDS.trailing_zeros();
 const HEADER: usize = 11;
 
 /// One key and its versions, packed. The empty item marks a free slot.
-#[derive(Default)]
-struct Item(Box<[u8]>);
+///
+/// Items (and the slots and tables) live in the C library's malloc, whatever the process's
+/// global allocator: it rounds a block up to 16 bytes and returns a grown table's old pages,
+/// where a size-class allocator (mimalloc, the binary's) rounds a 1 KiB item up by a quarter.
+struct Item(SystemBox<[u8], System>);
+
+impl Default for Item {
+    fn default() -> Item {
+        Item(SystemVec::new_in(System).into_boxed_slice())
+    }
+}
 
 impl Item {
     fn new(key: &[u8], versions: &Versions, referenced: bool) -> Item {
@@ -52,7 +64,9 @@ impl Item {
             packed.extend_from_slice(key);
             // Serialising plain structs into a Vec has no failure path.
             let packed = postcard::to_extend(versions, packed).expect("versions encode to a Vec");
-            let item = Item(Box::from(&packed[..]));
+            let mut block = SystemVec::with_capacity_in(packed.len(), System);
+            block.extend_from_slice(&packed);
+            let item = Item(block.into_boxed_slice());
             *scratch = packed;
             item
         })
@@ -97,11 +111,10 @@ struct Slot {
 
 /// One lock's worth of the store. Its byte count lives under the same lock, so the request
 /// path touches no shared counter.
-#[derive(Default)]
 struct Shard {
     /// Slot numbers, found by key.
-    table: HashTable<u32>,
-    slots: Vec<Slot>,
+    table: HashTable<u32, System>,
+    slots: SystemVec<Slot, System>,
     free: Vec<u32>,
     /// The CLOCK hand: the next slot eviction looks at.
     hand: usize,
@@ -114,6 +127,19 @@ struct Shard {
 /// tag from the top bits and a shard's ring hashes share theirs.
 fn table_hash(hash: u32) -> u64 {
     u64::from(hash).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+impl Default for Shard {
+    fn default() -> Shard {
+        Shard {
+            table: HashTable::new_in(System),
+            slots: SystemVec::new_in(System),
+            free: Vec::new(),
+            hand: 0,
+            bytes: 0,
+            live_keys: 0,
+        }
+    }
 }
 
 impl Shard {
