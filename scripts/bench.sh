@@ -151,22 +151,33 @@ done
 CLUSTER="127.0.0.11:$CLUSTER_PORT,127.0.0.12:$CLUSTER_PORT,127.0.0.13:$CLUSTER_PORT"
 
 echo | tee -a "$OUT/table.txt"
-printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s\n' target conns row "ops/s" "p50 us" "p99 us" "p99.9 us" errors closed | tee -a "$OUT/table.txt"
+# cpu us/op: the servers' CPU time (user + system, every node of the cluster) over the row,
+# per operation; the client's share of the cores is what is left.
+printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s %10s\n' target conns row "ops/s" "p50 us" "p99 us" "p99.9 us" errors closed "cpu us/op" | tee -a "$OUT/table.txt"
+cpu_ticks() { # pids...: their CPU time so far, in clock ticks
+    local total=0 pid
+    for pid in "$@"; do total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
+    echo "$total"
+}
+TICK=$(getconf CLK_TCK)
 declare -A LAT # target/row/conns -> "ops p50 p99 p99.9"
 for target in memcached kai kai-fsync kai-periodic kai-3-nodes; do
     case $target in
-        memcached) servers="127.0.0.1:$MC_PORT" ;;
-        kai) servers="127.0.0.1:$KAI_PORT" ;;
-        kai-fsync) servers="127.0.0.1:$FSYNC_PORT" ;;
-        kai-periodic) servers="127.0.0.1:$PERIODIC_PORT" ;;
-        *) servers=$CLUSTER ;;
+        memcached) servers="127.0.0.1:$MC_PORT" pids=("$MC_PID") ;;
+        kai) servers="127.0.0.1:$KAI_PORT" pids=("$KAI_PID") ;;
+        kai-fsync) servers="127.0.0.1:$FSYNC_PORT" pids=("$FSYNC_PID") ;;
+        kai-periodic) servers="127.0.0.1:$PERIODIC_PORT" pids=("$PERIODIC_PID") ;;
+        *) servers=$CLUSTER pids=("${CLUSTER_PIDS[@]}") ;;
     esac
     "$LOADGEN" --servers "$servers" --connections 50 --mix fill > /dev/null
     for conns in 10 50; do
         for row in get set mix; do
+            ticks=$(cpu_ticks "${pids[@]}")
             read -r ops p50 p99 p999 errors closed < <("$LOADGEN" --servers "$servers" --connections "$conns" --seconds "$SECONDS_PER_ROW" --mix "$row")
-            LAT[$target/$row/$conns]="$ops $p50 $p99 $p999"
-            printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s\n' "$target" "$conns" "$row" "$ops" "$p50" "$p99" "$p999" "$errors" "$closed" | tee -a "$OUT/table.txt"
+            cpu=$(awk -v t="$(( $(cpu_ticks "${pids[@]}") - ticks ))" -v hz="$TICK" -v ops="$ops" -v s="$SECONDS_PER_ROW" \
+                'BEGIN { if (ops > 0) printf "%.1f", t / hz * 1e6 / (ops * s); else print "n/a" }')
+            LAT[$target/$row/$conns]="$ops $p50 $p99 $p999 $cpu"
+            printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s %10s\n' "$target" "$conns" "$row" "$ops" "$p50" "$p99" "$p999" "$errors" "$closed" "$cpu" | tee -a "$OUT/table.txt"
         done
     done
 done
@@ -270,7 +281,7 @@ after_compaction=$(log_bytes)
 rm -rf "$OUT/periodic" "$OUT/fsync" "$OUT"/node?
 
 # The summary: issue 19's rows, each a ratio against its peer from this run.
-lat() { echo "${LAT[$1]}" | cut -d' ' -f"$2"; } # target/row/conns field (1 ops, 4 p99.9)
+lat() { echo "${LAT[$1]}" | cut -d' ' -f"$2"; } # target/row/conns field (1 ops, 4 p99.9, 5 cpu)
 {
     echo
     printf '| row | kai | peer | ratio | target |\n|---|---|---|---|---|\n'
@@ -286,6 +297,8 @@ lat() { echo "${LAT[$1]}" | cut -d' ' -f"$2"; } # target/row/conns field (1 ops,
     row "3 nodes N=3 R=2 W=2 get, 50 conns (vs 80 k/s)" "$(lat kai-3-nodes/get/50 1)" 80000 "≥ 1.0"
     row "3 nodes set, 50 conns (vs 60 k/s)" "$(lat kai-3-nodes/set/50 1)" 60000 "≥ 1.0"
     row "3 nodes mix p99.9 µs, 50 conns (vs 3 ms)" "$(lat kai-3-nodes/mix/50 4)" 3000 "≤ 1.0"
+    row "3 nodes get, server CPU µs per op (vs one kai node's)" "$(lat kai-3-nodes/get/50 5)" "$(lat kai/get/50 5)" "—"
+    row "one kai node get, server CPU µs per op (vs memcached's)" "$(lat kai/get/50 5)" "$(lat memcached/get/50 5)" "—"
     row "restart at $ITEMS × 2 KiB, ms (vs 5 s)" "$ready_ms" 5000 "< 1.0"
     row "log after compaction (vs live data)" "$after_compaction" "$live_bytes" "≤ 1.5"
 } | tee -a "$OUT/table.txt"
