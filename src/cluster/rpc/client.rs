@@ -58,6 +58,8 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 const OFFSET_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 /// Requests queued per peer connection before callers wait.
 const SEND_QUEUE: usize = 4096;
+/// SWIM datagrams queued per peer connection; more are dropped, as a lost datagram is.
+const URGENT_QUEUE: usize = 256;
 
 /// Calls awaiting a reply: where to deliver it, and when the request left (our wall clock,
 /// µs) for the clock-offset sample the reply makes.
@@ -65,6 +67,8 @@ type Pending = Arc<Mutex<HashMap<u64, (oneshot::Sender<Response>, u64)>>>;
 
 struct Connection {
     outgoing: mpsc::Sender<Message>,
+    /// Failure-detector datagrams, written ahead of `outgoing`.
+    urgent: mpsc::Sender<Message>,
     pending: Pending,
     alive: Arc<AtomicBool>,
     /// Added to a deadline to put it on the peer's clock: the measured offset plus half
@@ -130,7 +134,6 @@ impl Pool {
             super::v3::expressible(&body).map_err(|err| RpcError::Older(peer, err))?;
         }
         // The deadline on the peer's clock, widened by the offset's uncertainty.
-        // The deadline on the peer's clock, widened by the offset's uncertainty.
         let shift = connection.deadline_shift_us.load(Ordering::Relaxed);
         let deadline_us =
             (started_us + self.transport.timeout.as_micros() as u64).saturating_add_signed(shift);
@@ -163,7 +166,7 @@ impl Pool {
             let _ = tokio::time::timeout(timeout, async {
                 if let Ok(connection) = pool.connection(peer).await {
                     let hlc = pool.transport.clock.peek();
-                    let _ = connection.outgoing.send(Message::Swim { hlc, data }).await;
+                    let _ = connection.urgent.try_send(Message::Swim { hlc, data });
                 }
             })
             .await;
@@ -253,9 +256,10 @@ impl Pool {
         framed.codec_mut().protocol = protocol;
         let (sink, mut stream) = framed.split();
         let (outgoing, queue) = mpsc::channel::<Message>(SEND_QUEUE);
+        let (urgent, urgent_queue) = mpsc::channel::<Message>(URGENT_QUEUE);
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
-        tokio::spawn(super::write_batched(sink, queue));
+        tokio::spawn(super::write_batched(sink, queue, Some(urgent_queue)));
         let (reader_pending, reader_alive) = (Arc::clone(&pending), Arc::clone(&alive));
         let (clock, offsets) = (Arc::clone(&self.transport.clock), Arc::clone(&self.offsets));
         let deadline_shift_us = Arc::new(AtomicI64::new(deadline_shift(self.offsets.get(peer))));
@@ -290,6 +294,7 @@ impl Pool {
         });
         Ok(Connection {
             outgoing,
+            urgent,
             pending,
             alive,
             deadline_shift_us,

@@ -47,13 +47,36 @@ pub struct RpcSettings {
 /// Writes what `queue` delivers to `sink`, batching whatever is ready into one flush (one
 /// syscall under load). Ends when the queue closes or the connection fails. Both the
 /// client pool and the server run one per connection.
-async fn write_batched<S>(mut sink: S, mut queue: mpsc::Receiver<message::Message>)
-where
+///
+/// What `urgent` delivers (the failure detector's datagrams) goes ahead of the queue: a
+/// probe waiting behind a burst of replica writes would miss its round trip, and a node
+/// that is only busy would be suspected and declared down.
+async fn write_batched<S>(
+    mut sink: S,
+    mut queue: mpsc::Receiver<message::Message>,
+    mut urgent: Option<mpsc::Receiver<message::Message>>,
+) where
     S: Sink<message::Message> + Unpin,
 {
-    while let Some(message) = queue.recv().await {
-        if sink.feed(message).await.is_err() {
+    loop {
+        let first = match urgent.as_mut() {
+            Some(urgent) => tokio::select! {
+                biased;
+                Some(message) = urgent.recv() => Some(message),
+                message = queue.recv() => message,
+            },
+            None => queue.recv().await,
+        };
+        let Some(first) = first else {
             return;
+        };
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        while let Some(message) = urgent.as_mut().and_then(|u| u.try_recv().ok()) {
+            if sink.feed(message).await.is_err() {
+                return;
+            }
         }
         while let Ok(message) = queue.try_recv() {
             if sink.feed(message).await.is_err() {

@@ -208,7 +208,7 @@ async fn connection<S: PeerStream, H: Handler>(
 ) {
     let (sink, mut stream) = framed.split();
     let (replies, queue) = mpsc::channel::<Message>(REPLY_QUEUE);
-    let writer = tokio::spawn(super::write_batched(sink, queue));
+    let writer = tokio::spawn(super::write_batched(sink, queue, None));
     let mut late_requests = 0u64;
     while let Some(Ok(message)) = stream.next().await {
         match message {

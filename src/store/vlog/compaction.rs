@@ -5,6 +5,7 @@
 
 use super::frame::{self, Kind};
 use super::{hint_path, key_hash, lock, recovery, shard_of, Shared};
+use crate::store::StoreError;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -71,12 +72,14 @@ pub(super) fn compact_once(shared: &Shared, force: bool) -> bool {
     }
 }
 
-fn compact(shared: &Shared, id: u32) -> Result<bool, String> {
+fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
     let hint_file = hint_path(&shared.dir, id);
     let hints = std::fs::read(&hint_file)
         .ok()
         .and_then(|bytes| frame::decode_hints(&bytes))
-        .ok_or_else(|| format!("{}: missing or damaged", hint_file.display()))?;
+        .ok_or_else(|| {
+            StoreError::Damaged(format!("{}: missing or damaged", hint_file.display()))
+        })?;
     let Some(segment) = shared.segment(id) else {
         return Ok(false);
     };
@@ -103,13 +106,9 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, String> {
                     continue;
                 }
                 // The frame moves as it is: it holds the key and its versions already.
-                let frame = shared
-                    .read_frame(&segment, &entry)
-                    .map_err(|e| e.to_string())?;
+                let frame = shared.read_frame(&segment, &entry)?;
                 let summary = Some(entry.summary);
-                let at = shared
-                    .append(&frame, &hint.key, summary)
-                    .map_err(|e| e.to_string())?;
+                let at = shared.append(&frame, &hint.key, summary)?;
                 shared.place(&mut shard, &hint.key, hash, summary, &at);
             }
             // A remove must outlive every older frame of its key; only in the oldest
@@ -117,9 +116,7 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, String> {
             Kind::Remove if !oldest && !shard.index.contains_key(&hint.key) => {
                 let mut frame = Vec::new();
                 frame::encode(&mut frame, Kind::Remove, &hint.key, &[]);
-                let at = shared
-                    .append(&frame, &hint.key, None)
-                    .map_err(|e| e.to_string())?;
+                let at = shared.append(&frame, &hint.key, None)?;
                 shared.place(&mut shard, &hint.key, hash, None, &at);
             }
             Kind::Remove => continue,
@@ -133,13 +130,14 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, String> {
         }
     }
     // The copies must be on disk before the originals go.
-    shared.sync().map_err(|e| e.to_string())?;
+    shared.sync()?;
     let still_used = hints.iter().any(|hint| {
         let shard = lock(&shared.shards[shard_of(key_hash(&hint.key))]);
         shard.index.get(&hint.key).is_some_and(|e| e.segment == id)
     });
     if still_used {
-        return Err("records were rewritten while it ran; it is retried".into());
+        log::info!("disk store compaction of segment {id}: records were rewritten while it ran; it is retried");
+        return Ok(false);
     }
     {
         let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
