@@ -3,40 +3,60 @@
 
 use super::coordinator::Coordinator;
 use super::member::Liveness;
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Keys offered to one owner per pass.
+/// Keys taken from the hint list at a time.
 const BATCH: usize = 512;
+/// Puts in flight to one owner: enough to hide the round trip, few enough that an owner
+/// catching up still serves its clients.
+const IN_FLIGHT: usize = 32;
 
-/// One pass: every owner that is up gets (up to a batch of) its hinted keys.
+/// One pass: every owner that is up gets all its hinted keys, until a put to it fails.
+/// A node that was away for a minute under load may hold hundreds of thousands of hints;
+/// one batch a second would take an hour to hand them back.
 pub async fn deliver_hints(coordinator: &Coordinator) {
     let hints = &coordinator.hints;
     for owner in hints.owners() {
-        if coordinator.membership.liveness(owner) != Liveness::Up {
-            continue;
-        }
-        for key in hints.batch(owner, BATCH) {
-            let Some(versions) = coordinator.replica.get(&key) else {
-                // Expired or purged here: nothing left to hand over.
-                hints.remove(owner, &key);
-                continue;
-            };
-            match coordinator.put(owner, key.clone(), versions).await {
-                Ok(_) => {
-                    hints.remove(owner, &key);
-                    (coordinator.counters.hinted_handoffs).fetch_add(1, Ordering::Relaxed);
-                }
-                Err(err) => {
-                    log::debug!("hinted handoff to {owner} failed: {err}");
-                    break;
-                }
+        while coordinator.membership.liveness(owner) == Liveness::Up {
+            let batch = hints.batch(owner, BATCH);
+            if batch.is_empty() || !deliver_batch(coordinator, owner, batch).await {
+                break;
             }
         }
     }
     hints.persist();
+}
+
+/// Hands `keys` to `owner`, forgetting each hint once its put succeeded; false when any
+/// put failed (the rest wait for the next pass).
+async fn deliver_batch(coordinator: &Coordinator, owner: SocketAddr, keys: Vec<Bytes>) -> bool {
+    let hints = &coordinator.hints;
+    let puts = stream::iter(keys).map(|key| async move {
+        let Some(versions) = coordinator.replica.get(&key) else {
+            // Expired or purged here: nothing left to hand over.
+            hints.remove(owner, &key);
+            return true;
+        };
+        match coordinator.put(owner, key.clone(), versions).await {
+            Ok(_) => {
+                hints.remove(owner, &key);
+                (coordinator.counters.hinted_handoffs).fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(err) => {
+                log::debug!("hinted handoff to {owner} failed: {err}");
+                false
+            }
+        }
+    });
+    let results: Vec<bool> = puts.buffer_unordered(IN_FLIGHT).collect().await;
+    results.into_iter().all(|delivered| delivered)
 }
 
 /// Runs a pass every `interval` until `shutdown` turns true, then persists the hints.
@@ -47,7 +67,11 @@ pub async fn run(
 ) {
     let mut periodic = crate::shutdown::Periodic::new(interval, shutdown);
     while periodic.tick().await {
-        deliver_hints(&coordinator).await;
+        // A long pass stops midway at shutdown: a hint goes only once its put succeeded.
+        tokio::select! {
+            () = deliver_hints(&coordinator) => {}
+            () = periodic.stopping() => break,
+        }
     }
     coordinator.hints.persist();
 }

@@ -73,6 +73,9 @@ async fn write_batched<S>(
         if sink.feed(first).await.is_err() {
             return;
         }
+        // Let the tasks already runnable (other clients' requests, the rest of a read
+        // batch) queue their messages first, so one write carries them all.
+        tokio::task::yield_now().await;
         while let Some(message) = urgent.as_mut().and_then(|u| u.try_recv().ok()) {
             if sink.feed(message).await.is_err() {
                 return;

@@ -358,6 +358,27 @@ async fn read_repair_brings_a_stale_replica_up_to_date() {
 }
 
 #[tokio::test]
+async fn one_handoff_pass_delivers_every_hint_not_one_batch() {
+    let cluster = TestCluster::start(3, quorum(3, 2, 2));
+    let down = 2;
+    cluster.mark(down, Liveness::Down);
+    cluster.network.isolate(addr(down), &cluster.addrs());
+    let keys: Vec<String> = (0..1500).map(|i| format!("missed-{i}")).collect();
+    for key in &keys {
+        assert_eq!(cluster.set(0, key, "v").await.unwrap(), STORED);
+    }
+    let coordinator = &cluster.nodes[0].coordinator;
+    assert_eq!(coordinator.hints().count_for(addr(down)), keys.len());
+    cluster.network.heal();
+    cluster.mark(down, Liveness::Up);
+    handoff::deliver_hints(coordinator).await;
+    assert_eq!(coordinator.hints().total(), 0);
+    for key in &keys {
+        assert_eq!(cluster.held(down, key).as_deref(), Some(&b"v"[..]), "{key}");
+    }
+}
+
+#[tokio::test]
 async fn a_down_owner_is_replaced_by_a_fallback_and_gets_its_hint_back() {
     let cluster = TestCluster::start(4, quorum(3, 2, 2));
     let key = "hinted";
