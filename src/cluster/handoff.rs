@@ -1,7 +1,9 @@
 //! Hinted handoff: delivers the keys an owner missed once failure detection sees it up
-//! again, then forgets the hint. Hints are persisted after every pass and at shutdown.
+//! again, then forgets the hint. Hints are persisted after a pass (paced, see
+//! [`Hints::persist_paced`]) and at shutdown.
 
 use super::coordinator::Coordinator;
+use super::hints::Hints;
 use super::member::Liveness;
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
@@ -30,7 +32,17 @@ pub async fn deliver_hints(coordinator: &Coordinator) {
             }
         }
     }
-    hints.persist();
+    persist_off_the_runtime(&coordinator.hints).await;
+}
+
+/// A paced rewrite of the hint file, on a blocking thread: at a million hints it takes
+/// long enough to stall the clients of the worker it ran on.
+async fn persist_off_the_runtime(hints: &Arc<Hints>) {
+    if !hints.is_file_backed() {
+        return;
+    }
+    let hints = Arc::clone(hints);
+    let _ = tokio::task::spawn_blocking(move || hints.persist_paced()).await;
 }
 
 /// Hands `keys` to `owner`, forgetting each hint once its put succeeded; false when any

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 pub const MAX_HINTS: usize = 1_000_000;
 
@@ -23,7 +24,12 @@ pub struct Hints {
     overflowed: AtomicBool,
     /// Write the format line (the upgrade is finalised; 0.1.0 would warn at it).
     final_format: AtomicBool,
+    /// Before this instant a paced rewrite is skipped.
+    next_persist: Mutex<Option<Instant>>,
 }
+
+/// A paced rewrite waits this many times as long as the last one took.
+const PACE: u32 = 10;
 
 impl Hints {
     pub fn load(path: Option<PathBuf>) -> Hints {
@@ -56,6 +62,7 @@ impl Hints {
             dirty: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
             final_format: AtomicBool::new(false),
+            next_persist: Mutex::new(None),
         }
     }
 
@@ -120,20 +127,45 @@ impl Hints {
         }
     }
 
+    /// Whether the hints live in a file (not in a test's memory only).
+    pub fn is_file_backed(&self) -> bool {
+        self.path.is_some()
+    }
+
     /// Rewrites the hint file if anything changed since the last call.
     pub fn persist(&self) {
+        self.persist_at(Instant::now(), false);
+    }
+
+    /// `persist`, unless the last rewrite was so recent that rewriting again would spend
+    /// more than a tenth of the time writing: during a long outage the file holds up to a
+    /// million hints, tens of megabytes, and handoff passes run every second.
+    pub fn persist_paced(&self) {
+        self.persist_at(Instant::now(), true);
+    }
+
+    fn persist_at(&self, now: Instant, paced: bool) {
         let Some(path) = &self.path else { return };
+        let mut next = self.next_persist.lock().unwrap_or_else(|p| p.into_inner());
+        if paced && next.is_some_and(|next| now < next) {
+            return;
+        }
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return;
         }
+        let started = Instant::now();
         let mut text = String::new();
         if self.final_format.load(Ordering::Acquire) {
             text.push_str(HINTS_FORMAT);
             text.push('\n');
         }
         for (owner, keys) in self.lock().iter() {
+            let owner = owner.to_string();
             for key in keys {
-                text.push_str(&format!("{owner} {}\n", hex(key)));
+                text.push_str(&owner);
+                text.push(' ');
+                push_hex(&mut text, key);
+                text.push('\n');
             }
         }
         if let Err(err) = crate::durable::write_atomically(path, text.as_bytes()) {
@@ -141,11 +173,16 @@ impl Hints {
             self.dirty.store(true, Ordering::Release);
             log::warn!("cannot persist hints to {}: {err}", path.display());
         }
+        *next = Some(now + started.elapsed() * PACE);
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn push_hex(text: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        text.push(DIGITS[usize::from(b >> 4)] as char);
+        text.push(DIGITS[usize::from(b & 15)] as char);
+    }
 }
 
 fn unhex(text: &str) -> Option<Bytes> {
@@ -179,6 +216,29 @@ mod tests {
         assert_eq!(Hints::load(Some(path.clone())).count_for(owner), 1);
         std::fs::write(&path, "# kai hints 9\n127.0.0.1:1 6b\n").unwrap();
         assert_eq!(Hints::load(Some(path)).total(), 0);
+    }
+
+    #[test]
+    fn a_paced_rewrite_waits_ten_times_the_last_one_and_a_forced_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hints");
+        let owner: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let hints = Hints::load(Some(path.clone()));
+        let start = Instant::now();
+        hints.add(owner, b"a");
+        hints.persist_at(start, true);
+        assert_eq!(Hints::load(Some(path.clone())).count_for(owner), 1);
+        // At the same instant: too soon, so the file keeps one hint and stays dirty.
+        hints.add(owner, b"b");
+        hints.persist_at(start, true);
+        assert_eq!(Hints::load(Some(path.clone())).count_for(owner), 1);
+        // An hour on, the paced rewrite goes through.
+        hints.persist_at(start + std::time::Duration::from_secs(3600), true);
+        assert_eq!(Hints::load(Some(path.clone())).count_for(owner), 2);
+        // Shutdown's rewrite is never skipped.
+        hints.add(owner, b"c");
+        hints.persist();
+        assert_eq!(Hints::load(Some(path)).count_for(owner), 3);
     }
 
     #[test]
