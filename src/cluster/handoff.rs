@@ -21,7 +21,7 @@ const IN_FLIGHT: usize = 32;
 
 /// One pass: every owner that is up gets all its hinted keys, until a put to it fails.
 /// A node that was away for a minute under load may hold hundreds of thousands of hints;
-/// one batch a second would take an hour to hand them back.
+/// one batch of 512 a second would take half an hour to hand back a million.
 pub async fn deliver_hints(coordinator: &Coordinator) {
     let hints = &coordinator.hints;
     for owner in hints.owners() {
@@ -38,6 +38,8 @@ pub async fn deliver_hints(coordinator: &Coordinator) {
 /// A paced rewrite of the hint file, on a blocking thread: at a million hints it takes
 /// long enough to stall the clients of the worker it ran on.
 async fn persist_off_the_runtime(hints: &Arc<Hints>) {
+    // Without a file there is nothing to write, and no blocking thread may run: the
+    // simulation's paused clock would advance while it waited for one.
     if !hints.is_file_backed() {
         return;
     }
@@ -67,8 +69,9 @@ async fn deliver_batch(coordinator: &Coordinator, owner: SocketAddr, keys: Vec<B
             }
         }
     });
-    let results: Vec<bool> = puts.buffer_unordered(IN_FLIGHT).collect().await;
-    results.into_iter().all(|delivered| delivered)
+    (puts.buffer_unordered(IN_FLIGHT))
+        .fold(true, |all, delivered| async move { all && delivered })
+        .await
 }
 
 /// Runs a pass every `interval` until `shutdown` turns true, then persists the hints.

@@ -127,7 +127,7 @@ impl Hints {
         }
     }
 
-    /// Whether the hints live in a file (not in a test's memory only).
+    /// Whether there is a file to write (the in-process cluster tests have none).
     pub fn is_file_backed(&self) -> bool {
         self.path.is_some()
     }
@@ -199,13 +199,19 @@ fn unhex(text: &str) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// Hints backed by a file named `hints` in `dir`.
+    fn in_dir(dir: &Path) -> (PathBuf, Hints) {
+        let path = dir.join("hints");
+        (path.clone(), Hints::load(Some(path)))
+    }
 
     #[test]
     fn the_format_line_is_written_once_final_and_an_unknown_one_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hints");
+        let (path, hints) = in_dir(dir.path());
         let owner: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let hints = Hints::load(Some(path.clone()));
         hints.add(owner, b"k");
         hints.persist();
         assert!(!std::fs::read_to_string(&path).unwrap().starts_with('#'));
@@ -221,9 +227,8 @@ mod tests {
     #[test]
     fn a_paced_rewrite_waits_ten_times_the_last_one_and_a_forced_one_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hints");
+        let (path, hints) = in_dir(dir.path());
         let owner: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let hints = Hints::load(Some(path.clone()));
         let start = Instant::now();
         hints.add(owner, b"a");
         hints.persist_at(start, true);
@@ -244,9 +249,8 @@ mod tests {
     #[test]
     fn hints_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hints");
+        let (path, hints) = in_dir(dir.path());
         let owner: SocketAddr = "127.0.0.2:11011".parse().unwrap();
-        let hints = Hints::load(Some(path.clone()));
         hints.add(owner, b"k\x01 y");
         hints.add(owner, b"other");
         hints.persist();

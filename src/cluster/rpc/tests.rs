@@ -134,3 +134,27 @@ async fn deadlines_are_judged_on_the_receivers_clock() {
     answer(&mut framed, clock.wall_micros() + SECOND as u64, ahead).await;
     assert!(clock.stamp() > ahead);
 }
+
+#[tokio::test]
+async fn the_failure_detectors_datagrams_are_written_ahead_of_queued_requests() {
+    let (requests, queue) = tokio::sync::mpsc::channel(16);
+    let (datagrams, urgent) = tokio::sync::mpsc::channel(16);
+    for _ in 0..10 {
+        requests.send(Message::Welcome).await.unwrap();
+    }
+    let swim = || Message::Swim {
+        hlc: 1,
+        data: Bytes::from_static(b"probe"),
+    };
+    datagrams.send(swim()).await.unwrap();
+    datagrams.send(swim()).await.unwrap();
+    drop((requests, datagrams));
+    let mut written: Vec<Message> = Vec::new();
+    super::write_batched(&mut written, queue, Some(urgent)).await;
+    let kinds: Vec<bool> = (written.iter())
+        .map(|m| matches!(m, Message::Swim { .. }))
+        .collect();
+    assert_eq!(kinds.len(), 12);
+    assert!(kinds[..2].iter().all(|&swim| swim), "{written:?}");
+    assert!(!kinds[2..].iter().any(|&swim| swim), "{written:?}");
+}
