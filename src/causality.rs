@@ -24,6 +24,12 @@ impl VectorClock {
         &self.0
     }
 
+    /// A clock from entries as `entries` gave them (sorted by node, one each).
+    pub fn from_entries(entries: &[(NodeId, u64)]) -> Self {
+        debug_assert!(entries.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        VectorClock(Arc::from(entries))
+    }
+
     pub fn counter(&self, node: NodeId) -> u64 {
         self.0
             .iter()

@@ -2,9 +2,9 @@
 //!
 //! Keys go to one of `SHARDS` mutex-guarded shards by the top bits of their ring hash, so
 //! concurrent clients rarely meet on a lock and one bucket's keys sit in one shard (what
-//! anti-entropy lists). A key is one `Item`: a header, the key and its versions in the
-//! record encoding, in a single heap block that a slot (24 bytes) points at and a table of
-//! slot numbers finds; reads decode it. That keeps a 1 KiB item near its own size, as
+//! anti-entropy lists). A key is one `Item`: a header, the key and its versions (packed
+//! tighter than the record encoding, see `packed`), in a single heap block that a slot
+//! (24 bytes) points at and a table of slot numbers finds; reads decode it. That keeps a 1 KiB item near its own size, as
 //! memcached's slabs do, where a map of decoded records spent five allocations on it
 //! (docs/design.md, "Memory engine").
 //!
@@ -23,6 +23,8 @@ use bytes::Bytes;
 use hashbrown::HashTable;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+mod packed;
 
 const SHARDS: usize = 64;
 const SHARD_SHIFT: u32 = 32 - SHARDS.trailing_zeros();
@@ -62,8 +64,7 @@ impl Item {
             packed.extend_from_slice(&(key.len() as u16).to_le_bytes());
             packed.extend_from_slice(&earliest_expiry.to_le_bytes());
             packed.extend_from_slice(key);
-            // Serialising plain structs into a Vec has no failure path.
-            let packed = postcard::to_extend(versions, packed).expect("versions encode to a Vec");
+            packed::pack(versions, &mut packed);
             let mut block = SystemVec::with_capacity_in(packed.len(), System);
             block.extend_from_slice(&packed);
             let item = Item(block.into_boxed_slice());
@@ -85,8 +86,8 @@ impl Item {
 
     fn versions(&self) -> Versions {
         let start = HEADER + self.key().len();
-        // Written by `new` from a valid value, so it decodes.
-        postcard::from_bytes(&self.0[start..]).unwrap_or_default()
+        // Written by `new`, so it unpacks.
+        packed::unpack(&self.0[start..]).unwrap_or_default()
     }
 
     fn any_expired(&self, now_secs: u64) -> bool {

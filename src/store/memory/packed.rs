@@ -1,0 +1,225 @@
+//! How the memory engine packs a key's versions into its item: postcard's layout less what
+//! every write repeats. A write's own clock entry carries the write's timestamp as its
+//! counter (`VectorClock::advanced`), so that counter is a one-byte "same as the timestamp";
+//! node ids are hashes, 8 bytes fixed where a varint takes 10; the three flags share a byte.
+//! A 100 B item shrinks by 11 bytes, which moves it down one malloc size class (16 bytes).
+//! Items never leave the process, so this layout can change with any release.
+
+use crate::causality::{NodeId, VectorClock};
+use crate::record::{Record, Versions};
+use bytes::Bytes;
+
+const TOMBSTONE: u8 = 1;
+const STALE: u8 = 2;
+const RECACHE_CLAIMED: u8 = 4;
+
+/// A clock counter equal to its record's timestamp, else the counter follows.
+const COUNTER_IS_TIMESTAMP: u8 = 0;
+const COUNTER_FOLLOWS: u8 = 1;
+
+/// Appends `versions` to `out`.
+pub fn pack(versions: &Versions, out: &mut Vec<u8>) {
+    put_varint(out, versions.0.len() as u64);
+    for record in &versions.0 {
+        let set = |flag: bool, bit: u8| if flag { bit } else { 0 };
+        out.push(
+            set(record.tombstone, TOMBSTONE)
+                | set(record.stale, STALE)
+                | set(record.recache_claimed, RECACHE_CLAIMED),
+        );
+        put_varint(out, record.value.len() as u64);
+        out.extend_from_slice(&record.value);
+        put_varint(out, u64::from(record.flags));
+        put_varint(out, record.expires_at);
+        put_varint(out, record.timestamp);
+        let entries = record.clock.entries();
+        put_varint(out, entries.len() as u64);
+        for &(node, counter) in entries {
+            out.extend_from_slice(&node.to_le_bytes());
+            if counter == record.timestamp {
+                out.push(COUNTER_IS_TIMESTAMP);
+            } else {
+                out.push(COUNTER_FOLLOWS);
+                put_varint(out, counter);
+            }
+        }
+    }
+}
+
+/// The versions `pack` wrote, or None for bytes it did not write.
+pub fn unpack(bytes: &[u8]) -> Option<Versions> {
+    let mut input = Input(bytes);
+    let count = input.varint()?;
+    // Every record takes at least 5 bytes: no count can claim more than the input holds.
+    let mut versions = Vec::with_capacity(usize::try_from(count).ok()?.min(bytes.len() / 5));
+    for _ in 0..count {
+        let bits = input.byte()?;
+        let value_len = usize::try_from(input.varint()?).ok()?;
+        let value = Bytes::copy_from_slice(input.take(value_len)?);
+        let flags = u32::try_from(input.varint()?).ok()?;
+        let expires_at = input.varint()?;
+        let timestamp = input.varint()?;
+        let entry_count = usize::try_from(input.varint()?).ok()?;
+        let mut entries: Vec<(NodeId, u64)> = Vec::with_capacity(entry_count.min(bytes.len() / 9));
+        for _ in 0..entry_count {
+            let node = NodeId::from_le_bytes(input.take(8)?.try_into().ok()?);
+            let counter = match input.byte()? {
+                COUNTER_IS_TIMESTAMP => timestamp,
+                COUNTER_FOLLOWS => input.varint()?,
+                _ => return None,
+            };
+            if entries.last().is_some_and(|&(before, _)| before >= node) {
+                return None;
+            }
+            entries.push((node, counter));
+        }
+        versions.push(Record {
+            value,
+            flags,
+            expires_at,
+            timestamp,
+            clock: VectorClock::from_entries(&entries),
+            tombstone: bits & TOMBSTONE != 0,
+            stale: bits & STALE != 0,
+            recache_claimed: bits & RECACHE_CLAIMED != 0,
+        });
+    }
+    input.0.is_empty().then_some(Versions(versions))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&first, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(first)
+    }
+
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        if self.0.len() < len {
+            return None;
+        }
+        let (taken, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(taken)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            if byte < 0x80 {
+                // A tenth byte may carry only the top bit.
+                return (shift < 63 || byte <= 1).then_some(value);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record() -> impl Strategy<Value = Record> {
+        let clock = prop::collection::btree_map(any::<u64>(), any::<u64>(), 0..4);
+        (
+            prop::collection::vec(any::<u8>(), 0..300),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            clock,
+            any::<[bool; 4]>(),
+        )
+            .prop_map(
+                |(value, flags, expires_at, timestamp, clock, [tombstone, stale, claimed, own])| {
+                    let mut entries: Vec<(u64, u64)> = clock.into_iter().collect();
+                    // Most clocks hold the write's own entry: counter == timestamp.
+                    if own {
+                        if let Some(entry) = entries.first_mut() {
+                            entry.1 = timestamp;
+                        }
+                    }
+                    Record {
+                        value: Bytes::from(value),
+                        flags,
+                        expires_at,
+                        timestamp,
+                        clock: VectorClock::from_entries(&entries),
+                        tombstone,
+                        stale,
+                        recache_claimed: claimed,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn every_set_of_versions_unpacks_to_itself(
+            records in prop::collection::vec(record(), 0..4)
+        ) {
+            let versions = Versions(records);
+            let mut packed = Vec::new();
+            pack(&versions, &mut packed);
+            prop_assert_eq!(unpack(&packed), Some(versions));
+        }
+
+        #[test]
+        fn cut_or_altered_bytes_never_panic(
+            records in prop::collection::vec(record(), 1..3),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let mut packed = Vec::new();
+            pack(&Versions(records), &mut packed);
+            let end = cut.index(packed.len());
+            prop_assert_eq!(unpack(&packed[..end]), None);
+            let at = flip.index(packed.len());
+            packed[at] ^= 0xff;
+            let _ = unpack(&packed);
+        }
+    }
+
+    #[test]
+    fn a_fresh_100_byte_write_packs_eleven_bytes_smaller_than_postcard() {
+        let stamp = 1_796_000_000_000_000;
+        let record = Record {
+            value: Bytes::from(vec![b'v'; 100]),
+            flags: 0,
+            expires_at: 0,
+            timestamp: stamp,
+            clock: VectorClock::new().advanced(0x9c3f_1a2b_4d5e_6f70, stamp),
+            tombstone: false,
+            stale: false,
+            recache_claimed: false,
+        };
+        let versions = Versions::one(record);
+        let mut packed = Vec::new();
+        pack(&versions, &mut packed);
+        let postcard = postcard::to_allocvec(&versions).expect("encodes");
+        assert_eq!(postcard.len() - packed.len(), 11, "{packed:?}");
+    }
+
+    #[test]
+    fn an_overlong_varint_is_refused() {
+        let eleven_bytes = [0xff; 10].into_iter().chain([0x01]).collect::<Vec<u8>>();
+        assert_eq!(Input(&eleven_bytes).varint(), None);
+        assert_eq!(Input(&[0x80, 0x01]).varint(), Some(128));
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(Input(&max).varint(), Some(u64::MAX));
+        let over = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert_eq!(Input(&over).varint(), None);
+    }
+}
