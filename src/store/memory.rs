@@ -29,8 +29,8 @@ mod packed;
 const SHARDS: usize = 64;
 const SHARD_SHIFT: u32 = 32 - SHARDS.trailing_zeros();
 
-/// An item's header: referenced mark (1 byte), key length (2), earliest expiry (8).
-const HEADER: usize = 11;
+/// An item's header: referenced mark (1 byte), key length (2). Its expiry is in its slot.
+const HEADER: usize = 3;
 
 /// One key and its versions, packed. The empty item marks a free slot.
 ///
@@ -47,11 +47,6 @@ impl Default for Item {
 
 impl Item {
     fn new(key: &[u8], versions: &Versions, referenced: bool) -> Item {
-        let earliest_expiry = (versions.0.iter())
-            .map(|r| r.expires_at)
-            .filter(|&at| at != 0)
-            .min()
-            .unwrap_or(0);
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
@@ -62,7 +57,6 @@ impl Item {
             packed.clear();
             packed.push(u8::from(referenced));
             packed.extend_from_slice(&(key.len() as u16).to_le_bytes());
-            packed.extend_from_slice(&earliest_expiry.to_le_bytes());
             packed.extend_from_slice(key);
             packed::pack(versions, &mut packed);
             let mut block = SystemVec::with_capacity_in(packed.len(), System);
@@ -79,7 +73,7 @@ impl Item {
 
     fn key(&self) -> &[u8] {
         match &*self.0 {
-            [_, a, b, rest @ ..] => &rest[8..8 + usize::from(u16::from_le_bytes([*a, *b]))],
+            [_, a, b, rest @ ..] => &rest[..usize::from(u16::from_le_bytes([*a, *b]))],
             _ => &[],
         }
     }
@@ -88,11 +82,6 @@ impl Item {
         let start = HEADER + self.key().len();
         // Written by `new`, so it unpacks.
         packed::unpack(&self.0[start..]).unwrap_or_default()
-    }
-
-    fn any_expired(&self, now_secs: u64) -> bool {
-        let earliest = u64::from_le_bytes(self.0[3..HEADER].try_into().unwrap_or_default());
-        earliest != 0 && earliest <= now_secs
     }
 
     fn referenced(&self) -> bool {
@@ -108,6 +97,30 @@ struct Slot {
     item: Item,
     /// The key's ring hash: shard, bucket range and table position without rehashing.
     hash: u32,
+    /// The earliest expiry of the item's versions, Unix seconds (0: none; past 2106, 2106).
+    /// Here, in what was the slot's padding, the purge finds expired items by reading the
+    /// slots in order instead of every item (a cache miss each, under the shard's lock).
+    expires_at: u32,
+}
+
+impl Slot {
+    fn new(item: Item, hash: u32, versions: &Versions) -> Slot {
+        let earliest = (versions.0.iter())
+            .map(|r| r.expires_at)
+            .filter(|&at| at != 0)
+            .min()
+            .unwrap_or(0);
+        let expires_at = u32::try_from(earliest).unwrap_or(u32::MAX);
+        Slot {
+            item,
+            hash,
+            expires_at,
+        }
+    }
+
+    fn any_expired(&self, now_secs: u64) -> bool {
+        self.expires_at != 0 && u64::from(self.expires_at) <= now_secs
+    }
 }
 
 /// One lock's worth of the store. Its byte count lives under the same lock, so the request
@@ -151,8 +164,8 @@ impl Shard {
             .map(|&at| at as usize)
     }
 
-    fn insert(&mut self, hash: u32, item: Item) {
-        let slot = Slot { item, hash };
+    fn insert(&mut self, slot: Slot) {
+        let hash = slot.hash;
         let at = match self.free.pop() {
             Some(at) => {
                 self.slots[at as usize] = slot;
@@ -176,6 +189,7 @@ impl Shard {
             entry.remove();
         }
         self.free.push(at as u32);
+        self.slots[at].expires_at = 0;
         std::mem::take(&mut self.slots[at].item)
     }
 }
@@ -237,9 +251,11 @@ impl MemoryStore {
         match (at, new) {
             // A key written again counts as used; a new key waits for its first read, so a
             // stream of new keys cannot clear every read key's mark.
-            (Some(at), Some(new)) => shard.slots[at].item = Item::new(key, new, true),
+            (Some(at), Some(new)) => {
+                shard.slots[at] = Slot::new(Item::new(key, new, true), hash, new)
+            }
             (Some(at), None) => drop(shard.remove_at(at)),
-            (None, Some(new)) => shard.insert(hash, Item::new(key, new, false)),
+            (None, Some(new)) => shard.insert(Slot::new(Item::new(key, new, false), hash, new)),
             (None, None) => {}
         }
     }
@@ -331,14 +347,14 @@ impl Store for MemoryStore {
         let mut guard = self.lock(Self::shard_of(hash));
         let shard = &mut *guard;
         let at = shard.find(hash, key)?;
-        let item = &mut shard.slots[at].item;
+        let slot = &mut shard.slots[at];
         // The mark only matters when something may be evicted: without a limit, reads
         // write nothing.
-        if self.limit() != 0 && !item.referenced() {
-            item.mark(true);
+        if self.limit() != 0 && !slot.item.referenced() {
+            slot.item.mark(true);
         }
-        if !item.any_expired(now_secs) {
-            return Some(item.versions());
+        if !slot.any_expired(now_secs) {
+            return Some(slot.item.versions());
         }
         self.prune(shard, hash, key, at, now_secs).0
     }
@@ -355,7 +371,7 @@ impl Store for MemoryStore {
         let shard = &mut *guard;
         let mut at = shard.find(hash, key);
         let current = match at {
-            Some(slot) if shard.slots[slot].item.any_expired(now_secs) => {
+            Some(slot) if shard.slots[slot].any_expired(now_secs) => {
                 let (kept, _) = self.prune(shard, hash, key, slot, now_secs);
                 at = at.filter(|_| kept.is_some());
                 kept
@@ -395,7 +411,7 @@ impl Store for MemoryStore {
             let shard = &mut *guard;
             for at in 0..shard.slots.len() {
                 let slot = &shard.slots[at];
-                if slot.item.is_free() || !slot.item.any_expired(now_secs) {
+                if slot.item.is_free() || !slot.any_expired(now_secs) {
                     continue;
                 }
                 let (hash, key) = (slot.hash, slot.item.key().to_vec());
@@ -482,7 +498,7 @@ mod tests {
     }
 
     #[test]
-    fn an_item_keeps_its_key_versions_and_earliest_expiry() {
+    fn an_item_keeps_its_key_and_versions_and_its_slot_the_earliest_expiry() {
         let key = vec![b'k'; 250];
         let mut versions = Versions::one(record("first", 300));
         versions.0.push(record("second", 0));
@@ -490,11 +506,22 @@ mod tests {
         let item = Item::new(&key, &versions, false);
         assert_eq!(item.key(), &key[..]);
         assert_eq!(item.versions(), versions);
-        assert!(!item.any_expired(199));
-        assert!(item.any_expired(200));
-        let empty_key = Item::new(b"", &Versions::one(record("v", 0)), true);
-        assert_eq!(empty_key.key(), b"");
+        let slot = Slot::new(item, 7, &versions);
+        assert!(!slot.any_expired(199));
+        assert!(slot.any_expired(200));
+        let never = Versions::one(record("v", 0));
+        let empty_key = Slot::new(Item::new(b"", &never, true), 7, &never);
+        assert_eq!(empty_key.item.key(), b"");
         assert!(!empty_key.any_expired(u64::MAX));
+        // Past what 32 bits of seconds hold (2106): kept, as if expiring then.
+        let far = Versions::one(record("v", u64::from(u32::MAX) + 10));
+        let far_slot = Slot::new(Item::new(b"k", &far, true), 7, &far);
+        assert!(!far_slot.any_expired(u64::from(u32::MAX) - 1));
+        assert_eq!(
+            far_slot.item.versions(),
+            far,
+            "the record keeps its own expiry"
+        );
     }
 
     #[test]
