@@ -33,10 +33,12 @@ pub(super) fn run(shared: &Shared) {
 
 /// The sealed segment to compact next: the one with most dead bytes among those at least a
 /// third dead (with `force`, any dead byte will do).
-fn candidate(shared: &Shared, force: bool) -> Option<u32> {
+pub(super) fn candidate(shared: &Shared, force: bool) -> Option<u32> {
     let head = shared.head_id.load(Ordering::Relaxed);
     let segments = shared.segments.read().unwrap_or_else(|p| p.into_inner());
     (segments.range(..head))
+        // Its hint file, what compaction reads, is not on disk yet.
+        .filter(|(id, _)| !shared.hint_writer.is_unwritten(**id))
         .map(|(id, s)| {
             (
                 *id,

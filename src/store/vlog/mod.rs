@@ -19,6 +19,7 @@
 
 mod compaction;
 pub mod frame;
+mod hint_writer;
 mod recovery;
 #[cfg(test)]
 mod tests;
@@ -144,12 +145,14 @@ struct Shared {
     compactions: AtomicU64,
     compacted_bytes: AtomicU64,
     compacting: Mutex<()>,
+    hint_writer: hint_writer::HintWriter,
 }
 
 pub struct LogStore {
     shared: Arc<Shared>,
     syncer: Option<std::thread::JoinHandle<()>>,
     compactor: Option<std::thread::JoinHandle<()>>,
+    hint_writer: Option<std::thread::JoinHandle<()>>,
     /// Held for the store's life: a second process on the same directory is refused.
     _lock: nix::fcntl::Flock<File>,
 }
@@ -234,6 +237,7 @@ impl LogStore {
             compactions: AtomicU64::new(0),
             compacted_bytes: AtomicU64::new(0),
             compacting: Mutex::new(()),
+            hint_writer: hint_writer::HintWriter::default(),
             settings,
         });
         let for_syncer = Arc::clone(&shared);
@@ -246,10 +250,16 @@ impl LogStore {
             .name("kai-compactor".into())
             .spawn(move || compaction::run(&for_compactor))
             .map_err(|e| unusable(&e))?;
+        let for_hint_writer = Arc::clone(&shared);
+        let hint_writer = std::thread::Builder::new()
+            .name("kai-hints".into())
+            .spawn(move || hint_writer::run(&for_hint_writer))
+            .map_err(|e| unusable(&e))?;
         Ok(LogStore {
             shared,
             syncer: Some(syncer),
             compactor: Some(compactor),
+            hint_writer: Some(hint_writer),
             _lock: lock,
         })
     }
@@ -263,6 +273,7 @@ impl LogStore {
     /// returns the bytes on disk before and after.
     pub fn compact_now(&self) -> (u64, u64) {
         let before = self.shared.file_bytes();
+        self.shared.hint_writer.flush();
         while compaction::compact_once(&self.shared, true) {}
         (before, self.shared.file_bytes())
     }
@@ -487,21 +498,20 @@ impl Shared {
         Ok(())
     }
 
-    /// Syncs the head, writes its hint file and starts the next segment.
+    /// Syncs the head, starts the next segment and queues the sealed one's hint file.
     fn seal(&self, head: &mut Head) -> Result<(), StoreError> {
         self.write_out(head)?;
+        // Durable before any frame lands in the next segment: only the last segment may
+        // end in a torn write.
         (head.segment.file.sync_data())
             .map_err(|e| io_error(&segment_path(&self.dir, head.id), e))?;
         self.synced(head.appended, None);
-        let hints = hint_path(&self.dir, head.id);
-        crate::durable::write_atomically(&hints, &frame::encode_hints(&head.hints))
-            .map_err(|e| io_error(&hints, e))?;
         let next = head.id + 1;
         let segment = Arc::new(recovery::create_segment(&self.dir, next)?);
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
         segments.insert(next, Arc::clone(&segment));
         drop(segments);
-        head.hints.clear();
+        (self.hint_writer).push(head.id, std::mem::take(&mut head.hints));
         head.id = next;
         head.segment = segment;
         self.head_id.store(next, Ordering::Relaxed);
@@ -616,6 +626,11 @@ impl Drop for LogStore {
         }
         if let Some(syncer) = self.syncer.take() {
             let _ = syncer.join();
+        }
+        // Last: the compactor may have sealed a segment on its way out.
+        self.shared.hint_writer.stop();
+        if let Some(hint_writer) = self.hint_writer.take() {
+            let _ = hint_writer.join();
         }
     }
 }

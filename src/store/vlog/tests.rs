@@ -264,3 +264,37 @@ fn frames_still_in_the_write_buffer_are_read_and_overwritten() {
     let store = LogStore::open(dir.path(), periodic).unwrap();
     assert!((0..20).all(|i| value_of(&store, i) == format!("second{i}")));
 }
+
+#[test]
+fn a_hint_file_that_cannot_be_written_stops_neither_writes_nor_seals_and_comes_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join(DIR_NAME);
+    std::fs::create_dir_all(&log).unwrap();
+    // Where segment 1's hint file goes, a directory: its rename fails until it is gone.
+    let blocked = hint_path(&log, 1);
+    std::fs::create_dir(&blocked).unwrap();
+    let store = LogStore::open(dir.path(), settings(1024)).unwrap();
+    for i in 0..100 {
+        put(&store, &format!("key{i}"), "value");
+    }
+    for i in 0..100 {
+        put(&store, &format!("key{i}"), "again");
+    }
+    assert!(store.shared.head_id.load(Ordering::Relaxed) > 3, "sealed");
+    assert!((0..100).all(|i| value_of(&store, i) == "again"));
+    // Half dead and more, yet left alone: compaction reads the hint files.
+    assert!(store.shared.hint_writer.is_unwritten(1));
+    assert_eq!(compaction::candidate(&store.shared, true), None);
+    std::fs::remove_dir(&blocked).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.shared.hint_writer.is_unwritten(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(blocked.is_file(), "written once it could be");
+    let (_, after) = store.compact_now();
+    assert!(store.stats().compactions > 0, "{after}");
+    drop(store);
+    let store = LogStore::open(dir.path(), settings(1024)).unwrap();
+    assert!((0..100).all(|i| value_of(&store, i) == "again"));
+    LogStore::check(dir.path()).expect("consistent");
+}
