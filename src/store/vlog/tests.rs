@@ -298,3 +298,23 @@ fn a_hint_file_that_cannot_be_written_stops_neither_writes_nor_seals_and_comes_l
     assert!((0..100).all(|i| value_of(&store, i) == "again"));
     LogStore::check(dir.path()).expect("consistent");
 }
+
+#[test]
+fn periodic_syncs_early_once_a_mebibyte_waits_unsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        segment_bytes: 64 << 20,
+        ..Settings::new(Durability::Periodic, Duration::from_secs(3600), 64)
+    };
+    let store = LogStore::open(dir.path(), settings).unwrap();
+    let value = "v".repeat(1024);
+    for i in 0..2000 {
+        put(&store, &format!("key{i}"), &value);
+    }
+    // Two MiB appended: a sync has run, though the interval is an hour.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lock(&store.shared.syncs).durable < WRITEBACK_BYTES && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(lock(&store.shared.syncs).durable >= WRITEBACK_BYTES);
+}
