@@ -11,9 +11,10 @@
 //! only once its write is durable. With `periodic` the writer goes on at once and the
 //! syncer runs every `flush_interval`, or sooner once `WRITEBACK_BYTES` wait for it.
 //!
-//! The log is cut into segments. A full segment is synced, summed up in a hint file (every
-//! frame's key, place, expiry, fingerprint) and sealed; a start reads the hints and scans
-//! only the unsealed segment, truncating a torn last frame. Compaction copies a sealed
+//! The log is cut into segments. A full segment is synced and sealed, then summed up in a
+//! hint file (every frame's key, place, expiry, fingerprint) by the hint writer thread; a
+//! start reads the hints and scans only the unsealed segment (and any sealed one whose hint
+//! file is missing), truncating a torn last frame. Compaction copies a sealed
 //! segment's live frames to the head, paced, then deletes it. Items, bytes and the
 //! anti-entropy digests are rebuilt from the index at start, never stored.
 
