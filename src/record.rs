@@ -96,6 +96,15 @@ impl Versions {
     pub fn any_expired(&self, now_secs: u64) -> bool {
         self.0.iter().any(|r| r.is_expired(now_secs))
     }
+
+    /// The earliest expiry among the versions, Unix seconds; 0 when none expires.
+    pub fn earliest_expiry(&self) -> u64 {
+        (self.0.iter())
+            .map(|r| r.expires_at)
+            .filter(|&at| at != 0)
+            .min()
+            .unwrap_or(0)
+    }
 }
 
 /// The stored form of a key's versions (the disk engine's records). It starts with

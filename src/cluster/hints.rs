@@ -157,33 +157,31 @@ impl Hints {
         // The keys are copied out under the lock and written as text after it is
         // released: a write that adds a hint waits for the copy of a million keys (about
         // 25 ms), not for their hex text.
-        let (owners, keys) = {
+        let (owners, keys, ends) = {
             let pending = self.lock();
-            let mut keys = Vec::new();
+            let (mut keys, mut ends) = (Vec::new(), Vec::new());
             let owners: Vec<(SocketAddr, usize)> = (pending.iter())
                 .map(|(owner, hinted)| {
                     for key in hinted {
-                        keys.extend_from_slice(&(key.len() as u32).to_le_bytes());
                         keys.extend_from_slice(key);
+                        ends.push(keys.len());
                     }
                     (*owner, hinted.len())
                 })
                 .collect();
-            (owners, keys)
+            (owners, keys, ends)
         };
         let mut text = String::with_capacity(keys.len() * 2);
         if self.final_format.load(Ordering::Acquire) {
             text.push_str(HINTS_FORMAT);
             text.push('\n');
         }
-        let mut rest = &keys[..];
+        let (mut ends, mut start) = (ends.into_iter(), 0);
         for (owner, count) in owners {
             let owner = owner.to_string();
-            for _ in 0..count {
-                let (len, after) = rest.split_at(4);
-                let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-                let (key, after) = after.split_at(len);
-                rest = after;
+            for end in ends.by_ref().take(count) {
+                let key = &keys[start..end];
+                start = end;
                 text.push_str(&owner);
                 text.push(' ');
                 push_hex(&mut text, key);

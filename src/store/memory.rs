@@ -4,9 +4,9 @@
 //! concurrent clients rarely meet on a lock and one bucket's keys sit in one shard (what
 //! anti-entropy lists). A key is one `Item`: a header, the key and its versions (packed
 //! tighter than the record encoding, see `packed`), in a single heap block that a slot
-//! (24 bytes) points at and a table of slot numbers finds; reads decode it. That keeps a 1 KiB item near its own size, as
-//! memcached's slabs do, where a map of decoded records spent five allocations on it
-//! (docs/design.md, "Memory engine").
+//! (24 bytes, with the earliest expiry) points at and a table of slot numbers finds; reads
+//! decode it. That keeps a 1 KiB item near its own size, as memcached's slabs do, where a
+//! map of decoded records spent five allocations on it (docs/design.md, "Memory engine").
 //!
 //! With a `memory_limit`, a write that takes the total over the limit evicts by CLOCK
 //! (second chance): a read or an overwrite marks an item referenced, the shard's hand
@@ -105,12 +105,7 @@ struct Slot {
 
 impl Slot {
     fn new(item: Item, hash: u32, versions: &Versions) -> Slot {
-        let earliest = (versions.0.iter())
-            .map(|r| r.expires_at)
-            .filter(|&at| at != 0)
-            .min()
-            .unwrap_or(0);
-        let expires_at = u32::try_from(earliest).unwrap_or(u32::MAX);
+        let expires_at = u32::try_from(versions.earliest_expiry()).unwrap_or(u32::MAX);
         Slot {
             item,
             hash,

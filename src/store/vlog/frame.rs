@@ -80,11 +80,7 @@ pub struct Summary {
 impl Summary {
     pub fn of(key: &[u8], versions: &Versions) -> Summary {
         Summary {
-            expires: (versions.0.iter())
-                .map(|r| r.expires_at)
-                .filter(|&e| e != 0)
-                .min()
-                .unwrap_or(0),
+            expires: versions.earliest_expiry(),
             fingerprint: crate::store::digest::fingerprint(key, Some(versions)),
             footprint: versions.footprint(key).min(u32::MAX as usize) as u32,
             live: versions.has_live(),

@@ -24,6 +24,8 @@ pub(super) struct HintWriter {
 struct Queue {
     /// Sealed segments and their frames, oldest first.
     unwritten: VecDeque<(u32, Arc<Vec<Hint>>)>,
+    /// The segment whose hint file failed to write last, until a write succeeds.
+    failing: Option<u32>,
     stopping: bool,
 }
 
@@ -35,12 +37,15 @@ impl HintWriter {
         self.wanted.notify_all();
     }
 
-    /// Waits until every queued hint file is written (`kai store compact`).
+    /// Waits until every queued hint file is written (`kai store compact`), or one fails:
+    /// a full disk must not hang the caller.
     pub(super) fn flush(&self) {
         let queue = lock(&self.queue);
         drop(
             (self.wanted)
-                .wait_while(queue, |q| !q.unwritten.is_empty() && !q.stopping)
+                .wait_while(queue, |q| {
+                    !q.unwritten.is_empty() && !q.stopping && q.failing.is_none()
+                })
                 .unwrap_or_else(|p| p.into_inner()),
         );
     }
@@ -60,8 +65,6 @@ impl HintWriter {
 /// The hint writer thread.
 pub(super) fn run(shared: &Shared) {
     let writer = &shared.hint_writer;
-    // The file whose write failed last: warned about once, not at every retry.
-    let mut failing = None;
     loop {
         let (id, hints, stopping) = {
             let queue = lock(&writer.queue);
@@ -76,7 +79,10 @@ pub(super) fn run(shared: &Shared) {
         let path = hint_path(&shared.dir, id);
         match crate::durable::write_atomically(&path, &frame::encode_hints(&hints)) {
             Ok(()) => {
-                lock(&writer.queue).unwritten.pop_front();
+                let mut queue = lock(&writer.queue);
+                queue.unwritten.pop_front();
+                queue.failing = None;
+                drop(queue);
                 writer.wanted.notify_all();
                 // A flush_all may have deleted the segment meanwhile: no file outlives it.
                 if shared.segment(id).is_none() {
@@ -89,13 +95,15 @@ pub(super) fn run(shared: &Shared) {
                 lock(&writer.queue).unwritten.pop_front();
             }
             Err(err) => {
-                if failing.replace(id) != Some(id) {
+                let mut queue = lock(&writer.queue);
+                // Warned about once, not at every retry.
+                if queue.failing.replace(id) != Some(id) {
                     log::warn!(
                         "{}: cannot write (retrying each second): {err}",
                         path.display()
                     );
                 }
-                let queue = lock(&writer.queue);
+                writer.wanted.notify_all();
                 let _ = (writer.wanted)
                     .wait_timeout_while(queue, RETRY, |q| !q.stopping)
                     .unwrap_or_else(|p| p.into_inner());

@@ -144,8 +144,8 @@ struct Shared {
     head_id: AtomicU32,
     syncs: Mutex<Syncs>,
     sync_wanted: Condvar,
-    /// `Syncs::durable`, read by `periodic` writers without the lock.
-    durable_hint: AtomicU64,
+    /// `Syncs::durable`, mirrored for `periodic` writers to read without the lock.
+    durable_mirror: AtomicU64,
     /// Wakes the compactor when the store closes.
     stop_signal: Condvar,
     items: AtomicU64,
@@ -239,7 +239,7 @@ impl LogStore {
             head_id: AtomicU32::new(recovered.head),
             syncs: Mutex::new(Syncs::default()),
             sync_wanted: Condvar::new(),
-            durable_hint: AtomicU64::new(0),
+            durable_mirror: AtomicU64::new(0),
             stop_signal: Condvar::new(),
             items: AtomicU64::new(recovered.items),
             bytes: AtomicU64::new(recovered.bytes),
@@ -531,7 +531,7 @@ impl Shared {
     /// A `Commit` that resolves once the log is durable up to `appended`.
     fn durable(&self, appended: u64) -> Commit {
         if self.settings.durability == Durability::Periodic {
-            let synced = self.durable_hint.load(Ordering::Relaxed);
+            let synced = self.durable_mirror.load(Ordering::Relaxed);
             if appended.saturating_sub(synced) >= WRITEBACK_BYTES {
                 let mut syncs = lock(&self.syncs);
                 if !syncs.writeback_wanted {
@@ -561,7 +561,7 @@ impl Shared {
             None => {
                 syncs.durable = syncs.durable.max(appended);
                 let durable = syncs.durable;
-                self.durable_hint.store(durable, Ordering::Relaxed);
+                self.durable_mirror.store(durable, Ordering::Relaxed);
                 let count = (syncs.waiting.iter())
                     .take_while(|(at, _)| *at <= durable)
                     .count();

@@ -285,6 +285,15 @@ fn a_hint_file_that_cannot_be_written_stops_neither_writes_nor_seals_and_comes_l
     // Half dead and more, yet left alone: compaction reads the hint files.
     assert!(store.shared.hint_writer.is_unwritten(1));
     assert_eq!(compaction::candidate(&store.shared, true), None);
+    // `kai store compact` meanwhile returns, having compacted nothing: it does not wait
+    // for a file that cannot be written.
+    let store = Arc::new(store);
+    let (done, finished) = std::sync::mpsc::channel();
+    let compacting = Arc::clone(&store);
+    std::thread::spawn(move || done.send(compacting.compact_now()).unwrap());
+    let (before, after) = (finished.recv_timeout(Duration::from_secs(10)))
+        .expect("compact_now returned while a hint file could not be written");
+    assert_eq!((before, store.stats().compactions), (after, 0));
     std::fs::remove_dir(&blocked).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while store.shared.hint_writer.is_unwritten(1) && Instant::now() < deadline {
@@ -293,7 +302,7 @@ fn a_hint_file_that_cannot_be_written_stops_neither_writes_nor_seals_and_comes_l
     assert!(blocked.is_file(), "written once it could be");
     let (_, after) = store.compact_now();
     assert!(store.stats().compactions > 0, "{after}");
-    drop(store);
+    drop(Arc::into_inner(store).expect("the compacting thread is done"));
     let store = LogStore::open(dir.path(), settings(1024)).unwrap();
     assert!((0..100).all(|i| value_of(&store, i) == "again"));
     LogStore::check(dir.path()).expect("consistent");
