@@ -165,6 +165,40 @@ pub mod format {
         }
     }
 
+    /// `decode` of `bytes` whose values stay in `bytes`' buffer instead of being copied
+    /// out: a disk read's frame is already a fresh buffer (one allocation and one copy of
+    /// the value fewer per get).
+    pub fn decode_shared(bytes: &Bytes) -> Option<Versions> {
+        let [0, FORMAT, rest @ ..] = &bytes[..] else {
+            return decode(bytes);
+        };
+        let records: Vec<BorrowedRecord<'_>> = postcard::from_bytes(rest).ok()?;
+        let records = records.into_iter().map(|r| Record {
+            value: bytes.slice_ref(r.value),
+            flags: r.flags,
+            expires_at: r.expires_at,
+            timestamp: r.timestamp,
+            clock: r.clock,
+            tombstone: r.tombstone,
+            stale: r.stale,
+            recache_claimed: r.recache_claimed,
+        });
+        Some(Versions(records.collect()))
+    }
+
+    /// `Record`'s fields in its order (postcard is positional), the value borrowed.
+    #[derive(serde::Deserialize)]
+    struct BorrowedRecord<'a> {
+        value: &'a [u8],
+        flags: u32,
+        expires_at: u64,
+        timestamp: u64,
+        clock: VectorClock,
+        tombstone: bool,
+        stale: bool,
+        recache_claimed: bool,
+    }
+
     /// A record as release 0.1.0 stored it.
     #[derive(Debug, serde::Serialize, serde::Deserialize)]
     pub struct RecordV1 {
@@ -238,6 +272,32 @@ pub mod format {
             // An unknown future format is refused, not misread.
             assert_eq!(decode(&[0, FORMAT + 1, 1]), None);
             assert_eq!(decode(&[0]), None);
+            assert_eq!(
+                decode_shared(&Bytes::from_static(&[0, FORMAT + 1, 1])),
+                None
+            );
+            let legacy = Bytes::from(encode_as(&Versions::one(record.clone()), LEGACY).unwrap());
+            assert_eq!(decode_shared(&legacy), decode(&legacy));
+        }
+
+        proptest::proptest! {
+            #[test]
+            fn shared_decoding_reads_what_copying_decoding_reads(
+                records in proptest::collection::vec(crate::record::arbitrary_record(), 0..4),
+                cut in 0usize..2000,
+            ) {
+                let encoded = encode(&Versions(records.clone())).unwrap();
+                let owner = Bytes::from(encoded.clone());
+                let shared = decode_shared(&owner);
+                proptest::prop_assert_eq!(shared.as_ref(), Some(&Versions(records)));
+                let within = owner.as_ptr_range();
+                for value in shared.iter().flat_map(|v| &v.0).map(|r| &r.value) {
+                    proptest::prop_assert!(value.is_empty() || within.contains(&value.as_ptr()), "a value was copied");
+                }
+                // Truncated bytes: the same answer as the copying decoder, never a panic.
+                let cut = cut.min(encoded.len());
+                proptest::prop_assert_eq!(decode_shared(&Bytes::copy_from_slice(&encoded[..cut])), decode(&encoded[..cut]));
+            }
         }
     }
 }
@@ -255,4 +315,40 @@ pub(crate) fn test_record(value: &str, expires_at: u64) -> Record {
         stale: false,
         recache_claimed: false,
     }
+}
+
+/// Any record: values up to 300 bytes, clocks of up to 4 entries, most holding the write's
+/// own entry (counter == timestamp), every flag either way.
+#[cfg(test)]
+pub(crate) fn arbitrary_record() -> impl proptest::strategy::Strategy<Value = Record> {
+    use proptest::prelude::*;
+    let clock = prop::collection::btree_map(any::<u64>(), any::<u64>(), 0..4);
+    (
+        prop::collection::vec(any::<u8>(), 0..300),
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        clock,
+        any::<[bool; 4]>(),
+    )
+        .prop_map(
+            |(value, flags, expires_at, timestamp, clock, [tombstone, stale, claimed, own])| {
+                let mut entries: Vec<(u64, u64)> = clock.into_iter().collect();
+                if own {
+                    if let Some(entry) = entries.first_mut() {
+                        entry.1 = timestamp;
+                    }
+                }
+                Record {
+                    value: Bytes::from(value),
+                    flags,
+                    expires_at,
+                    timestamp,
+                    clock: VectorClock::from_entries(&entries),
+                    tombstone,
+                    stale,
+                    recache_claimed: claimed,
+                }
+            },
+        )
 }

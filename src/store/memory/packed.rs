@@ -132,43 +132,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn record() -> impl Strategy<Value = Record> {
-        let clock = prop::collection::btree_map(any::<u64>(), any::<u64>(), 0..4);
-        (
-            prop::collection::vec(any::<u8>(), 0..300),
-            any::<u32>(),
-            any::<u64>(),
-            any::<u64>(),
-            clock,
-            any::<[bool; 4]>(),
-        )
-            .prop_map(
-                |(value, flags, expires_at, timestamp, clock, [tombstone, stale, claimed, own])| {
-                    let mut entries: Vec<(u64, u64)> = clock.into_iter().collect();
-                    // Most clocks hold the write's own entry: counter == timestamp.
-                    if own {
-                        if let Some(entry) = entries.first_mut() {
-                            entry.1 = timestamp;
-                        }
-                    }
-                    Record {
-                        value: Bytes::from(value),
-                        flags,
-                        expires_at,
-                        timestamp,
-                        clock: VectorClock::from_entries(&entries),
-                        tombstone,
-                        stale,
-                        recache_claimed: claimed,
-                    }
-                },
-            )
-    }
-
     proptest! {
         #[test]
         fn every_set_of_versions_unpacks_to_itself(
-            records in prop::collection::vec(record(), 0..4)
+            records in prop::collection::vec(crate::record::arbitrary_record(), 0..4)
         ) {
             let versions = Versions(records);
             let mut packed = Vec::new();
@@ -178,7 +145,7 @@ mod tests {
 
         #[test]
         fn cut_or_altered_bytes_never_panic(
-            records in prop::collection::vec(record(), 1..3),
+            records in prop::collection::vec(crate::record::arbitrary_record(), 1..3),
             cut in any::<prop::sample::Index>(),
             flip in any::<prop::sample::Index>(),
         ) {

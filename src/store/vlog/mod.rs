@@ -321,7 +321,7 @@ impl Shared {
     }
 
     /// The frame an index entry points at, as written.
-    fn read_frame(&self, segment: &Segment, entry: &Entry) -> Result<Vec<u8>, StoreError> {
+    fn read_frame(&self, segment: &Segment, entry: &Entry) -> Result<Bytes, StoreError> {
         let end = u64::from(entry.offset) + u64::from(entry.len);
         if end > segment.written.load(Ordering::Acquire) {
             // Still in the head's buffer, unless it was written out since.
@@ -330,7 +330,7 @@ impl Shared {
             if head.id == entry.segment && u64::from(entry.offset) >= written {
                 let start = (u64::from(entry.offset) - written) as usize;
                 if let Some(frame) = head.buffer.get(start..start + entry.len as usize) {
-                    return Ok(frame.to_vec());
+                    return Ok(Bytes::copy_from_slice(frame));
                 }
             }
         }
@@ -338,7 +338,7 @@ impl Shared {
         (segment.file)
             .read_exact_at(&mut frame, u64::from(entry.offset))
             .map_err(|e| io_error(&segment_path(&self.dir, entry.segment), e))?;
-        Ok(frame)
+        Ok(Bytes::from(frame))
     }
 
     /// Reads back the versions an index entry points at. Called with the key's shard
@@ -353,11 +353,11 @@ impl Shared {
                 entry.offset
             ))
         };
-        let (frame, _) = frame::decode(&frame).ok_or_else(damaged)?;
-        if frame.kind != Kind::Put || frame.key != key {
+        let (decoded, _) = frame::decode(&frame).ok_or_else(damaged)?;
+        if decoded.kind != Kind::Put || decoded.key != key {
             return Err(damaged());
         }
-        crate::record::format::decode(frame.value).ok_or_else(damaged)
+        crate::record::format::decode_shared(&frame.slice_ref(decoded.value)).ok_or_else(damaged)
     }
 
     /// The current versions of `key`, unexpired or not.
