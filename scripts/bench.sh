@@ -181,6 +181,21 @@ for target in memcached kai kai-fsync kai-periodic kai-3-nodes; do
         done
     done
 done
+# Disk engine against memory engine gets, paired: the two rows above run a minute apart
+# and this machine's speed drifts between them (their ratio ranged 0.74-1.08 over runs).
+# Five pairs of 5 s rows back to back, the order alternating; the median of their ratios.
+get_ops() { "$LOADGEN" --servers "127.0.0.1:$1" --connections 50 --seconds 5 --mix get | cut -d' ' -f1; }
+PAIR_RATIOS=()
+for pair in 1 2 3 4 5; do
+    if ((pair % 2)); then
+        memory=$(get_ops "$KAI_PORT"); disk=$(get_ops "$FSYNC_PORT")
+    else
+        disk=$(get_ops "$FSYNC_PORT"); memory=$(get_ops "$KAI_PORT")
+    fi
+    PAIR_RATIOS+=("$(ratio "$disk" "$memory")")
+    echo "paired gets $pair: disk fsync node $disk, memory node $memory, ratio ${PAIR_RATIOS[-1]}" | tee -a "$OUT/table.txt"
+done
+PAIRED_MEDIAN=$(printf '%s\n' "${PAIR_RATIOS[@]}" | sort -n | sed -n 3p)
 kill "$KAI_PID" "$FSYNC_PID" "$PERIODIC_PID" "${CLUSTER_PIDS[@]}" 2>/dev/null || true
 kill "$MC_PID" 2>/dev/null || true
 wait 2>/dev/null || true
@@ -292,7 +307,8 @@ lat() { echo "${LAT[$1]}" | cut -d' ' -f"$2"; } # target/row/conns field (1 ops,
     # memcaslap's get row begins with its window's 100 k sets (about a fifth of the row's
     # operations), fsynced on this node: the read path is the loadgen row after it.
     row "disk get, 50 conns, memcaslap incl. its warm-up sets (vs memory engine)" "${TPS[fsync/get/50]}" "${TPS[kai/get/50]}" "—"
-    row "disk get, 50 conns, gets only (loadgen, vs memory engine)" "$(lat kai-fsync/get/50 1)" "$(lat kai/get/50 1)" "≥ 0.95"
+    row "disk get, 50 conns, gets only (loadgen, vs memory engine)" "$(lat kai-fsync/get/50 1)" "$(lat kai/get/50 1)" "—"
+    printf '| %s | %s | %s | %s | %s |\n' "disk get, 50 conns, median of 5 paired rows (vs memory engine)" "" "" "$PAIRED_MEDIAN" "≥ 0.95"
     row "disk get, server CPU µs per op (vs memory engine's)" "$(lat kai-fsync/get/50 5)" "$(lat kai/get/50 5)" "—"
     row "RSS per 1 KiB item, bytes (vs memcached)" "${RSS[kai/1024]}" "${RSS[memcached/1024]}" "≤ 1.0"
     row "RSS per 100 B item, bytes (vs memcached)" "${RSS[kai/100]}" "${RSS[memcached/100]}" "≤ 1.0"

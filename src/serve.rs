@@ -341,6 +341,8 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
         }
     }
     cluster.coordinator.hints().persist();
+    // A member-list write still queued on the blocking pool would be dropped with it.
+    membership.persist();
     for task in background {
         task.abort();
     }

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -66,6 +66,12 @@ pub struct Membership {
     final_format: AtomicBool,
     /// Shutting down: told the members, so no rejoining.
     departing: AtomicBool,
+    /// This membership, for the blocking task that persists it.
+    this: Weak<Membership>,
+    /// A persist is queued and has not taken its snapshot yet: later changes ride on it.
+    persist_queued: AtomicBool,
+    /// One writer of the member file at a time, each writing the view as it then is.
+    persisting: std::sync::Mutex<()>,
 }
 
 type Swim = Foca<SwimId, PostcardCodec, StdRng, NoCustomBroadcast>;
@@ -138,7 +144,7 @@ impl Membership {
         let (swim, inputs) = mpsc::unbounded_channel();
         let ring = Arc::new(build_ring(me, &shape, &members));
         let clustered = AtomicBool::new(ring.nodes() != [me]);
-        let membership = Arc::new(Membership {
+        let membership = Arc::new_cyclic(|this| Membership {
             me,
             zone,
             shape,
@@ -154,6 +160,9 @@ impl Membership {
             previous_ring: RwLock::new(None),
             final_format: AtomicBool::new(false),
             departing: AtomicBool::new(false),
+            this: this.clone(),
+            persist_queued: AtomicBool::new(false),
+            persisting: std::sync::Mutex::new(()),
         });
         membership.persist();
         membership
@@ -334,7 +343,7 @@ impl Membership {
             }
             *write_lock(&self.ring_changed) = std::time::Instant::now();
         }
-        self.persist();
+        self.persist_soon();
         for addr in added.into_iter().filter(|&a| a != self.me) {
             let _ = self.swim.send(SwimInput::Announce(addr));
         }
@@ -410,8 +419,26 @@ impl Membership {
         }
     }
 
-    fn persist(&self) {
+    /// `persist` on the runtime's blocking pool, not on the worker that merged a change:
+    /// a write and two fsyncs on a busy disk can take seconds, and a worker stopped for
+    /// them stops every request queued on it. Synchronous outside a runtime.
+    fn persist_soon(&self) {
+        let (Ok(runtime), Some(this)) =
+            (tokio::runtime::Handle::try_current(), self.this.upgrade())
+        else {
+            return self.persist();
+        };
+        if !self.persist_queued.swap(true, Ordering::AcqRel) {
+            runtime.spawn_blocking(move || this.persist());
+        }
+    }
+
+    /// Writes the member list as it is now, durably (at start, once final, at shutdown).
+    pub fn persist(&self) {
         let Some(path) = &self.path else { return };
+        let _writer = self.persisting.lock().unwrap_or_else(|p| p.into_inner());
+        // Cleared before the snapshot: a change after it queues another write.
+        self.persist_queued.store(false, Ordering::Release);
         // Format 1 (release 0.1.0) has no format line and no zones.
         let final_format = self.final_format.load(Ordering::Acquire);
         let header = if final_format {
@@ -805,6 +832,47 @@ mod tests {
             buckets: 64,
             replicas: 2,
         }
+    }
+
+    #[test]
+    fn a_member_file_write_held_up_by_the_disk_does_not_hold_up_the_merge() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members");
+        let me = SocketAddr::from(([127, 0, 0, 1], 1));
+        let membership = Membership::open(me, None, shape(), Some(path.clone()));
+        // A write in progress (a stalled fsync) holds the writer's lock.
+        let stalled = membership.persisting.lock().unwrap();
+        let (merged, merge_returned) = std::sync::mpsc::channel();
+        let (runtime_handle, merging) = (runtime.handle().clone(), Arc::clone(&membership));
+        std::thread::spawn(move || {
+            let _inside = runtime_handle.enter();
+            merging.merge(&[record(2, 1, false)]);
+            let _ = merged.send(());
+        });
+        merge_returned
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the merge waited for the member file");
+        assert!(!std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("127.0.0.1:2"));
+        drop(stalled);
+        // Once the disk answers, the file catches up with the change.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("127.0.0.1:2 1 active")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the member file was never written"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(runtime);
     }
 
     #[tokio::test]
