@@ -47,23 +47,33 @@ impl Default for Item {
 
 impl Item {
     fn new(key: &[u8], versions: &Versions, referenced: bool) -> Item {
+        let mut item = Item::default();
+        item.repack(key, versions, referenced);
+        item
+    }
+
+    /// Makes this item hold `key` and `versions`. Encoded in a scratch buffer, then copied
+    /// into a block of exactly its size (a block allocated larger and shrunk leaves a
+    /// sliver malloc rarely reuses): this item's own block when the size is unchanged, as
+    /// an overwrite of a key with a value of the same length mostly is, saving a malloc
+    /// and a free.
+    fn repack(&mut self, key: &[u8], versions: &Versions, referenced: bool) {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        // Encoded in a scratch buffer, then copied into a block of exactly its size: a
-        // block allocated larger and shrunk leaves a sliver malloc rarely reuses.
-        SCRATCH.with_borrow_mut(|scratch| {
-            let mut packed = std::mem::take(scratch);
+        SCRATCH.with_borrow_mut(|packed| {
             packed.clear();
             packed.push(u8::from(referenced));
             packed.extend_from_slice(&(key.len() as u16).to_le_bytes());
             packed.extend_from_slice(key);
-            packed::pack(versions, &mut packed);
-            let mut block = SystemVec::with_capacity_in(packed.len(), System);
-            block.extend_from_slice(&packed);
-            let item = Item(block.into_boxed_slice());
-            *scratch = packed;
-            item
+            packed::pack(versions, packed);
+            if packed.len() == self.0.len() {
+                self.0.copy_from_slice(packed);
+            } else {
+                let mut block = SystemVec::with_capacity_in(packed.len(), System);
+                block.extend_from_slice(packed);
+                self.0 = block.into_boxed_slice();
+            }
         })
     }
 
@@ -105,12 +115,15 @@ struct Slot {
 
 impl Slot {
     fn new(item: Item, hash: u32, versions: &Versions) -> Slot {
-        let expires_at = u32::try_from(versions.earliest_expiry()).unwrap_or(u32::MAX);
         Slot {
             item,
             hash,
-            expires_at,
+            expires_at: Slot::expiry_of(versions),
         }
+    }
+
+    fn expiry_of(versions: &Versions) -> u32 {
+        u32::try_from(versions.earliest_expiry()).unwrap_or(u32::MAX)
     }
 
     fn any_expired(&self, now_secs: u64) -> bool {
@@ -247,7 +260,9 @@ impl MemoryStore {
             // A key written again counts as used; a new key waits for its first read, so a
             // stream of new keys cannot clear every read key's mark.
             (Some(at), Some(new)) => {
-                shard.slots[at] = Slot::new(Item::new(key, new, true), hash, new)
+                let slot = &mut shard.slots[at];
+                slot.item.repack(key, new, true);
+                slot.expires_at = Slot::expiry_of(new);
             }
             (Some(at), None) => drop(shard.remove_at(at)),
             (None, Some(new)) => shard.insert(Slot::new(Item::new(key, new, false), hash, new)),
@@ -516,6 +531,34 @@ mod tests {
             far_slot.item.versions(),
             far,
             "the record keeps its own expiry"
+        );
+    }
+
+    #[test]
+    fn an_overwrite_of_the_same_size_reuses_the_block_and_changes_expiry_and_value() {
+        let store = MemoryStore::new(0, 1024);
+        let block_of = |key: &[u8]| {
+            let hash = key_hash(key);
+            let shard = store.lock(MemoryStore::shard_of(hash));
+            let at = shard.find(hash, key).expect("stored");
+            (shard.slots[at].item.0.as_ptr(), shard.slots[at].expires_at)
+        };
+        put(&store, "k", "first", 500);
+        let (first, _) = block_of(b"k");
+        put(&store, "k", "again", 600);
+        assert_eq!(block_of(b"k"), (first, 600), "same size: the same block");
+        assert_eq!(store.get(b"k", 100).unwrap().0[0].value, "again");
+        put(&store, "k", "a longer value", 650);
+        assert_eq!(block_of(b"k").1, 650);
+        assert_eq!(store.get(b"k", 100).unwrap().0[0].value, "a longer value");
+        assert_eq!(
+            store.stats().bytes,
+            (1 + 14 + super::super::RECORD_OVERHEAD) as u64
+        );
+        assert_eq!(
+            store.get(b"k", 700),
+            None,
+            "expired by the slot's new expiry"
         );
     }
 
