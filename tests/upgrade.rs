@@ -110,13 +110,17 @@ fn run_load(nodes: Vec<SocketAddr>, tally: Arc<Mutex<Tally>>, roll: Arc<Roll>) {
         let node = sequence as usize % NODES;
         let key = format!("roll{}", sequence as usize % KEYS);
         let phase_now = phase.lock().unwrap().clone();
+        // Restarting when the request went out or when its answer came: a request sent to
+        // a stopping node can wait out its 5 s read timeout past the node's return.
+        let restarting_at_send = restarting.load(Ordering::Relaxed) == node;
+        let was_restarting = || restarting_at_send || restarting.load(Ordering::Relaxed) == node;
         let (ok, failed_here) = if sequence % 2 == 0 {
             let value = format!("v{sequence}");
             let request = format!("set {key} 0 0 {}\r\n{value}\r\n", value.len());
             let reply = load.call(node, &request, false);
             let stored = reply.as_ref().is_some_and(|lines| lines[0] == "STORED");
             let mut tally = tally.lock().unwrap();
-            if !stored && restarting.load(Ordering::Relaxed) != node && tally.samples.len() < 40 {
+            if !stored && !was_restarting() && tally.samples.len() < 40 {
                 let sample = format!("{phase_now}: node {}: set: {reply:?}", node + 1);
                 tally.samples.push(sample);
             }
@@ -127,7 +131,7 @@ fn run_load(nodes: Vec<SocketAddr>, tally: Arc<Mutex<Tally>>, roll: Arc<Roll>) {
             let good = reply
                 .as_ref()
                 .is_some_and(|l| l.last().is_some_and(|l| l == "END"));
-            if !good && restarting.load(Ordering::Relaxed) != node {
+            if !good && !was_restarting() {
                 let mut tally = tally.lock().unwrap();
                 if tally.samples.len() < 20 {
                     let sample = format!("{phase_now}: node {}: get: {reply:?}", node + 1);
@@ -147,7 +151,7 @@ fn run_load(nodes: Vec<SocketAddr>, tally: Arc<Mutex<Tally>>, roll: Arc<Roll>) {
         };
         let _ = ok;
         let release = roll.releases.lock().unwrap()[node];
-        let restarting_now = restarting.load(Ordering::Relaxed) == node;
+        let restarting_now = was_restarting();
         let mut tally = tally.lock().unwrap();
         let entry = (tally.requests)
             .entry((phase_now, node, release, restarting_now))
