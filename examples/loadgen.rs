@@ -8,7 +8,7 @@
 //!
 //! loadgen --servers H:P[,H:P...] --connections N --seconds S --mix get|set|mix|fill
 //!         [--keys K] [--value BYTES] [--threads T]
-//! Prints: ops/s p50_us p99_us p999_us errors closed
+//! Prints: ops/s p50_us p99_us p999_us errors closed client_cpu_us_per_op
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -221,13 +221,31 @@ fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     total.latencies_us.sort_unstable();
+    // The client's own CPU per operation: on a machine the client shares with the servers,
+    // (client + servers) CPU per operation times a target rate says how many cores the
+    // target needs.
+    let cpu_us_per_op = match (own_cpu_seconds(), total.latencies_us.len()) {
+        (Some(cpu), ops) if ops > 0 => format!("{:.1}", cpu * 1e6 / ops as f64),
+        _ => "n/a".to_string(),
+    };
     println!(
-        "{:.0} {} {} {} {} {}",
+        "{:.0} {} {} {} {} {} {}",
         total.latencies_us.len() as f64 / elapsed,
         percentile(&total.latencies_us, 0.5),
         percentile(&total.latencies_us, 0.99),
         percentile(&total.latencies_us, 0.999),
         total.errors,
-        total.closed
+        total.closed,
+        cpu_us_per_op
     );
+}
+
+/// This process's user + system CPU time so far (Linux /proc, clock ticks of 1/100 s).
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }

@@ -152,8 +152,8 @@ CLUSTER="127.0.0.11:$CLUSTER_PORT,127.0.0.12:$CLUSTER_PORT,127.0.0.13:$CLUSTER_P
 
 echo | tee -a "$OUT/table.txt"
 # cpu us/op: the servers' CPU time (user + system, every node of the cluster) over the row,
-# per operation; the client's share of the cores is what is left.
-printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s %10s\n' target conns row "ops/s" "p50 us" "p99 us" "p99.9 us" errors closed "cpu us/op" | tee -a "$OUT/table.txt"
+# per operation; client us/op: the load generator's own.
+printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s %10s %10s\n' target conns row "ops/s" "p50 us" "p99 us" "p99.9 us" errors closed "cpu us/op" "client us/op" | tee -a "$OUT/table.txt"
 cpu_ticks() { # pids...: their CPU time so far, in clock ticks
     local total=0 pid
     for pid in "$@"; do total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
@@ -173,11 +173,11 @@ for target in memcached kai kai-fsync kai-periodic kai-3-nodes; do
     for conns in 10 50; do
         for row in get set mix; do
             ticks=$(cpu_ticks "${pids[@]}")
-            read -r ops p50 p99 p999 errors closed < <("$LOADGEN" --servers "$servers" --connections "$conns" --seconds "$SECONDS_PER_ROW" --mix "$row")
+            read -r ops p50 p99 p999 errors closed client < <("$LOADGEN" --servers "$servers" --connections "$conns" --seconds "$SECONDS_PER_ROW" --mix "$row")
             cpu=$(awk -v t="$(( $(cpu_ticks "${pids[@]}") - ticks ))" -v hz="$TICK" -v ops="$ops" -v s="$SECONDS_PER_ROW" \
                 'BEGIN { if (ops > 0) printf "%.1f", t / hz * 1e6 / (ops * s); else print "n/a" }')
-            LAT[$target/$row/$conns]="$ops $p50 $p99 $p999 $cpu"
-            printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s %10s\n' "$target" "$conns" "$row" "$ops" "$p50" "$p99" "$p999" "$errors" "$closed" "$cpu" | tee -a "$OUT/table.txt"
+            LAT[$target/$row/$conns]="$ops $p50 $p99 $p999 $cpu $client"
+            printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s %10s %10s\n' "$target" "$conns" "$row" "$ops" "$p50" "$p99" "$p999" "$errors" "$closed" "$cpu" "$client" | tee -a "$OUT/table.txt"
         done
     done
 done
@@ -303,7 +303,10 @@ after_compaction=$(log_bytes)
 rm -rf "$OUT/periodic" "$OUT/fsync" "$OUT"/node?
 
 # The summary: issue 19's rows, each a ratio against its peer from this run.
-lat() { echo "${LAT[$1]}" | cut -d' ' -f"$2"; } # target/row/conns field (1 ops, 4 p99.9, 5 cpu)
+lat() { echo "${LAT[$1]}" | cut -d' ' -f"$2"; } # target/row/conns field (1 ops, 4 p99.9, 5 cpu, 6 client cpu)
+# Cores a rate needs on this machine, where the client shares the cores with the servers:
+# (servers' + client's CPU µs per op, measured in the row) × ops/s.
+cores_at() { awk -v s="$(lat "$1" 5)" -v c="$(lat "$1" 6)" -v r="$2" 'BEGIN { printf "%.2f", (s + c) * r / 1e6 }'; }
 {
     echo
     printf '| row | kai | peer | ratio | target |\n|---|---|---|---|---|\n'
@@ -325,6 +328,10 @@ lat() { echo "${LAT[$1]}" | cut -d' ' -f"$2"; } # target/row/conns field (1 ops,
     row "3 nodes N=3 R=2 W=2 get, 50 conns (vs 80 k/s)" "$(lat kai-3-nodes/get/50 1)" 80000 "≥ 1.0"
     row "3 nodes set, 50 conns (vs 60 k/s)" "$(lat kai-3-nodes/set/50 1)" 60000 "≥ 1.0"
     row "3 nodes mix p99.9 µs, 50 conns (vs 3 ms)" "$(lat kai-3-nodes/mix/50 4)" 3000 "≤ 1.0"
+    row "3 nodes get: cores that 80 k/s needs, servers + client (vs this machine's)" "$(cores_at kai-3-nodes/get/50 80000)" "$(nproc)" "—"
+    row "3 nodes set: cores that 60 k/s needs, servers + client (vs this machine's)" "$(cores_at kai-3-nodes/set/50 60000)" "$(nproc)" "—"
+    row "memcached get, 50 conns: cores used, server + client, at its own rate (vs this machine's: the method's check)" "$(cores_at memcached/get/50 "$(lat memcached/get/50 1)")" "$(nproc)" "—"
+    row "3 nodes mix p99.9 µs (vs memcached alone's, same client)" "$(lat kai-3-nodes/mix/50 4)" "$(lat memcached/mix/50 4)" "—"
     row "3 nodes get, server CPU µs per op (vs one kai node's)" "$(lat kai-3-nodes/get/50 5)" "$(lat kai/get/50 5)" "—"
     row "one kai node get, server CPU µs per op (vs memcached's)" "$(lat kai/get/50 5)" "$(lat memcached/get/50 5)" "—"
     row "restart at $ITEMS × 2 KiB, ms (vs 5 s)" "$ready_ms" 5000 "< 1.0"
