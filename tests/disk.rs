@@ -234,3 +234,36 @@ fn a_foreign_file_in_data_dir_stops_the_node_and_stays_untouched() {
         b"DETS file from the Erlang Kai, not ours\n"
     );
 }
+
+#[test]
+fn a_log_file_cut_short_under_a_running_node_costs_its_keys_not_the_node() {
+    let data = tempfile::tempdir().unwrap();
+    let kai = start(data.path());
+    let mut client = kai.client();
+    let value = vec![b'v'; 1024];
+    for i in 0..100 {
+        client.set(&format!("key{i}"), &value);
+    }
+    assert_eq!(client.get("key7").as_deref(), Some(value.as_slice()));
+    // Reads copy out of a mapping of the file: a page past its end raises SIGBUS.
+    let log = data.path().join("log").join("0000000001.log");
+    (std::fs::File::options().write(true).open(&log).unwrap())
+        .set_len(0)
+        .unwrap();
+    assert_eq!(client.get("key7"), None);
+    assert_eq!(client.get("key8"), None);
+    assert!(common::process_alive(kai.pid()));
+    assert!(
+        kai.log().contains("disk store read failed")
+            && kai
+                .log()
+                .contains("0000000001.log: the file ends before byte"),
+        "{}",
+        kai.log()
+    );
+    client.set("after", b"written after the cut");
+    assert_eq!(
+        client.get("after").as_deref(),
+        Some(&b"written after the cut"[..])
+    );
+}

@@ -21,6 +21,7 @@
 mod compaction;
 pub mod frame;
 mod hint_writer;
+mod mapping;
 mod recovery;
 #[cfg(test)]
 mod tests;
@@ -107,6 +108,27 @@ struct Segment {
     written: AtomicU64,
     /// Bytes of frames no longer current (overwritten, removed, or a remove frame).
     dead: AtomicU64,
+    /// What reads copy out of, where it covers the frame.
+    mapping: Option<mapping::Mapping>,
+}
+
+impl Segment {
+    /// A segment of `size` bytes so far, read through a mapping of its first `map_len`.
+    fn new(file: File, size: u64, map_len: u64, path: &Path) -> Segment {
+        let mapping = (map_len > 0).then(|| mapping::Mapping::new(&file, map_len));
+        let mapping = mapping.and_then(|mapped| {
+            mapped
+                .map_err(|err| log::warn!("{}: cannot map, read by pread: {err}", path.display()))
+                .ok()
+        });
+        Segment {
+            file,
+            size: AtomicU64::new(size),
+            written: AtomicU64::new(size),
+            dead: AtomicU64::new(0),
+            mapping,
+        }
+    }
 }
 
 /// The segment being appended to.
@@ -334,10 +356,25 @@ impl Shared {
                 }
             }
         }
+        let mapped = (segment.mapping.as_ref())
+            .and_then(|mapping| mapping.read(u64::from(entry.offset), entry.len as usize));
+        if let Some(frame) = mapped {
+            return Ok(Bytes::from(frame));
+        }
         let mut frame = vec![0; entry.len as usize];
         (segment.file)
             .read_exact_at(&mut frame, u64::from(entry.offset))
-            .map_err(|e| io_error(&segment_path(&self.dir, entry.segment), e))?;
+            .map_err(|e| {
+                let path = segment_path(&self.dir, entry.segment);
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    StoreError::Damaged(format!(
+                        "{}: the file ends before byte {end}, where the index has a frame",
+                        path.display()
+                    ))
+                } else {
+                    io_error(&path, e)
+                }
+            })?;
         Ok(Bytes::from(frame))
     }
 
@@ -517,7 +554,11 @@ impl Shared {
             .map_err(|e| io_error(&segment_path(&self.dir, head.id), e))?;
         self.synced(head.appended, None);
         let next = head.id + 1;
-        let segment = Arc::new(recovery::create_segment(&self.dir, next)?);
+        let segment = Arc::new(recovery::create_segment(
+            &self.dir,
+            next,
+            self.settings.segment_bytes,
+        )?);
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
         segments.insert(next, Arc::clone(&segment));
         drop(segments);

@@ -11,7 +11,7 @@ use crate::store::StoreError;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// The file naming the first segment that counts (written by flush_all).
@@ -39,19 +39,15 @@ pub(super) fn set_first(dir: &Path, id: u32) -> Result<(), StoreError> {
         .map_err(|e| super::io_error(&path, e))
 }
 
-pub(super) fn create_segment(dir: &Path, id: u32) -> Result<Segment, StoreError> {
+/// A new, empty segment, mapped at `map_len` bytes for the appends to come.
+pub(super) fn create_segment(dir: &Path, id: u32, map_len: u64) -> Result<Segment, StoreError> {
     let path = segment_path(dir, id);
     let file = (OpenOptions::new().read(true).write(true).create_new(true))
         .open(&path)
         .map_err(|e| super::io_error(&path, e))?;
     // The new name must be durable before a write acknowledged in it is.
     (File::open(dir).and_then(|d| d.sync_all())).map_err(|e| super::io_error(dir, e))?;
-    Ok(Segment {
-        file,
-        size: AtomicU64::new(0),
-        written: AtomicU64::new(0),
-        dead: AtomicU64::new(0),
-    })
+    Ok(Segment::new(file, 0, map_len, &path))
 }
 
 pub(super) fn delete_segment(dir: &Path, id: u32) {
@@ -175,12 +171,17 @@ pub(super) fn recover(dir: &Path, settings: &Settings) -> Result<Recovered, Open
         };
         segments.insert(
             id,
-            Arc::new(Segment {
+            // The head is mapped for the appends to come.
+            Arc::new(Segment::new(
                 file,
-                size: AtomicU64::new(size),
-                written: AtomicU64::new(size),
-                dead: AtomicU64::new(0),
-            }),
+                size,
+                if is_head {
+                    size.max(settings.segment_bytes)
+                } else {
+                    size
+                },
+                &path,
+            )),
         );
         replay(&mut shards, &segments, id, &hints);
         if is_head {
@@ -191,7 +192,8 @@ pub(super) fn recover(dir: &Path, settings: &Settings) -> Result<Recovered, Open
         Some(id) => id,
         None => {
             let id = first.max(1);
-            let segment = create_segment(dir, id).map_err(|e| unusable(e.to_string()))?;
+            let segment = create_segment(dir, id, settings.segment_bytes)
+                .map_err(|e| unusable(e.to_string()))?;
             segments.insert(id, Arc::new(segment));
             id
         }

@@ -327,3 +327,36 @@ fn periodic_syncs_early_once_a_mebibyte_waits_unsynced() {
     }
     assert!(lock(&store.shared.syncs).durable >= WRITEBACK_BYTES);
 }
+
+#[test]
+fn a_segment_cut_short_under_the_store_fails_only_its_own_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), settings(64 << 10)).unwrap();
+    let big = "v".repeat(1000);
+    for i in 0..200 {
+        put(&store, &format!("key{i}"), &big);
+    }
+    let first = store.shared.segment(1).unwrap();
+    assert!(first.mapping.is_some(), "reads go through the mapping");
+    assert_eq!(value(&store, "key0").as_deref(), Some(big.as_str()));
+    // Its pages now lie past the end of the file: touching them raises SIGBUS.
+    let path = segment_path(&dir.path().join(DIR_NAME), 1);
+    (File::options().write(true).open(&path).unwrap())
+        .set_len(0)
+        .unwrap();
+    assert_eq!(
+        value(&store, "key0"),
+        None,
+        "the read failed, the node did not"
+    );
+    assert!(first
+        .mapping
+        .as_ref()
+        .unwrap()
+        .faulted
+        .load(Ordering::Relaxed));
+    assert_eq!(value(&store, "key1"), None);
+    assert_eq!(value(&store, "key199").as_deref(), Some(big.as_str()));
+    put(&store, "key0", "again");
+    assert_eq!(value(&store, "key0").as_deref(), Some("again"));
+}
