@@ -209,8 +209,14 @@ fn sigterm_finishes_in_flight_requests_then_exits_0() {
 fn sigint_exits_0_promptly() {
     let mut kai = Kai::start("");
     let _idle = kai.client();
+    // Idle now, after requests: each request's wait for input also waited for shutdown.
+    let mut served = kai.client();
+    for _ in 0..3 {
+        assert_eq!(served.call("set k 0 0 1\r\nx\r\n"), "STORED\r\n");
+    }
     let started = Instant::now();
     kai.signal(Signal::SIGINT);
+    assert_eq!(served.read_to_close(), b"");
     let status = kai
         .wait(Duration::from_secs(5))
         .expect("kai did not exit after SIGINT");
@@ -220,6 +226,7 @@ fn sigint_exits_0_promptly() {
         "{:?}",
         started.elapsed()
     );
+    assert!(!kai.log().contains("still open after"), "{}", kai.log());
 }
 
 #[test]

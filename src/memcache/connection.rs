@@ -107,8 +107,17 @@ impl<S: ClientStream> Connection<S> {
 
     /// Serves requests until the client leaves, errs, idles out or `shutdown` fires. Requests
     /// already received when shutdown fires are answered first.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> io::Result<()> {
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> io::Result<()> {
         let mut draining = false;
+        // One wait on `shutdown` for the connection's life, polled again only once the
+        // channel has changed: polling a wait takes a lock that every connection shares,
+        // and a fresh wait per request took it twice per request.
+        let probe = shutdown.clone();
+        let mut stopped = std::pin::pin!(async move {
+            let mut shutdown = shutdown;
+            let _ = shutdown.changed().await;
+        });
+        let mut waiting_on_stop = false;
         loop {
             self.refresh_limits();
             let flow = self.answer_buffered().await;
@@ -134,9 +143,17 @@ impl<S: ClientStream> Connection<S> {
                 // listener's grace period bounds how long), answer, then close.
                 self.readable().await?;
             } else {
+                let stop = std::future::poll_fn(|cx| {
+                    if waiting_on_stop && matches!(probe.has_changed(), Ok(false)) {
+                        return std::task::Poll::Pending;
+                    }
+                    waiting_on_stop = true;
+                    std::future::Future::poll(stopped.as_mut(), cx)
+                });
                 tokio::select! {
+                    biased;
                     ready = self.readable() => ready?,
-                    _ = shutdown.changed() => {
+                    () = stop => {
                         draining = true;
                         continue;
                     }
