@@ -25,7 +25,7 @@ pub(super) struct Mapping {
     base: NonNull<c_void>,
     len: usize,
     /// A page faulted once: every later read goes through `pread`.
-    pub(super) faulted: AtomicBool,
+    faulted: AtomicBool,
 }
 
 // The mapping is read-only and only ever read by copying out of it.
@@ -75,7 +75,7 @@ impl Mapping {
     /// page of them could not be read (then `pread` reports why).
     pub(super) fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
         let offset = usize::try_from(offset).ok()?;
-        if offset.checked_add(len)? > self.len || self.faulted.load(Ordering::Relaxed) {
+        if offset.checked_add(len)? > self.len || self.has_faulted() {
             return None;
         }
         let mut copy = Vec::with_capacity(len);
@@ -95,6 +95,11 @@ impl Mapping {
             return None;
         }
         Some(copy)
+    }
+
+    /// Whether a read found an unreadable page, so reads no longer use the mapping.
+    pub(super) fn has_faulted(&self) -> bool {
+        self.faulted.load(Ordering::Relaxed)
     }
 }
 

@@ -115,12 +115,13 @@ struct Segment {
 impl Segment {
     /// A segment of `size` bytes so far, read through a mapping of its first `map_len`.
     fn new(file: File, size: u64, map_len: u64, path: &Path) -> Segment {
-        let mapping = (map_len > 0).then(|| mapping::Mapping::new(&file, map_len));
-        let mapping = mapping.and_then(|mapped| {
-            mapped
+        let mapping = if map_len == 0 {
+            None
+        } else {
+            mapping::Mapping::new(&file, map_len)
                 .map_err(|err| log::warn!("{}: cannot map, read by pread: {err}", path.display()))
                 .ok()
-        });
+        };
         Segment {
             file,
             size: AtomicU64::new(size),

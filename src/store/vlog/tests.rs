@@ -349,12 +349,7 @@ fn a_segment_cut_short_under_the_store_fails_only_its_own_reads() {
         None,
         "the read failed, the node did not"
     );
-    assert!(first
-        .mapping
-        .as_ref()
-        .unwrap()
-        .faulted
-        .load(Ordering::Relaxed));
+    assert!(first.mapping.as_ref().unwrap().has_faulted());
     assert_eq!(value(&store, "key1"), None);
     assert_eq!(value(&store, "key199").as_deref(), Some(big.as_str()));
     put(&store, "key0", "again");
