@@ -134,6 +134,16 @@ const GAUGES: &[(&str, &str, &str)] = &[
         "Seconds the active members have run more than one release (0: one release)",
     ),
     (
+        "kai_rss_anon_bytes",
+        "kai_rss_anon_bytes",
+        "Resident memory of the process's own pages: heap, index, stacks",
+    ),
+    (
+        "kai_rss_file_bytes",
+        "kai_rss_file_bytes",
+        "Resident pages of files the process maps, the disk engine's log among them (reclaimable)",
+    ),
+    (
         "kai_store_file_bytes",
         "kai_store_file_bytes",
         "Bytes in the disk engine's files (0: memory engine)",

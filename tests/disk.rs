@@ -267,3 +267,39 @@ fn a_log_file_cut_short_under_a_running_node_costs_its_keys_not_the_node() {
         Some(&b"written after the cut"[..])
     );
 }
+
+#[test]
+fn stats_tell_the_log_pages_reads_mapped_apart_from_the_heap() {
+    let data = tempfile::tempdir().unwrap();
+    let kai = start(data.path());
+    let mut client = kai.client();
+    let value = vec![b'm'; 512 * 1024];
+    for i in 0..32 {
+        client.set(&format!("big{i}"), &value);
+    }
+    let number =
+        |stats: &HashMap<String, String>, name: &str| -> u64 { stats[name].parse().unwrap() };
+    let before = kai.stats();
+    // 16 MiB read back: each get copies its frame out of the mapped log.
+    for i in 0..32 {
+        assert_eq!(
+            client.get(&format!("big{i}")).map(|v| v.len()),
+            Some(value.len())
+        );
+    }
+    let after = kai.stats();
+    let mapped = number(&after, "kai_rss_file_bytes") - number(&before, "kai_rss_file_bytes");
+    assert!(
+        mapped >= 15 << 20,
+        "{mapped} bytes of the log became resident"
+    );
+    let own = number(&after, "kai_rss_anon_bytes");
+    assert!(own > 1 << 20, "{own}");
+    // With the shared pages (none here, to a few MiB), the two make up ps's RSS.
+    let rss = kai.rss_kib() * 1024;
+    let reported = own + number(&after, "kai_rss_file_bytes");
+    assert!(
+        reported <= rss + (1 << 20) && rss - reported.min(rss) < 4 << 20,
+        "stats say {reported}, /proc says {rss}"
+    );
+}

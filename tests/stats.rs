@@ -47,6 +47,8 @@ const FIELDS: &[&str] = &[
     "kai_hinted_handoffs",
     "kai_read_repairs",
     "kai_sync_keys",
+    "kai_rss_anon_bytes",
+    "kai_rss_file_bytes",
     "kai_store_file_bytes",
     "kai_store_dead_bytes",
     "kai_store_compactions",

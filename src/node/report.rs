@@ -191,6 +191,7 @@ impl Node {
             .get()
             .map_or(0, |cluster| cluster.hints().total());
         let store = self.store.stats();
+        let resident = stats::resident();
         let offsets = self.clock_offsets();
         let max_offset_ms = (offsets.iter())
             .map(|(_, ms)| ms.unsigned_abs())
@@ -235,6 +236,8 @@ impl Node {
                 self.counters.http_requests_closed.get().to_string(),
             ),
             ("kai_clock_offsets", offsets.join(" ")),
+            ("kai_rss_anon_bytes", resident.anon_bytes.to_string()),
+            ("kai_rss_file_bytes", resident.file_bytes.to_string()),
             ("kai_store_file_bytes", store.file_bytes.to_string()),
             ("kai_store_dead_bytes", store.dead_bytes.to_string()),
             ("kai_store_compactions", store.compactions.to_string()),
