@@ -204,19 +204,21 @@ paired() { # name mix port peer-port: prints the median ratio
 }
 PAIRED_DISK_GET=$(paired "get, disk fsync node / memory node" get "$FSYNC_PORT" "$KAI_PORT")
 PAIRED_SET=$(paired "set, kai memory node / memcached" set "$KAI_PORT" "$MC_PORT")
-# The same set pairs with each server on core 1 and the load generator on core 0, which is
-# how a remote client meets a server: each side's scheduling no longer preempts the other's,
-# and what is left is the servers' own cost. Prints the median ratio and the median server
-# CPU µs per set of kai and of memcached.
+# The same set pairs with each server on one core and the load generator on another, which
+# is how a remote client meets a server: each side's scheduling no longer preempts the
+# other's, and what is left is the servers' own cost. Prints the median ratio and the median
+# server CPU µs per set of kai and of memcached.
+read -r CLIENT_CORE SERVER_CORE _ < <(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')
 pinned_row() { # port pid: ops/s and the server's CPU µs per op
     local ticks ops
     ticks=$(cpu_ticks "$2")
-    ops=$(taskset -c 0 "$LOADGEN" --servers "127.0.0.1:$1" --connections 50 --seconds 5 --mix set | cut -d' ' -f1)
+    ops=$(taskset -c "$CLIENT_CORE" "$LOADGEN" --servers "127.0.0.1:$1" --connections 50 --seconds 5 --mix set | cut -d' ' -f1)
     awk -v o="$ops" -v t="$(( $(cpu_ticks "$2") - ticks ))" -v hz="$TICK" 'BEGIN { printf "%s %.1f", o, t / hz * 1e6 / (o * 5) }'
 }
 pinned_paired() {
     local pair kai mc ratios=() kai_cpu=() mc_cpu=()
-    taskset -a -p -c 1 "$KAI_PID" > /dev/null; taskset -a -p -c 1 "$MC_PID" > /dev/null
+    taskset -a -p -c "$SERVER_CORE" "$KAI_PID" > /dev/null
+    taskset -a -p -c "$SERVER_CORE" "$MC_PID" > /dev/null
     for pair in 1 2 3 4 5; do
         if ((pair % 2)); then
             mc=$(pinned_row "$MC_PORT" "$MC_PID"); kai=$(pinned_row "$KAI_PORT" "$KAI_PID")
@@ -229,7 +231,7 @@ pinned_paired() {
     echo "$(median "${ratios[@]}") $(median "${kai_cpu[@]}") $(median "${mc_cpu[@]}")"
 }
 PINNED_SET="n/a n/a n/a"
-[ "$(nproc)" -ge 2 ] && PINNED_SET=$(pinned_paired)
+[ -n "${SERVER_CORE:-}" ] && PINNED_SET=$(pinned_paired)
 read -r PINNED_RATIO PINNED_KAI_CPU PINNED_MC_CPU <<< "$PINNED_SET"
 kill "$KAI_PID" "$FSYNC_PID" "$PERIODIC_PID" "${CLUSTER_PIDS[@]}" 2>/dev/null || true
 kill "$MC_PID" 2>/dev/null || true
@@ -352,7 +354,7 @@ cores_at() { awk -v s="$(lat "$1" 5)" -v c="$(lat "$1" 6)" -v r="$2" 'BEGIN { pr
     row "RSS per 100 B item, bytes (vs memcached)" "${RSS[kai/100]}" "${RSS[memcached/100]}" "≤ 1.0"
     row "single node set, 50 conns, memcaslap (vs memcached -t 2)" "${TPS[kai/set/50]}" "${TPS[memcached/set/50]}" "—"
     printf '| %s | | | %s | %s |\n' "single node set, 50 conns, median of 5 paired loadgen rows (vs memcached -t 2)" "$PAIRED_SET" "≥ 1.0"
-    printf '| %s | | | %s | %s |\n' "single node set, pinned: server on core 1, load generator on core 0, median of 5 pairs (vs memcached -t 2)" "$PINNED_RATIO" "—"
+    printf '| %s | | | %s | %s |\n' "single node set, pinned: server on one core, load generator on another, median of 5 pairs (vs memcached -t 2)" "$PINNED_RATIO" "—"
     row "single node set, pinned: server CPU µs per set, medians (vs memcached's)" "$PINNED_KAI_CPU" "$PINNED_MC_CPU" "—"
     row "single node set p99.9 µs, 50 conns (vs memcached)" "$(lat kai/set/50 4)" "$(lat memcached/set/50 4)" "≤ 1.0"
     row "3 nodes N=3 R=2 W=2 get, 50 conns (vs 80 k/s)" "$(lat kai-3-nodes/get/50 1)" 80000 "≥ 1.0"
