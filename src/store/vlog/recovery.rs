@@ -169,20 +169,13 @@ pub(super) fn recover(dir: &Path, settings: &Settings) -> Result<Recovered, Open
                 (hints, size)
             }
         };
-        segments.insert(
-            id,
-            // The head is mapped for the appends to come.
-            Arc::new(Segment::new(
-                file,
-                size,
-                if is_head {
-                    size.max(settings.segment_bytes)
-                } else {
-                    size
-                },
-                &path,
-            )),
-        );
+        // The head is mapped for the appends to come.
+        let map_len = if is_head {
+            size.max(settings.segment_bytes)
+        } else {
+            size
+        };
+        segments.insert(id, Arc::new(Segment::new(file, size, map_len, &path)));
         replay(&mut shards, &segments, id, &hints);
         if is_head {
             head_hints = hints;
