@@ -104,7 +104,7 @@ const GAUGES: &[(&str, &str, &str)] = &[
         "kai_max_connections",
         "Client connection limit",
     ),
-    ("threads", "kai_threads", "Worker threads"),
+    ("threads", "kai_threads", "Threads serving clients"),
     ("bytes", "kai_bytes", "Bytes held by stored items"),
     ("curr_items", "kai_curr_items", "Items stored"),
     (

@@ -24,6 +24,7 @@ use crate::config::{self, Config, Durability, Engine, Loaded};
 use crate::daemon::notify;
 use crate::memcache::auth::Auth;
 use crate::memcache::listener;
+use crate::memcache::threads::ClientThreads;
 use crate::node::{Node, VERSION};
 use crate::store;
 use crate::store::disk::{self, DiskStore};
@@ -215,7 +216,7 @@ pub fn open_store(prepared: &Prepared) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
-/// Builds the runtime and serves until SIGTERM or SIGINT.
+/// Builds the runtime and the client threads and serves until SIGTERM or SIGINT.
 pub fn run(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(prepared.threads)
@@ -223,10 +224,19 @@ pub fn run(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(prepared, store))
+    let clients = ClientThreads::start(prepared.threads).context("cannot start client threads")?;
+    let clients = Arc::new(clients);
+    let served = runtime.block_on(serve(prepared, store, Arc::clone(&clients)));
+    // Connections still open past the shutdown grace end here; the last closes the store.
+    clients.stop();
+    served
 }
 
-async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> {
+async fn serve(
+    prepared: Prepared,
+    store: Arc<dyn Store>,
+    client_threads: Arc<ClientThreads>,
+) -> anyhow::Result<()> {
     let Prepared {
         config,
         sources,
@@ -285,11 +295,12 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
     let background = [
         tokio::spawn(purge_expired(Arc::clone(&node))),
         tokio::spawn(report_status(Arc::clone(&node))),
-        tokio::spawn(pet_watchdog()),
+        tokio::spawn(pet_watchdog(Arc::clone(&client_threads))),
     ];
     let mut clients = vec![tokio::spawn(listener::serve(
         listener,
         None,
+        Arc::clone(&client_threads),
         Arc::clone(&node),
         Arc::clone(&auth),
         shutdown_rx.clone(),
@@ -305,6 +316,7 @@ async fn serve(prepared: Prepared, store: Arc<dyn Store>) -> anyhow::Result<()> 
         clients.push(tokio::spawn(listener::serve(
             tls_listener,
             Some(tls),
+            client_threads,
             Arc::clone(&node),
             Arc::clone(&auth),
             shutdown_rx,
@@ -638,16 +650,26 @@ async fn report_status(node: Arc<Node>) {
     }
 }
 
-/// Pets systemd's watchdog from the event loop: if the runtime wedges, the petting stops
-/// and systemd restarts the service.
-async fn pet_watchdog() {
+/// Pets systemd's watchdog from the event loop once every client thread has run a task
+/// too: if the runtime or a client thread wedges, the petting stops and systemd restarts
+/// the service.
+async fn pet_watchdog(client_threads: Arc<ClientThreads>) {
     let Some(interval) = notify::watchdog_interval() else {
         return;
     };
     let mut ticks = tokio::time::interval(interval);
+    let mut wedged = false;
     loop {
         ticks.tick().await;
-        notify::watchdog();
+        if client_threads.responsive(interval).await {
+            notify::watchdog();
+            wedged = false;
+        } else if !wedged {
+            wedged = true;
+            log::error!(
+                "a client thread has not run for {interval:?}: no longer petting the watchdog"
+            );
+        }
     }
 }
 

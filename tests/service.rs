@@ -94,6 +94,62 @@ fn systemd_notifications_follow_the_lifecycle() {
     assert!(stderr.lines().any(|l| l.starts_with("<6>kai ")), "{stderr}");
 }
 
+/// The threads of process `pid` whose name starts with `prefix`.
+fn threads_named(pid: i32, prefix: &str) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let mut found: Vec<i32> = (tasks.flatten())
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.starts_with(prefix))
+        })
+        .filter_map(|task| task.file_name().to_str()?.parse().ok())
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+#[test]
+fn a_stuck_client_thread_stops_the_watchdog_petting() {
+    use nix::sys::ptrace;
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&socket_path).unwrap();
+    let config = "[rpc]\nlisten = \"127.0.0.1:0\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n";
+    let socket = socket_path.to_str().unwrap();
+    let env = [("NOTIFY_SOCKET", socket), ("WATCHDOG_USEC", "400000")];
+    let kai = Kai::start_with_config(dir, config, &env);
+    receive_until(&notify, "WATCHDOG=1", Duration::from_secs(2));
+    let threads: usize = kai.stats()["threads"].parse().unwrap();
+    let client_threads = threads_named(kai.pid(), "kai-client-");
+    assert_eq!(client_threads.len(), threads, "{client_threads:?}");
+
+    // Stop one client thread alone, as a request stuck in it would hold it.
+    let stuck = Pid::from_raw(client_threads[0]);
+    ptrace::seize(stuck, ptrace::Options::empty()).unwrap();
+    ptrace::interrupt(stuck).unwrap();
+    waitpid(stuck, Some(WaitPidFlag::__WALL)).unwrap();
+    // A pet already under way may still arrive; after it, none while the thread is stuck.
+    std::thread::sleep(Duration::from_millis(500));
+    while receive(&notify, Duration::from_millis(10)).is_some() {}
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(message) = receive(&notify, left.max(Duration::from_millis(1))) else {
+            continue;
+        };
+        assert!(
+            !message.contains("WATCHDOG=1"),
+            "petted while a client thread was stuck"
+        );
+    }
+    ptrace::detach(stuck, None).unwrap();
+    receive_until(&notify, "WATCHDOG=1", Duration::from_secs(3));
+
+    let log = kai.log();
+    assert!(log.contains("a client thread has not run"), "{log}");
+}
+
 #[test]
 fn without_notify_socket_there_are_no_notifications() {
     // Kai::start clears NOTIFY_SOCKET; the node simply serves.

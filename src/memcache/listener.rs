@@ -1,9 +1,10 @@
-//! Accepts memcache clients: enforces `max_connections`, completes TLS on the TLS listener,
-//! spawns a [`Connection`] per client and, on shutdown, stops accepting and waits (bounded)
+//! Accepts memcache clients: enforces `max_connections`, hands each client to one of the
+//! [`ClientThreads`], where TLS is completed on the TLS listener and a [`Connection`] serves it, and, on shutdown, stops accepting and waits (bounded)
 //! for the connections to finish.
 
 use super::auth::Auth;
 use super::connection::Connection;
+use super::threads::ClientThreads;
 use crate::node::Node;
 use crate::tls::Tls;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ const TLS_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
+    threads: Arc<ClientThreads>,
     node: Arc<Node>,
     auth: Arc<Auth>,
     mut shutdown: watch::Receiver<bool>,
@@ -74,6 +76,14 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        // Leaves this runtime's event loop for the client thread's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::warn!("cannot hand client {peer} to a client thread: {e}");
+                continue;
+            }
+        };
         counters.curr_connections.add(1);
         counters.total_connections.add(1);
         let slot = Slot {
@@ -84,45 +94,40 @@ pub async fn serve(
         // Plain and TLS connections are separate tasks: a plain connection's task holds no
         // room for a TLS session (an idle connection's whole cost is its task).
         match tls.as_ref().map(|tls| tls.acceptor()) {
-            None => {
-                let task = async move {
-                    let ended = Connection::new(stream, peer, node, auth)
-                        .run(shutdown)
-                        .await;
-                    if let Err(e) = ended {
-                        log::debug!("connection from {peer} ended: {e}");
+            None => threads.serve(stream, move |stream| async move {
+                let ended = Connection::new(stream, peer, node, auth)
+                    .run(shutdown)
+                    .await;
+                if let Err(e) = ended {
+                    log::debug!("connection from {peer} ended: {e}");
+                }
+                drop(slot);
+            }),
+            Some(acceptor) => threads.serve(stream, move |stream| async move {
+                let accepted =
+                    tokio::time::timeout(TLS_HANDSHAKE_LIMIT, acceptor.accept(stream)).await;
+                let ended = match accepted {
+                    Ok(Ok(stream)) => {
+                        Connection::new(stream, peer, node, auth)
+                            .run(shutdown)
+                            .await
                     }
-                    drop(slot);
+                    Ok(Err(e)) => {
+                        node.counters().ssl_handshake_errors.add(1);
+                        log::info!("TLS handshake with client {peer} failed: {e}");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        node.counters().ssl_handshake_errors.add(1);
+                        log::info!("TLS handshake with client {peer} timed out");
+                        Ok(())
+                    }
                 };
-                tokio::spawn(task);
-            }
-            Some(acceptor) => {
-                tokio::spawn(async move {
-                    let accepted =
-                        tokio::time::timeout(TLS_HANDSHAKE_LIMIT, acceptor.accept(stream)).await;
-                    let ended = match accepted {
-                        Ok(Ok(stream)) => {
-                            Connection::new(stream, peer, node, auth)
-                                .run(shutdown)
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            node.counters().ssl_handshake_errors.add(1);
-                            log::info!("TLS handshake with client {peer} failed: {e}");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            node.counters().ssl_handshake_errors.add(1);
-                            log::info!("TLS handshake with client {peer} timed out");
-                            Ok(())
-                        }
-                    };
-                    if let Err(e) = ended {
-                        log::debug!("connection from {peer} ended: {e}");
-                    }
-                    drop(slot);
-                });
-            }
+                if let Err(e) = ended {
+                    log::debug!("connection from {peer} ended: {e}");
+                }
+                drop(slot);
+            }),
         }
     }
     drop(listener);
