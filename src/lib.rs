@@ -7,6 +7,7 @@
 // Leaves: no imports from the rest of the crate (config and logging aside).
 pub mod address;
 pub mod causality;
+pub mod client_threads;
 pub mod config;
 pub mod daemon;
 pub mod durable;

@@ -4,6 +4,7 @@
 //! order (docs/design.md, "Service integration").
 
 use crate::address::resolve;
+use crate::client_threads::ClientThreads;
 use crate::cluster::anti_entropy::AntiEntropy;
 use crate::cluster::coordinator::{Books, Coordinator};
 use crate::cluster::counters::ClusterCounters;
@@ -24,7 +25,6 @@ use crate::config::{self, Config, Durability, Engine, Loaded};
 use crate::daemon::notify;
 use crate::memcache::auth::Auth;
 use crate::memcache::listener;
-use crate::memcache::threads::ClientThreads;
 use crate::node::{Node, VERSION};
 use crate::store;
 use crate::store::disk::{self, DiskStore};
@@ -278,7 +278,7 @@ async fn serve(
     };
     let cluster = start_cluster(
         &node,
-        rpc,
+        (rpc, Arc::clone(&client_threads)),
         (me, ephemeral),
         (secret, peer_tls),
         shutdown_rx.clone(),
@@ -400,11 +400,11 @@ struct RunningCluster {
 const DEPART_MIN: Duration = Duration::from_millis(500);
 const DEPART_MAX: Duration = Duration::from_secs(5);
 
-/// Starts the rpc server, membership and failure detection, the coordinator, hinted
-/// handoff and anti-entropy, then contacts the seeds.
+/// Starts the rpc server (its sessions on the client threads), membership and failure
+/// detection, the coordinator, hinted handoff and anti-entropy, then contacts the seeds.
 fn start_cluster(
     node: &Arc<Node>,
-    rpc: std::net::TcpListener,
+    (rpc, client_threads): (std::net::TcpListener, Arc<ClientThreads>),
     (me, ephemeral): (SocketAddr, bool),
     (secret, tls): (Secret, PeerTls),
     shutdown: watch::Receiver<bool>,
@@ -523,7 +523,7 @@ fn start_cluster(
         ("member exchange", detection.exchange),
         ("failure detection", detection.swim),
     ];
-    tokio::spawn(rpc_server::serve(rpc, settings, handler));
+    tokio::spawn(rpc_server::serve(rpc, settings, handler, client_threads));
     let seeds: Vec<String> = (config.cluster.seeds.iter())
         .filter(|seed| !resolve(seed).is_ok_and(|a| a == me))
         .cloned()
@@ -663,7 +663,10 @@ async fn pet_watchdog(client_threads: Arc<ClientThreads>) {
         ticks.tick().await;
         if client_threads.responsive(interval).await {
             notify::watchdog();
-            wedged = false;
+            if wedged {
+                wedged = false;
+                log::warn!("every client thread runs again: petting the watchdog");
+            }
         } else if !wedged {
             wedged = true;
             log::error!(

@@ -10,6 +10,7 @@ use std::path::Path;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("address", &[]),
     ("causality", &[]),
+    ("client_threads", &[]),
     ("config", &[]),
     ("durable", &[]),
     ("keyspace", &[]),
@@ -27,6 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "address",
             "causality",
+            "client_threads",
             "config",
             "durable",
             "keyspace",
@@ -51,7 +53,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "time",
         ],
     ),
-    ("memcache", &["node", "ops", "stats", "time", "tls"]),
+    (
+        "memcache",
+        &["client_threads", "node", "ops", "stats", "time", "tls"],
+    ),
     ("metrics", &["node"]),
     (
         "admin",
@@ -62,8 +67,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "serve",
         &[
-            "address", "cluster", "config", "daemon", "logging", "memcache", "metrics", "node",
-            "shutdown", "store", "time", "tls",
+            "address",
+            "client_threads",
+            "cluster",
+            "config",
+            "daemon",
+            "logging",
+            "memcache",
+            "metrics",
+            "node",
+            "shutdown",
+            "store",
+            "time",
+            "tls",
         ],
     ),
 ];

@@ -1,10 +1,11 @@
 //! Accepts memcache clients: enforces `max_connections`, hands each client to one of the
-//! [`ClientThreads`], where TLS is completed on the TLS listener and a [`Connection`] serves it, and, on shutdown, stops accepting and waits (bounded)
-//! for the connections to finish.
+//! [`ClientThreads`], where TLS is completed (on the TLS listener) and a [`Connection`]
+//! serves it, and, on shutdown, stops accepting and waits (bounded) for the connections to
+//! finish.
 
 use super::auth::Auth;
 use super::connection::Connection;
-use super::threads::ClientThreads;
+use crate::client_threads::ClientThreads;
 use crate::node::Node;
 use crate::tls::Tls;
 use std::sync::Arc;

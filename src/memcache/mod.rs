@@ -1,6 +1,6 @@
 //! The memcached protocols (docs/design.md, "Client protocol"): the text parser and reply
 //! encoding, the binary protocol, client authentication, the per-connection loop that tells
-//! the protocols apart, the listeners (plain and TLS) and the threads that serve the connections. They talk only to [`crate::node::Node`].
+//! the protocols apart and the listeners (plain and TLS). They talk only to [`crate::node::Node`].
 
 pub mod auth;
 pub mod binary;
@@ -11,5 +11,4 @@ pub mod meta;
 pub mod parse;
 pub mod reply;
 pub mod stream;
-pub mod threads;
 pub mod token;

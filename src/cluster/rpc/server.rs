@@ -6,6 +6,7 @@ use super::frame::{FrameCodec, FrameError};
 use super::message::{Message, Request, Response};
 use super::tls::{self, AcceptError, Accepted, PeerStream};
 use super::RpcSettings;
+use crate::client_threads::ClientThreads;
 use crate::store::Commit;
 use crate::time::HybridClock;
 use bytes::Bytes;
@@ -41,10 +42,12 @@ const REPLY_QUEUE: usize = 1024;
 /// (and that measure's uncertainty), so this covers only drift since the last sample.
 const DEADLINE_SLACK_US: u64 = 250_000;
 
+/// Accepts peers on `listener` and serves each session on one of `threads`.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     transport: Arc<RpcSettings>,
     handler: Arc<H>,
+    threads: Arc<ClientThreads>,
 ) {
     let slots = Arc::new(Semaphore::new(transport.max_connections));
     let refused_peers = Arc::new(Mutex::new(HashSet::new()));
@@ -59,13 +62,21 @@ pub async fn serve<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
+        // Leaves this runtime's event loop for the serving thread's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                log::warn!("rpc: cannot hand peer {peer} to a serving thread: {err}");
+                continue;
+            }
+        };
         let permit = Arc::clone(&slots).try_acquire_owned();
         let (transport, handler, refused) = (
             Arc::clone(&transport),
             Arc::clone(&handler),
             Arc::clone(&refused_peers),
         );
-        tokio::spawn(async move {
+        threads.serve(stream, move |stream| async move {
             // One log line per peer address and cause: a misconfigured node retries forever.
             let log_once = |reason: String| {
                 let first = (refused.lock().unwrap_or_else(|p| p.into_inner()))

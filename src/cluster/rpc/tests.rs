@@ -6,6 +6,7 @@ use super::frame::FrameCodec;
 use super::message::{Message, Request, Response};
 use super::server::{self, Handler, Immediate};
 use super::RpcSettings;
+use crate::client_threads::ClientThreads;
 use crate::time::HybridClock;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -55,6 +56,7 @@ async fn server(skew: i64) -> (SocketAddr, Arc<HybridClock>) {
         listener,
         settings(Arc::clone(&clock)),
         Arc::new(Echo),
+        Arc::new(ClientThreads::start(1).unwrap()),
     ));
     (addr, clock)
 }

@@ -1,9 +1,9 @@
-//! The threads that serve memcache clients: one event loop (a single-threaded runtime) per
-//! core, each owning the connections handed to it for their whole life, as memcached's
-//! worker threads do. On tokio's work-stealing pool a connection's wake-ups moved between
-//! threads; owning them served about 15 % more sets and gets per server CPU second on two
-//! cores (docs/design.md, "Client threads"). The cluster, rpc and housekeeping stay on the
-//! shared pool.
+//! The threads that serve connections, memcache clients' and peers' rpc sessions alike: one
+//! event loop (a single-threaded runtime) per core, each owning the connections handed to
+//! it for their whole life, as memcached's worker threads do. On tokio's work-stealing pool
+//! a connection's wake-ups moved between threads; owning them served about 15 % more sets
+//! and gets per server CPU second on two cores (docs/design.md, "Client threads").
+//! Membership, anti-entropy, handoff and housekeeping stay on the shared pool.
 
 use std::future::Future;
 use std::io;
@@ -66,10 +66,6 @@ impl ClientThreads {
             threads,
             next: AtomicUsize::new(0),
         })
-    }
-
-    pub fn count(&self) -> usize {
-        self.threads.len()
     }
 
     /// Hands `stream` to the thread serving the fewest connections; `client` runs there
