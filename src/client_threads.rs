@@ -68,13 +68,19 @@ impl ClientThreads {
         })
     }
 
-    /// Hands `stream` to the thread serving the fewest connections; `client` runs there
-    /// until the connection ends.
-    pub fn serve<F, Fut>(&self, stream: std::net::TcpStream, client: F)
+    /// Hands `stream`, accepted on another runtime, to the thread serving the fewest
+    /// connections; `client` runs there until the connection ends. A stream that cannot
+    /// be handed over is logged and dropped with `client`.
+    pub fn serve<F, Fut>(&self, stream: TcpStream, client: F)
     where
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        // Leaves the accepting runtime's event loop for the serving thread's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => return log::warn!("cannot hand a connection to a client thread: {e}"),
+        };
         let thread = &self.threads[self.least_busy()];
         thread.open.fetch_add(1, Ordering::Relaxed);
         let open = Open(Arc::clone(&thread.open));
@@ -83,7 +89,7 @@ impl ClientThreads {
             // Registered with this thread's event loop, so its readiness is seen here.
             match TcpStream::from_std(stream) {
                 Ok(stream) => client(stream).await,
-                Err(e) => log::warn!("cannot serve an accepted client: {e}"),
+                Err(e) => log::warn!("cannot serve a connection on a client thread: {e}"),
             }
         });
     }
@@ -142,21 +148,31 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::mpsc;
 
-    /// A connected pair over loopback: the server's end (to hand over) and the client's.
-    fn pair(listener: &std::net::TcpListener) -> (std::net::TcpStream, std::net::TcpStream) {
+    /// The runtime that accepts, as the listeners' is: streams are registered with it
+    /// before they are handed over.
+    fn accepting() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap()
+    }
+
+    /// A connected pair over loopback: the server's end (accepted on `accepting`, to hand
+    /// over) and the client's.
+    fn pair(
+        accepting: &tokio::runtime::Runtime,
+        listener: &std::net::TcpListener,
+    ) -> (TcpStream, std::net::TcpStream) {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
-        (server, client)
+        let _entered = accepting.enter();
+        (TcpStream::from_std(server).unwrap(), client)
     }
 
     /// Serves a connection that reports its thread's name and then holds the connection
     /// open until its client closes.
-    fn serve_reporting(
-        threads: &ClientThreads,
-        stream: std::net::TcpStream,
-        names: &mpsc::Sender<String>,
-    ) {
+    fn serve_reporting(threads: &ClientThreads, stream: TcpStream, names: &mpsc::Sender<String>) {
         let names = names.clone();
         threads.serve(stream, move |mut stream| async move {
             let name = std::thread::current().name().unwrap_or("").to_string();
@@ -169,12 +185,15 @@ mod tests {
     #[test]
     fn a_connection_goes_to_the_thread_serving_the_fewest() {
         let threads = ClientThreads::start(2).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (accepting, listener) = (
+            accepting(),
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
         let (names, named) = mpsc::channel();
         let mut clients = Vec::new();
         let mut served = Vec::new();
         for _ in 0..4 {
-            let (server, client) = pair(&listener);
+            let (server, client) = pair(&accepting, &listener);
             serve_reporting(&threads, server, &names);
             clients.push(client);
             served.push(named.recv_timeout(Duration::from_secs(5)).unwrap());
@@ -198,7 +217,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         for _ in 0..2 {
-            let (server, client) = pair(&listener);
+            let (server, client) = pair(&accepting, &listener);
             serve_reporting(&threads, server, &names);
             clients.push(client);
             let name = named.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -216,8 +235,11 @@ mod tests {
         let limit = Duration::from_millis(200);
         assert!(probe.block_on(threads.responsive(limit)));
 
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let (server, _client) = pair(&listener);
+        let (accepting, listener) = (
+            accepting(),
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let (server, _client) = pair(&accepting, &listener);
         let (release, released) = mpsc::channel::<()>();
         threads.serve(server, move |_stream| async move {
             // Blocks its thread, as a request stuck on a lock would.
@@ -237,8 +259,11 @@ mod tests {
             }
         }
         let threads = ClientThreads::start(1).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let (server, _client) = pair(&listener);
+        let (accepting, listener) = (
+            accepting(),
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let (server, _client) = pair(&accepting, &listener);
         let dropped = Arc::new(AtomicBool::new(false));
         let flag = Flag(Arc::clone(&dropped));
         let (started, start) = mpsc::channel();

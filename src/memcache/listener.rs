@@ -77,14 +77,6 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        // Leaves this runtime's event loop for the client thread's.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(e) => {
-                log::warn!("cannot hand client {peer} to a client thread: {e}");
-                continue;
-            }
-        };
         counters.curr_connections.add(1);
         counters.total_connections.add(1);
         let slot = Slot {

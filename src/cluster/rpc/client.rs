@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
@@ -95,14 +95,14 @@ fn deadline_shift(offset: Option<ClockOffset>) -> i64 {
 /// The calling thread's lane: 0 on the multi-threaded runtime, else one of 1..=THREAD_LANES,
 /// fixed for the thread's life.
 fn lane() -> usize {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static LANE: std::cell::OnceCell<usize> = const { std::cell::OnceCell::new() };
     }
     LANE.with(|lane| {
         *lane.get_or_init(|| match tokio::runtime::Handle::try_current() {
             Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::CurrentThread => {
-                1 + (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % THREAD_LANES
+                1 + NEXT.fetch_add(1, Ordering::Relaxed) % THREAD_LANES
             }
             _ => 0,
         })

@@ -62,14 +62,6 @@ pub async fn serve<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
-        // Leaves this runtime's event loop for the serving thread's.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(err) => {
-                log::warn!("rpc: cannot hand peer {peer} to a serving thread: {err}");
-                continue;
-            }
-        };
         let permit = Arc::clone(&slots).try_acquire_owned();
         let (transport, handler, refused) = (
             Arc::clone(&transport),
