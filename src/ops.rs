@@ -106,6 +106,19 @@ impl WriteOp {
             }
         )
     }
+
+    /// Whether deciding reads the current value or keeps it in the new version (append,
+    /// incr, touch, a meta get): for the rest the store need not copy the value out.
+    pub fn reads_value(&self) -> bool {
+        match self {
+            WriteOp::Store { mode, .. } => matches!(mode, StoreMode::Append | StoreMode::Prepend),
+            WriteOp::Delete { .. } => false,
+            WriteOp::Invalidate { .. }
+            | WriteOp::Arith { .. }
+            | WriteOp::Touch { .. }
+            | WriteOp::Fetch { .. } => true,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -812,5 +825,88 @@ mod tests {
             .collect();
         assert_eq!(uniques.len(), 10_000);
         assert!(uniques.iter().all(|&c| c != 0 && c <= u64::from(u32::MAX)));
+    }
+
+    /// Every kind of write, guarded by `cas` where it takes a guard.
+    fn every_write(cas: CasGuard, data: &str) -> Vec<WriteOp> {
+        let modes = [
+            StoreMode::Set,
+            StoreMode::Add,
+            StoreMode::Replace,
+            StoreMode::Append,
+            StoreMode::Prepend,
+        ];
+        let mut writes: Vec<WriteOp> = modes.iter().map(|&mode| guarded(mode, cas, data)).collect();
+        let mut stale_if_older = guarded(StoreMode::Set, cas, data);
+        if let WriteOp::Store { stale_if_older, .. } = &mut stale_if_older {
+            *stale_if_older = true;
+        }
+        writes.push(stale_if_older);
+        let vivify = Some(Vivify {
+            initial: 7,
+            expires_at: 0,
+        });
+        writes.extend([
+            WriteOp::Delete { cas },
+            WriteOp::Invalidate {
+                cas,
+                expires_at: Some(50),
+            },
+            WriteOp::Arith {
+                incr: true,
+                delta: 2,
+                cas,
+                vivify,
+                touch: None,
+            },
+            WriteOp::Touch { expires_at: 60 },
+            WriteOp::Fetch {
+                touch: Some(70),
+                vivify: Some(80),
+                recache_before: Some(90),
+            },
+        ]);
+        writes
+    }
+
+    #[test]
+    fn plain_stores_and_deletes_read_no_value() {
+        for write in every_write(None, "v") {
+            let plain = matches!(
+                write,
+                WriteOp::Store {
+                    mode: StoreMode::Set | StoreMode::Add | StoreMode::Replace,
+                    ..
+                } | WriteOp::Delete { .. }
+            );
+            assert_eq!(write.reads_value(), !plain, "{write:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// What lets a store skip copying values out (`Store::overwrite`).
+        #[test]
+        fn a_write_that_reads_no_value_decides_the_same_without_the_values(
+            records in proptest::collection::vec(crate::record::arbitrary_record(), 1..3),
+            guard in 0usize..3,
+        ) {
+            let current = Versions(records);
+            let mut without_values = current.clone();
+            for record in &mut without_values.0 {
+                record.value = Bytes::new();
+            }
+            let cas = [None, Some(cas_unique(&current.0[0])), Some(12_345)][guard];
+            for write in every_write(cas, "12") {
+                if write.reads_value() {
+                    continue;
+                }
+                let stamp = u64::MAX;
+                proptest::prop_assert_eq!(
+                    transition(&write, Some(&current), 1, stamp),
+                    transition(&write, Some(&without_values), 1, stamp),
+                    "{:?}", write
+                );
+            }
+        }
     }
 }

@@ -318,17 +318,21 @@ impl Node {
             return Ok(Box::pin(cluster.write(key, op)).await?);
         }
         let mut outcome = Outcome::Deleted(DeleteOutcome::NotFound);
-        let commit = self
-            .store
-            .update(key, unix_now().as_secs(), &mut |current| {
-                let done = ops::transition(&op, current, self.id, self.clock.stamp());
-                outcome = done.outcome;
-                match done.record {
-                    None => Change::Keep,
-                    Some(record) if record.tombstone => Change::Remove,
-                    Some(record) => Change::Put(Versions::one(record)),
-                }
-            });
+        let mut decide = |current: Option<&Versions>| {
+            let done = ops::transition(&op, current, self.id, self.clock.stamp());
+            outcome = done.outcome;
+            match done.record {
+                None => Change::Keep,
+                Some(record) if record.tombstone => Change::Remove,
+                Some(record) => Change::Put(Versions::one(record)),
+            }
+        };
+        let now_secs = unix_now().as_secs();
+        let commit = if op.reads_value() {
+            self.store.update(key, now_secs, &mut decide)
+        } else {
+            self.store.overwrite(key, now_secs, &mut decide)
+        };
         commit.wait().await?;
         Ok(outcome)
     }

@@ -113,6 +113,17 @@ pub trait Store: Send + Sync {
         decide: &mut dyn FnMut(Option<&Versions>) -> Change,
     ) -> Commit;
 
+    /// `update` for a `decide` that reads no value of the current versions and keeps none
+    /// of them (a plain set or delete): the versions it is shown may have empty values.
+    fn overwrite(
+        &self,
+        key: &[u8],
+        now_secs: u64,
+        decide: &mut dyn FnMut(Option<&Versions>) -> Change,
+    ) -> Commit {
+        self.update(key, now_secs, decide)
+    }
+
     /// Drops every record.
     fn clear(&self);
 
