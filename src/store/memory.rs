@@ -283,18 +283,15 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Makes `new` what `key` (at slot `at`, if it has one) holds in place of `old`, whose
-    /// footprint was `old_bytes` (its values may have been left out): None removes it.
+    /// Makes `new` what `key` (at slot `at`, if it has one) holds in place of `old`, with
+    /// the footprint `old` had (its values may have been left out): None removes it.
     /// Accounts for the change.
-    #[allow(clippy::too_many_arguments)]
     fn set(
         &self,
         shard: &mut Shard,
-        hash: u32,
-        key: &[u8],
+        (hash, key): (u32, &[u8]),
         at: Option<usize>,
-        old: Option<&Versions>,
-        old_bytes: u64,
+        (old, old_bytes): (Option<&Versions>, u64),
         new: Option<&Versions>,
     ) {
         let live = |v: Option<&Versions>| u64::from(v.is_some_and(Versions::has_live));
@@ -341,15 +338,8 @@ impl MemoryStore {
         let dropped = old.0.len() - if any { kept.0.len() } else { 0 };
         let kept = any.then_some(kept);
         let old_bytes = old.footprint(key) as u64;
-        self.set(
-            shard,
-            hash,
-            key,
-            Some(at),
-            Some(&old),
-            old_bytes,
-            kept.as_ref(),
-        );
+        let old = (Some(&old), old_bytes);
+        self.set(shard, (hash, key), Some(at), old, kept.as_ref());
         if kept.is_some() {
             shard.slot(at).item.mark(referenced);
         }
@@ -444,8 +434,8 @@ impl MemoryStore {
             Change::Remove => None,
             Change::Keep => return self.after_write(guard, index, key),
         };
-        let old = current.as_ref();
-        self.set(shard, hash, key, at, old, current_bytes, new.as_ref());
+        let old = (current.as_ref(), current_bytes);
+        self.set(shard, (hash, key), at, old, new.as_ref());
         self.after_write(guard, index, key)
     }
 
