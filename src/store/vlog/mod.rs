@@ -96,6 +96,20 @@ struct Entry {
 #[derive(Default)]
 struct Shard {
     index: HashMap<Box<[u8]>, Entry>,
+    /// At or before every entry's expiry (0: none expires), so the purge passes over a
+    /// shard with nothing due instead of reading its whole index under the lock.
+    earliest_expiry: u64,
+}
+
+impl Shard {
+    /// Points `key` at `entry`, returning the entry it replaces.
+    fn index(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
+        let expires = entry.summary.expires;
+        if expires != 0 && (self.earliest_expiry == 0 || expires < self.earliest_expiry) {
+            self.earliest_expiry = expires;
+        }
+        self.index.insert(key, entry)
+    }
 }
 
 /// One segment file: read by anyone, appended to while it is the head.
@@ -471,7 +485,7 @@ impl Shared {
         at: &Position,
     ) {
         let old = match summary {
-            Some(summary) => shard.index.insert(
+            Some(summary) => shard.index(
                 key.into(),
                 Entry {
                     segment: at.segment,
@@ -763,10 +777,28 @@ impl Store for LogStore {
     fn purge_expired(&self, now_secs: u64) -> u64 {
         let mut purged = 0;
         for shard in &self.shared.shards {
-            let expired: Vec<Box<[u8]>> = (lock(shard).index.iter())
-                .filter(|(_, e)| e.summary.expires != 0 && e.summary.expires <= now_secs)
-                .map(|(key, _)| key.clone())
-                .collect();
+            let mut shard = lock(shard);
+            if shard.earliest_expiry == 0 || shard.earliest_expiry > now_secs {
+                continue;
+            }
+            // The expired keys count too: one whose purge fails stays due.
+            let (mut earliest, mut expired) = (0, Vec::new());
+            for (key, entry) in &shard.index {
+                let expires = entry.summary.expires;
+                if expires == 0 {
+                    continue;
+                }
+                earliest = if earliest == 0 {
+                    expires
+                } else {
+                    earliest.min(expires)
+                };
+                if expires <= now_secs {
+                    expired.push(key.clone());
+                }
+            }
+            shard.earliest_expiry = earliest;
+            drop(shard);
             for key in expired {
                 // Keep: the update drops the expired versions on its own.
                 drop(self.shared.update(&key, now_secs, &mut |_| Change::Keep));
