@@ -238,9 +238,7 @@ impl Shard {
 
     /// Lowers `earliest_expiry` to `expires_at` where that is earlier (0: never expires).
     fn note_expiry(&mut self, expires_at: u32) {
-        if expires_at != 0 && (self.earliest_expiry == 0 || expires_at < self.earliest_expiry) {
-            self.earliest_expiry = expires_at;
-        }
+        self.earliest_expiry = super::earlier_expiry(self.earliest_expiry, expires_at);
     }
 
     /// Whether a slot of this shard may have expired by `now_secs`.
@@ -321,10 +319,10 @@ impl MemoryStore {
             // A key written again counts as used; a new key waits for its first read, so a
             // stream of new keys cannot clear every read key's mark.
             (Some(at), Some(new)) => {
+                let expires_at = Slot::expiry_of(new);
                 let slot = shard.slot(at);
                 slot.item.repack(key, new, true);
-                slot.expires_at = Slot::expiry_of(new);
-                let expires_at = slot.expires_at;
+                slot.expires_at = expires_at;
                 shard.note_expiry(expires_at);
             }
             (Some(at), None) => drop(shard.remove_at(at)),
@@ -532,10 +530,7 @@ impl Store for MemoryStore {
                     purged += self.prune(shard, hash, &key, at, now_secs).1 as u64;
                 }
                 if let Some(slot) = shard.table.get_bucket(at) {
-                    earliest = match (earliest, slot.expires_at) {
-                        (0, expires_at) | (expires_at, 0) => expires_at,
-                        (a, b) => a.min(b),
-                    };
+                    earliest = super::earlier_expiry(earliest, slot.expires_at);
                 }
             }
             shard.earliest_expiry = earliest;

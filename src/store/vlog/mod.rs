@@ -103,11 +103,8 @@ struct Shard {
 
 impl Shard {
     /// Points `key` at `entry`, returning the entry it replaces.
-    fn index(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
-        let expires = entry.summary.expires;
-        if expires != 0 && (self.earliest_expiry == 0 || expires < self.earliest_expiry) {
-            self.earliest_expiry = expires;
-        }
+    fn insert(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
+        self.earliest_expiry = super::earlier_expiry(self.earliest_expiry, entry.summary.expires);
         self.index.insert(key, entry)
     }
 }
@@ -485,7 +482,7 @@ impl Shared {
         at: &Position,
     ) {
         let old = match summary {
-            Some(summary) => shard.index(
+            Some(summary) => shard.insert(
                 key.into(),
                 Entry {
                     segment: at.segment,
@@ -785,15 +782,8 @@ impl Store for LogStore {
             let (mut earliest, mut expired) = (0, Vec::new());
             for (key, entry) in &shard.index {
                 let expires = entry.summary.expires;
-                if expires == 0 {
-                    continue;
-                }
-                earliest = if earliest == 0 {
-                    expires
-                } else {
-                    earliest.min(expires)
-                };
-                if expires <= now_secs {
+                earliest = super::earlier_expiry(earliest, expires);
+                if expires != 0 && expires <= now_secs {
                     expired.push(key.clone());
                 }
             }

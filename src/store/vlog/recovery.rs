@@ -222,7 +222,7 @@ fn replay(shards: &mut [Shard], segments: &BTreeMap<u32, Arc<Segment>>, id: u32,
         let hash = key_hash(&hint.key);
         let shard = &mut shards[super::shard_of(hash)];
         let old = match hint.kind {
-            Kind::Put => shard.index(
+            Kind::Put => shard.insert(
                 hint.key.clone(),
                 Entry {
                     segment: id,

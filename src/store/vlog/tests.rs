@@ -372,9 +372,8 @@ fn the_purge_finds_what_expires_after_a_restart_and_passes_over_shards_with_noth
     // The index rebuilt from the hint files knows which shards hold a key with a TTL.
     let store = LogStore::open(dir.path(), settings(4096)).unwrap();
     let due = |now| {
-        (store.shared.shards.iter())
-            .filter(|s| lock(s).earliest_expiry != 0 && lock(s).earliest_expiry <= now)
-            .count()
+        let bounds = store.shared.shards.iter().map(|s| lock(s).earliest_expiry);
+        bounds.filter(|&bound| bound != 0 && bound <= now).count()
     };
     assert_eq!(due(149), 0);
     assert!(due(150) > 0);
