@@ -31,9 +31,23 @@ pub struct Record {
 /// than the memory engine's slot, table entry, header and encoding take.
 pub const RECORD_OVERHEAD: usize = 96;
 
+/// Whether an expiry (Unix seconds, 0 = never) has passed at `now_secs`.
+pub fn expired_by(expires_at: u64, now_secs: u64) -> bool {
+    expires_at != 0 && expires_at <= now_secs
+}
+
+/// The earlier of two expiries, where 0 means never.
+pub fn earlier_expiry<T: Copy + Ord + Default>(a: T, b: T) -> T {
+    match (a == T::default(), b == T::default()) {
+        (true, _) => b,
+        (_, true) => a,
+        _ => a.min(b),
+    }
+}
+
 impl Record {
     pub fn is_expired(&self, now_secs: u64) -> bool {
-        self.expires_at != 0 && self.expires_at <= now_secs
+        expired_by(self.expires_at, now_secs)
     }
 
     /// Memory charged for this record under `key` (the `bytes` stat, `memory_limit`).
@@ -99,11 +113,7 @@ impl Versions {
 
     /// The earliest expiry among the versions, Unix seconds; 0 when none expires.
     pub fn earliest_expiry(&self) -> u64 {
-        (self.0.iter())
-            .map(|r| r.expires_at)
-            .filter(|&at| at != 0)
-            .min()
-            .unwrap_or(0)
+        (self.0.iter()).fold(0, |earliest, r| earlier_expiry(earliest, r.expires_at))
     }
 }
 

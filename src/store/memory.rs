@@ -16,6 +16,7 @@
 use super::digest::Digests;
 use super::{Change, Commit, Store, StoreStats, Versions};
 use crate::keyspace::key_hash;
+use crate::record::{earlier_expiry, expired_by};
 use allocator_api2::alloc::{Allocator, Layout, System};
 use bytes::Bytes;
 use hashbrown::HashTable;
@@ -185,7 +186,7 @@ impl Slot {
     }
 
     fn any_expired(&self, now_secs: u64) -> bool {
-        self.expires_at != 0 && u64::from(self.expires_at) <= now_secs
+        expired_by(u64::from(self.expires_at), now_secs)
     }
 }
 
@@ -238,12 +239,12 @@ impl Shard {
 
     /// Lowers `earliest_expiry` to `expires_at` where that is earlier (0: never expires).
     fn note_expiry(&mut self, expires_at: u32) {
-        self.earliest_expiry = super::earlier_expiry(self.earliest_expiry, expires_at);
+        self.earliest_expiry = earlier_expiry(self.earliest_expiry, expires_at);
     }
 
     /// Whether a slot of this shard may have expired by `now_secs`.
     fn any_due(&self, now_secs: u64) -> bool {
-        self.earliest_expiry != 0 && u64::from(self.earliest_expiry) <= now_secs
+        expired_by(u64::from(self.earliest_expiry), now_secs)
     }
 
     fn insert(&mut self, slot: Slot) {
@@ -530,7 +531,7 @@ impl Store for MemoryStore {
                     purged += self.prune(shard, hash, &key, at, now_secs).1 as u64;
                 }
                 if let Some(slot) = shard.table.get_bucket(at) {
-                    earliest = super::earlier_expiry(earliest, slot.expires_at);
+                    earliest = earlier_expiry(earliest, slot.expires_at);
                 }
             }
             shard.earliest_expiry = earliest;

@@ -148,12 +148,3 @@ pub trait Store: Send + Sync {
     /// Which `record::format` new writes use (engines that persist records).
     fn set_record_format(&self, _format: u8) {}
 }
-
-/// The earlier of two expiries, where 0 means "never" (a shard's bound on its keys' expiry).
-fn earlier_expiry<T: Copy + Ord + Default>(a: T, b: T) -> T {
-    match (a == T::default(), b == T::default()) {
-        (true, _) => b,
-        (_, true) => a,
-        _ => a.min(b),
-    }
-}

@@ -29,6 +29,7 @@ mod tests;
 use super::digest::{Delta, Digests};
 use super::{Change, Commit, Durability, Store, StoreError, StoreStats, Versions};
 use crate::keyspace::key_hash;
+use crate::record::{earlier_expiry, expired_by};
 use bytes::Bytes;
 use frame::{Hint, Kind, Summary};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -104,7 +105,7 @@ struct Shard {
 impl Shard {
     /// Points `key` at `entry`, returning the entry it replaces.
     fn insert(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
-        self.earliest_expiry = super::earlier_expiry(self.earliest_expiry, entry.summary.expires);
+        self.earliest_expiry = earlier_expiry(self.earliest_expiry, entry.summary.expires);
         self.index.insert(key, entry)
     }
 }
@@ -775,15 +776,15 @@ impl Store for LogStore {
         let mut purged = 0;
         for shard in &self.shared.shards {
             let mut shard = lock(shard);
-            if shard.earliest_expiry == 0 || shard.earliest_expiry > now_secs {
+            if !expired_by(shard.earliest_expiry, now_secs) {
                 continue;
             }
             // The expired keys count too: one whose purge fails stays due.
             let (mut earliest, mut expired) = (0, Vec::new());
             for (key, entry) in &shard.index {
                 let expires = entry.summary.expires;
-                earliest = super::earlier_expiry(earliest, expires);
-                if expires != 0 && expires <= now_secs {
+                earliest = earlier_expiry(earliest, expires);
+                if expired_by(expires, now_secs) {
                     expired.push(key.clone());
                 }
             }
