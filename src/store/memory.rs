@@ -19,12 +19,14 @@ use crate::keyspace::key_hash;
 use crate::record::{earlier_expiry, expired_by};
 use allocator_api2::alloc::{Allocator, Layout, System};
 use bytes::Bytes;
-use hashbrown::HashTable;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 mod packed;
+mod table;
+
+use table::{Hashed, Table};
 
 const SHARDS: usize = 64;
 const SHARD_SHIFT: u32 = 32 - SHARDS.trailing_zeros();
@@ -159,17 +161,23 @@ impl Drop for Item {
     }
 }
 
-/// A key's place in its shard's table: 16 bytes, so the table holds it in place and a
-/// lookup meets the item after the table's own line, where a table of slot numbers led to
-/// a slot vector first (one more cache miss per request at 100 k keys, `perf`).
+/// A key's place in its shard's table: 16 bytes, held in the table's array, so a lookup
+/// compares ring hashes there and reads only the matching item (see `table`).
 struct Slot {
     item: Item,
-    /// The key's ring hash: shard, bucket range and table position without rehashing.
+    /// The key's ring hash: shard, bucket range and table position without reading the
+    /// item, also when the table grows.
     hash: u32,
     /// The earliest expiry of the item's versions, Unix seconds (0: none; past 2106, 2106).
     /// Here, not in the item, so the purge finds expired items by reading the table in
     /// order instead of every item (a cache miss each, under the shard's lock).
     expires_at: u32,
+}
+
+impl Hashed for Slot {
+    fn ring_hash(&self) -> u32 {
+        self.hash
+    }
 }
 
 impl Slot {
@@ -192,10 +200,11 @@ impl Slot {
 
 /// One lock's worth of the store. Its byte count lives under the same lock, so the request
 /// path touches no shared counter.
+#[derive(Default)]
 struct Shard {
-    /// The slots, found by key. A slot's bucket index (`at`) names it until the next
-    /// insert, and orders the CLOCK hand and the purge.
-    table: HashTable<Slot, System>,
+    /// The slots, found by key. A slot's position (`at`) names it until the next insert
+    /// or removal, and orders the CLOCK hand and the purge.
+    table: Table<Slot>,
     /// The CLOCK hand: the next bucket eviction looks at.
     hand: usize,
     bytes: u64,
@@ -207,34 +216,14 @@ struct Shard {
     earliest_expiry: u32,
 }
 
-/// The table's hash of ring hash `hash`: spread over 64 bits, since the table takes its
-/// tag from the top bits and a shard's ring hashes share theirs.
-fn table_hash(hash: u32) -> u64 {
-    u64::from(hash).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
-
-impl Default for Shard {
-    fn default() -> Shard {
-        Shard {
-            table: HashTable::new_in(System),
-            hand: 0,
-            bytes: 0,
-            live_keys: 0,
-            earliest_expiry: 0,
-        }
-    }
-}
-
 impl Shard {
     fn find(&self, hash: u32, key: &[u8]) -> Option<usize> {
-        (self.table).find_bucket_index(table_hash(hash), |slot| {
-            slot.hash == hash && slot.item.key() == key
-        })
+        self.table.find(hash, |slot| slot.item.key() == key)
     }
 
-    /// The slot at bucket `at`, which `find` (or a walk of the buckets) just returned.
+    /// The slot at position `at`, which `find` (or a walk of the table) just returned.
     fn slot(&mut self, at: usize) -> &mut Slot {
-        self.table.get_bucket_mut(at).expect("an occupied bucket")
+        self.table.get_mut(at).expect("an occupied position")
     }
 
     /// Lowers `earliest_expiry` to `expires_at` where that is earlier (0: never expires).
@@ -249,16 +238,12 @@ impl Shard {
 
     fn insert(&mut self, slot: Slot) {
         self.note_expiry(slot.expires_at);
-        let hash = table_hash(slot.hash);
-        (self.table).insert_unique(hash, slot, |slot| table_hash(slot.hash));
+        self.table.insert(slot);
     }
 
-    /// Frees slot `at`, returning its item.
+    /// Frees slot `at`, returning its item. Other slots may move into `at`.
     fn remove_at(&mut self, at: usize) -> Item {
-        match self.table.get_bucket_entry(at) {
-            Ok(entry) => entry.remove().0.item,
-            Err(_) => panic!("bucket {at} is not occupied"),
-        }
+        self.table.remove(at).item
     }
 }
 
@@ -383,7 +368,7 @@ impl MemoryStore {
             budget -= 1;
             let at = shard.hand % buckets;
             shard.hand = at + 1;
-            let Some(slot) = shard.table.get_bucket_mut(at) else {
+            let Some(slot) = shard.table.get_mut(at) else {
                 continue;
             };
             if Some(slot.item.key()) == keep {
@@ -394,6 +379,8 @@ impl MemoryStore {
                 continue;
             }
             let hash = slot.hash;
+            // A slot that moves back into `at` waits for the hand's next turn: looking at
+            // `at` again would keep the hand there, evicting the newest keys behind it.
             let item = shard.remove_at(at);
             let (versions, footprint) = item.versions_without_values();
             let key = item.key();
@@ -521,18 +508,23 @@ impl Store for MemoryStore {
             }
             // The walk sees every slot that stays, so it knows the new earliest expiry.
             let mut earliest = 0;
-            // Removing a slot moves no other: the buckets after it keep their places.
-            for at in 0..shard.table.num_buckets() {
-                let Some(slot) = shard.table.get_bucket(at) else {
+            let mut at = 0;
+            while at < shard.table.num_buckets() {
+                let Some(slot) = shard.table.get(at) else {
+                    at += 1;
                     continue;
                 };
                 if slot.any_expired(now_secs) {
                     let (hash, key) = (slot.hash, slot.item.key().to_vec());
-                    purged += self.prune(shard, hash, &key, at, now_secs).1 as u64;
+                    let (kept, dropped) = self.prune(shard, hash, &key, at, now_secs);
+                    purged += dropped as u64;
+                    if kept.is_none() {
+                        // Removed: a later slot may have moved into `at`.
+                        continue;
+                    }
                 }
-                if let Some(slot) = shard.table.get_bucket(at) {
-                    earliest = earlier_expiry(earliest, slot.expires_at);
-                }
+                earliest = earlier_expiry(earliest, shard.slot(at).expires_at);
+                at += 1;
             }
             shard.earliest_expiry = earliest;
         }
@@ -547,7 +539,7 @@ impl Store for MemoryStore {
         let mut out = Vec::new();
         for index in (low >> SHARD_SHIFT)..=(high >> SHARD_SHIFT) {
             let shard = self.lock(index as usize);
-            for slot in &shard.table {
+            for slot in shard.table.iter() {
                 if (low..=high).contains(&slot.hash) {
                     let key = slot.item.key();
                     let fingerprint = super::digest::fingerprint(key, Some(&slot.item.versions()));
