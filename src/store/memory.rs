@@ -3,9 +3,9 @@
 //! Keys go to one of `SHARDS` mutex-guarded shards by the top bits of their ring hash, so
 //! concurrent clients rarely meet on a lock and one bucket's keys sit in one shard (what
 //! anti-entropy lists). A key is one `Item`: a header, the key and its versions (packed
-//! tighter than the record encoding, see `packed`), in a single heap block that a slot
-//! (24 bytes, with the earliest expiry) points at and a table of slot numbers finds; reads
-//! decode it. That keeps a 1 KiB item near its own size, as memcached's slabs do, where a
+//! tighter than the record encoding, see `packed`), in a single heap block that a 16-byte
+//! slot (with the ring hash and the earliest expiry) in the shard's table points at (see
+//! `table`); reads decode it. That keeps a 1 KiB item near its own size, as memcached's slabs do, where a
 //! map of decoded records spent five allocations on it (docs/design.md, "Memory engine").
 //!
 //! With a `memory_limit`, a write that takes the total over the limit evicts by CLOCK
