@@ -93,6 +93,9 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
     let rate = shared.settings.compaction_rate.max(1 << 20) as f64;
     let started = Instant::now();
     let mut copied = 0u64;
+    // The puts moved, by ring hash and key: only their entries could still point here, as
+    // an entry that no longer points at a frame never points back (writes go to the head).
+    let mut moved = Vec::new();
     for hint in &hints {
         if shared.stop_requested() {
             return Ok(false);
@@ -112,6 +115,7 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
                 let summary = Some(entry.summary);
                 let at = shared.append(&frame, &hint.key, summary)?;
                 shared.place(&mut shard, &hint.key, hash, summary, &at);
+                moved.push((hash, &hint.key));
             }
             // A remove must outlive every older frame of its key; only in the oldest
             // segment is there none.
@@ -133,9 +137,9 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
     }
     // The copies must be on disk before the originals go.
     shared.sync()?;
-    let still_used = hints.iter().any(|hint| {
-        let shard = lock(&shared.shards[shard_of(key_hash(&hint.key))]);
-        shard.index.get(&hint.key).is_some_and(|e| e.segment == id)
+    let still_used = moved.iter().any(|&(hash, key)| {
+        let shard = lock(&shared.shards[shard_of(hash)]);
+        shard.index.get(key).is_some_and(|e| e.segment == id)
     });
     if still_used {
         log::info!("disk store compaction of segment {id}: records were rewritten while it ran; it is retried");
