@@ -133,7 +133,12 @@ pub mod format {
     pub const LEGACY: u8 = 1;
 
     pub fn encode(versions: &Versions) -> Result<Vec<u8>, postcard::Error> {
-        let out = vec![0, FORMAT];
+        encode_onto(versions, Vec::new())
+    }
+
+    /// `encode`, appended to `out`.
+    pub fn encode_onto(versions: &Versions, mut out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
+        out.extend_from_slice(&[0, FORMAT]);
         postcard::to_extend(versions, out)
     }
 

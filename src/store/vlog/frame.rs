@@ -24,16 +24,33 @@ pub enum Kind {
 /// Appends one frame to `out`; returns its length.
 pub fn encode(out: &mut Vec<u8>, kind: Kind, key: &[u8], value: &[u8]) -> usize {
     let start = out.len();
-    let len = 1 + 2 + key.len() + value.len();
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
+    let Ok(appended) = encode_with(std::mem::take(out), kind, key, |mut out| {
+        out.extend_from_slice(value);
+        Ok::<_, std::convert::Infallible>(out)
+    });
+    *out = appended;
+    out.len() - start
+}
+
+/// Appends one frame to `out` whose value `append_value` appends, so a value encoded
+/// straight into the frame is not copied into it.
+pub fn encode_with<E>(
+    mut out: Vec<u8>,
+    kind: Kind,
+    key: &[u8],
+    append_value: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, E>,
+) -> Result<Vec<u8>, E> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
     out.push(kind as u8);
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
     out.extend_from_slice(key);
-    out.extend_from_slice(value);
+    let mut out = append_value(out)?;
+    let len = (out.len() - start - 8) as u32;
+    out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
     let crc = crc32fast::hash(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
-    out.len() - start
+    Ok(out)
 }
 
 /// One frame read back.
@@ -189,6 +206,22 @@ mod tests {
             damaged[at] ^= 0x10;
             assert_eq!(decode(&damaged), None, "bit flipped at {at}");
         }
+    }
+
+    #[test]
+    fn a_value_encoded_into_the_frame_makes_the_same_frame_as_one_copied_in() {
+        let versions = Versions::one(crate::record::test_record("value", 0));
+        let value = crate::record::format::encode(&versions).unwrap();
+        let mut copied = b"earlier frames".to_vec();
+        encode(&mut copied, Kind::Put, b"key", &value);
+        let direct = encode_with(b"earlier frames".to_vec(), Kind::Put, b"key", |out| {
+            crate::record::format::encode_onto(&versions, out)
+        })
+        .unwrap();
+        assert_eq!(direct, copied);
+        let (frame, _) = decode(&direct[14..]).unwrap();
+        let decoded = crate::record::format::decode(frame.value);
+        assert_eq!(decoded, Some(versions));
     }
 
     #[test]

@@ -428,33 +428,41 @@ impl Shared {
         let hash = key_hash(key);
         let mut shard = lock(&self.shards[shard_of(hash)]);
         let stored = self.current(&shard, key);
-        let mut live = stored.clone();
-        let pruned = live.as_mut().is_some_and(|v| v.any_expired(now_secs));
-        if let Some(versions) = &mut live {
-            if !versions.retain_unexpired(now_secs) {
-                live = None;
-            }
-        }
-        let new = match decide(live.as_ref()) {
+        // A copy without the expired versions only when there are some: most writes find
+        // none, and the copy allocates every clock.
+        let pruned = stored.as_ref().is_some_and(|v| v.any_expired(now_secs));
+        let unexpired = pruned
+            .then(|| stored.clone())
+            .flatten()
+            .and_then(|mut versions| versions.retain_unexpired(now_secs).then_some(versions));
+        let live = if pruned {
+            unexpired.as_ref()
+        } else {
+            stored.as_ref()
+        };
+        let new = match decide(live) {
             Change::Put(versions) => Some(versions),
             Change::Remove if stored.is_none() => return Commit::done(),
             Change::Remove => None,
-            Change::Keep if pruned => live,
+            Change::Keep if pruned => unexpired,
             Change::Keep => return Commit::done(),
         };
-        let mut frame = Vec::with_capacity(frame::HEADER + key.len() + 64);
-        let summary = match &new {
+        let (frame, summary) = match &new {
             Some(versions) => {
-                let value = match crate::record::format::encode(versions) {
-                    Ok(value) => value,
+                let capacity = frame::HEADER + versions.footprint(key) + 16;
+                let frame =
+                    frame::encode_with(Vec::with_capacity(capacity), Kind::Put, key, |out| {
+                        crate::record::format::encode_onto(versions, out)
+                    });
+                match frame {
+                    Ok(frame) => (frame, Some(Summary::of(key, versions))),
                     Err(err) => return failed(StoreError::Encode(err)),
-                };
-                frame::encode(&mut frame, Kind::Put, key, &value);
-                Some(Summary::of(key, versions))
+                }
             }
             None => {
+                let mut frame = Vec::with_capacity(frame::HEADER + key.len());
                 frame::encode(&mut frame, Kind::Remove, key, &[]);
-                None
+                (frame, None)
             }
         };
         let position = match self.append(&frame, key, summary) {
