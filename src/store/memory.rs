@@ -24,9 +24,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 mod packed;
-mod table;
 
-use table::{Hashed, Table};
+use super::table::{Hashed, Table};
 
 const SHARDS: usize = 64;
 const SHARD_SHIFT: u32 = 32 - SHARDS.trailing_zeros();

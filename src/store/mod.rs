@@ -6,6 +6,7 @@ pub mod digest;
 pub mod disk;
 pub mod memory;
 pub mod migrate;
+mod table;
 #[cfg(test)]
 mod tests;
 pub mod vlog;

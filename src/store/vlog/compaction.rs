@@ -104,7 +104,7 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
         let mut shard = lock(&shared.shards[shard_of(hash)]);
         match hint.kind {
             Kind::Put => {
-                let Some(entry) = shard.index.get(&hint.key).copied() else {
+                let Some(entry) = shard.get(hash, &hint.key).copied() else {
                     continue;
                 };
                 if entry.segment != id || entry.offset != hint.offset {
@@ -119,7 +119,7 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
             }
             // A remove must outlive every older frame of its key; only in the oldest
             // segment is there none.
-            Kind::Remove if !oldest && !shard.index.contains_key(&hint.key) => {
+            Kind::Remove if !oldest && shard.get(hash, &hint.key).is_none() => {
                 let mut frame = Vec::new();
                 frame::encode(&mut frame, Kind::Remove, &hint.key, &[]);
                 let at = shared.append(&frame, &hint.key, None)?;
@@ -139,7 +139,7 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
     shared.sync()?;
     let still_used = moved.iter().any(|&(hash, key)| {
         let shard = lock(&shared.shards[shard_of(hash)]);
-        shard.index.get(key).is_some_and(|e| e.segment == id)
+        shard.get(hash, key).is_some_and(|e| e.segment == id)
     });
     if still_used {
         log::info!("disk store compaction of segment {id}: records were rewritten while it ran; it is retried");

@@ -194,7 +194,7 @@ pub(super) fn recover(dir: &Path, settings: &Settings) -> Result<Recovered, Open
     let digests = Digests::new(settings.buckets);
     let (mut items, mut bytes) = (0, 0);
     for shard in &shards {
-        for entry in shard.index.values() {
+        for entry in shard.index.iter().map(|slot| &slot.entry) {
             items += u64::from(entry.summary.live);
             bytes += u64::from(entry.summary.footprint);
             digests.record(&entry_delta(&digests, entry));
@@ -234,7 +234,7 @@ fn replay(shards: &mut [Shard], segments: &BTreeMap<u32, Arc<Segment>>, id: u32,
             ),
             Kind::Remove => {
                 dead(id, hint.len);
-                shard.index.remove(&hint.key)
+                shard.remove(hash, &hint.key)
             }
         };
         if let Some(old) = old {

@@ -1,5 +1,5 @@
-//! A shard's table: open addressing with linear probing over slots that carry their key's
-//! ring hash. A lookup reads one run of slots, compares hashes there, and then reads only
+//! A shard's table (the memory engine's items, the disk engine's index): open addressing
+//! with linear probing over slots that carry their key's ring hash. A lookup reads one run of slots, compares hashes there, and then reads only
 //! the item a matching hash names: two cache misses on a table far larger than the cache,
 //! where a table with a separate array of control bytes (hashbrown's) pays three.
 //!
@@ -11,7 +11,7 @@ use allocator_api2::alloc::System;
 use allocator_api2::vec::Vec;
 
 /// What the table needs from a slot: the ring hash it was inserted under.
-pub(super) trait Hashed {
+pub trait Hashed {
     fn ring_hash(&self) -> u32;
 }
 
@@ -23,7 +23,7 @@ const MIN_BUCKETS: usize = 16;
 
 /// Slots in the C library's malloc, like the items: a grown table's old array is returned
 /// to the system instead of kept by a size-class allocator.
-pub(super) struct Table<T> {
+pub struct Table<T> {
     slots: Vec<Option<T>, System>,
     len: usize,
 }
