@@ -5,8 +5,9 @@
 //! anti-entropy lists). A key is one `Item`: a header, the key and its versions (packed
 //! tighter than the record encoding, see `packed`), in a single heap block that a 16-byte
 //! slot (with the ring hash and the earliest expiry) in the shard's table points at (see
-//! `table`); reads decode it. That keeps a 1 KiB item near its own size, as memcached's slabs do, where a
-//! map of decoded records spent five allocations on it (docs/design.md, "Memory engine").
+//! `store::table`); reads decode it. That keeps a 1 KiB item near its own size, as
+//! memcached's slabs do, where a map of decoded records spent five allocations on it
+//! (docs/design.md, "Memory engine").
 //!
 //! With a `memory_limit`, a write that takes the total over the limit evicts by CLOCK
 //! (second chance): a read or an overwrite marks an item referenced, the shard's hand
@@ -161,7 +162,7 @@ impl Drop for Item {
 }
 
 /// A key's place in its shard's table: 16 bytes, held in the table's array, so a lookup
-/// compares ring hashes there and reads only the matching item (see `table`).
+/// compares ring hashes there and reads only the matching item (see `store::table`).
 struct Slot {
     item: Item,
     /// The key's ring hash: shard, bucket range and table position without reading the

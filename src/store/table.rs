@@ -1,7 +1,8 @@
 //! A shard's table (the memory engine's items, the disk engine's index): open addressing
-//! with linear probing over slots that carry their key's ring hash. A lookup reads one run of slots, compares hashes there, and then reads only
-//! the item a matching hash names: two cache misses on a table far larger than the cache,
-//! where a table with a separate array of control bytes (hashbrown's) pays three.
+//! with linear probing over slots that carry their key's ring hash. A lookup reads one run
+//! of slots, compares hashes there, and then reads only the key a matching hash names: two
+//! cache misses on a table far larger than the cache, where a table with a separate array
+//! of control bytes (hashbrown's) pays three.
 //!
 //! Removal shifts the slots after the hole back towards their home instead of leaving a
 //! tombstone, so probe runs stay as short as the load allows. Positions therefore name a
@@ -203,7 +204,8 @@ mod tests {
         ) {
             let mut table = Table::default();
             let mut model = HashMap::new();
-            let hash_of = |key: u32| (key.wrapping_mul(0x2545_f491) % hashes).wrapping_mul(0x0fff_ffff);
+            let hash_of =
+                |key: u32| (key.wrapping_mul(0x2545_f491) % hashes).wrapping_mul(0x0fff_ffff);
             for (add, key) in steps {
                 let hash = hash_of(key);
                 match (add, find(&table, hash, key)) {
