@@ -63,7 +63,7 @@ impl<T: Hashed> Table<T> {
         self.slots.len() - 1
     }
 
-    /// Where a probe for `hash` starts. The table has buckets.
+    /// Where a probe for `hash` starts; only for a table with buckets.
     fn home(&self, hash: u32) -> usize {
         let bits = self.slots.len().trailing_zeros();
         (spread(hash) >> (64 - bits)) as usize

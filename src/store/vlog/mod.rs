@@ -469,10 +469,13 @@ impl Shared {
         // A copy without the expired versions only when there are some: most writes find
         // none, and the copy allocates every clock.
         let pruned = stored.as_ref().is_some_and(|v| v.any_expired(now_secs));
-        let unexpired = pruned
-            .then(|| stored.clone())
-            .flatten()
-            .and_then(|mut versions| versions.retain_unexpired(now_secs).then_some(versions));
+        let unexpired = match &stored {
+            Some(versions) if pruned => {
+                let mut versions = versions.clone();
+                versions.retain_unexpired(now_secs).then_some(versions)
+            }
+            _ => None,
+        };
         let live = if pruned {
             unexpired.as_ref()
         } else {
