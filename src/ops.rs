@@ -199,9 +199,10 @@ impl Outcome {
 /// The guard's verdict against the live versions (with siblings, any one may match).
 /// A cas unique handed out by release 0.1.0 (a full 64-bit digest) still matches, so a
 /// client that read through a 0.1.0 node can write through an upgraded one mid-roll.
-fn guard_holds(cas: CasGuard, live: &[&Record]) -> bool {
+fn guard_holds(cas: CasGuard, current: Option<&Versions>) -> bool {
     cas.is_none_or(|unique| {
-        (live.iter()).any(|r| cas_unique(r) == unique || legacy_cas_unique(r) == unique)
+        (current.into_iter().flat_map(Versions::live))
+            .any(|r| cas_unique(r) == unique || legacy_cas_unique(r) == unique)
     })
 }
 
@@ -250,7 +251,6 @@ impl NewValue {
 /// to answer. A delete's tombstone never expires: anti-entropy purges it once every
 /// replica holds it and `tombstone_grace` has passed since its timestamp.
 pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Outcome) {
-    let live: Vec<&Record> = current.map_or_else(Vec::new, |v| v.live().collect());
     let newest = current.and_then(Versions::newest_live);
     match op {
         WriteOp::Store {
@@ -273,7 +273,7 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                 (StoreMode::Set, None) if cas.is_some() => return refuse(StoreOutcome::NotFound),
                 // With siblings, a cas taken from any of them may resolve them all.
                 (StoreMode::Set | StoreMode::Replace, Some(record))
-                    if *stale_if_older && cas.is_some() && !guard_holds(*cas, &live) =>
+                    if *stale_if_older && cas.is_some() && !guard_holds(*cas, current) =>
                 {
                     // memcached's "set-to-invalid": a cas of an older version still
                     // stores, marked stale, keeping the current expiry and recache claim.
@@ -286,7 +286,7 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                     };
                     return (Some(new), stored);
                 }
-                (_, Some(_)) if !guard_holds(*cas, &live) => return refuse(StoreOutcome::Exists),
+                (_, Some(_)) if !guard_holds(*cas, current) => return refuse(StoreOutcome::Exists),
                 (StoreMode::Append, Some(record)) => (
                     Bytes::from([&record.value[..], data].concat()),
                     record.flags,
@@ -302,7 +302,7 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
             (Some(NewValue::fresh(value, flags, expires_at)), stored)
         }
         WriteOp::Delete { cas } => {
-            if newest.is_some() && !guard_holds(*cas, &live) {
+            if newest.is_some() && !guard_holds(*cas, current) {
                 return (None, Outcome::Deleted(DeleteOutcome::Exists));
             }
             let found = match newest {
@@ -319,7 +319,7 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
             let Some(record) = newest else {
                 return (None, Outcome::Deleted(DeleteOutcome::NotFound));
             };
-            if !guard_holds(*cas, &live) {
+            if !guard_holds(*cas, current) {
                 return (None, Outcome::Deleted(DeleteOutcome::Exists));
             }
             // A new version (so a new cas), stale, with no recache token handed out yet.
@@ -351,7 +351,7 @@ pub fn decide(op: &WriteOp, current: Option<&Versions>) -> (Option<NewValue>, Ou
                 let new = NewValue::fresh(value, 0, vivify.expires_at);
                 return (Some(new), answer(ArithOutcome::Value(vivify.initial)));
             };
-            if !guard_holds(*cas, &live) {
+            if !guard_holds(*cas, current) {
                 return (None, answer(ArithOutcome::Exists));
             }
             let Some(number) = numeric_value(&record.value) else {
@@ -814,8 +814,8 @@ mod tests {
         let other = record("a", 1_700_000_000_000_001, 1);
         let old_unique = legacy_cas_unique(&current);
         assert!(old_unique > u64::from(u32::MAX));
-        assert!(guard_holds(Some(old_unique), &[&current]));
-        assert!(!guard_holds(Some(old_unique), &[&other]));
+        assert!(guard_holds(Some(old_unique), Some(&Versions::one(current))));
+        assert!(!guard_holds(Some(old_unique), Some(&Versions::one(other))));
     }
 
     #[test]

@@ -9,6 +9,24 @@ pub fn unix_now() -> Duration {
         .unwrap_or_default()
 }
 
+/// Whole seconds since the Unix epoch, for expiry and access times. Read from the kernel's
+/// coarse clock (as of its last tick, a few milliseconds behind at most), which costs no
+/// counter read: on the test VM a precise read took 60-80 ns and this one 10, and a set
+/// read the seconds three times.
+#[cfg(target_os = "linux")]
+pub fn unix_secs() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    match clock_gettime(ClockId::CLOCK_REALTIME_COARSE) {
+        Ok(now) => u64::try_from(now.tv_sec()).unwrap_or(0),
+        Err(_) => unix_now().as_secs(),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn unix_secs() -> u64 {
+    unix_now().as_secs()
+}
+
 /// A hybrid logical clock: write timestamps in Unix microseconds that follow the wall clock
 /// but never run backwards and never fall behind a timestamp this node has seen from a peer
 /// (docs/design.md, "Last write wins"). So a write coordinated after a node heard of

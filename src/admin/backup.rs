@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::store::backup::{self, BackupReader, BackupWriter, Header, RESTORED_MARK};
 use crate::store::migrate::{layout, Layout};
 use crate::store::vlog::{self, LogStore};
-use crate::time::unix_now;
+use crate::time::unix_secs;
 use std::io::{BufReader, BufWriter};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ pub fn backup(config: &Config, node: Option<&str>, out: &Path) -> Result<String,
         release: env!("CARGO_PKG_VERSION").to_string(),
         node: target.to_string(),
         cluster: config.cluster.name.clone(),
-        started: unix_now().as_secs(),
+        started: unix_secs(),
     };
     let (mut keys, mut versions) = (0u64, 0u64);
     crate::durable::write_file_atomically(out, |file| {
@@ -103,7 +103,7 @@ pub fn restore(config: &Config, data_dir: &Path, file: &Path) -> Result<String, 
         config.cluster.buckets,
     );
     let store = LogStore::open(data_dir, settings).map_err(|e| e.to_string())?;
-    let now = unix_now().as_secs();
+    let now = unix_secs();
     let max_siblings = config.cluster.max_siblings as usize;
     let restored = backup::restore(&store, reader, max_siblings, now)
         .map_err(|e| format!("{}: {e}", file.display()))?;

@@ -189,7 +189,7 @@ impl Coordinator {
             let cursor = (key_hash(&after), after);
             keys.partition_point(|k| *k <= cursor)
         });
-        let now = crate::time::unix_now().as_secs();
+        let now = crate::time::unix_secs();
         let (mut page, mut bytes) = (Vec::new(), 0);
         for (_, key) in &keys[start..] {
             if bytes >= BACKUP_PAGE {

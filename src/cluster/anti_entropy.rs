@@ -22,7 +22,7 @@ use crate::record::Versions;
 use crate::shutdown::Periodic;
 use crate::store::digest::fingerprint;
 use crate::store::{Change, Store};
-use crate::time::unix_now;
+use crate::time::unix_secs;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::BTreeMap;
@@ -335,7 +335,7 @@ impl AntiEntropy {
 
     /// Sends this node's versions of `key` to `peer`; true once it acknowledged them.
     async fn push(&self, peer: SocketAddr, key: Bytes, peer_has_key: bool) -> bool {
-        let Some(versions) = self.store.get(&key, unix_now().as_secs()) else {
+        let Some(versions) = self.store.get(&key, unix_secs()) else {
             return true;
         };
         if !peer_has_key && self.cluster.replica().only_due_tombstones(&versions) {
@@ -387,7 +387,7 @@ impl AntiEntropy {
                 }
             }
         }
-        let now = unix_now().as_secs();
+        let now = unix_secs();
         let mut dropped = 0;
         for (key, print) in listed {
             let commit = self.store.update(&key, now, &mut |current| {

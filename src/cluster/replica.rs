@@ -6,7 +6,7 @@ use super::counters::ClusterCounters;
 use crate::causality;
 use crate::record::{Record, Versions};
 use crate::store::{Change, Commit, Store};
-use crate::time::{unix_now, HybridClock};
+use crate::time::{unix_secs, HybridClock};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +47,7 @@ impl Replica {
 
     /// This node's unexpired versions of `key`.
     pub fn get(&self, key: &[u8]) -> Option<Versions> {
-        self.store.get(key, unix_now().as_secs())
+        self.store.get(key, unix_secs())
     }
 
     /// Stores versions received as a replica. Returns whether a live value was there
@@ -85,44 +85,41 @@ impl Replica {
         }
         let mut had_live = false;
         let mut raised: Option<Versions> = None;
-        let commit = self
-            .store
-            .update(key, unix_now().as_secs(), &mut |current| {
-                had_live = current.is_some_and(Versions::has_live);
-                let mut kept = current.map(|v| v.0.clone()).unwrap_or_default();
-                let before = kept.clone();
-                let incoming = match (coordinated_by, current) {
-                    (Some(writer), Some(current)) => {
-                        &*raised.insert(raise_clocks(&incoming, current, writer))
-                    }
-                    _ => &incoming,
-                };
-                for version in &incoming.0 {
-                    // The same version amended (a touch, a recache claim), which keeps
-                    // clock and cas. A claim, once made, stays.
-                    let same =
-                        |k: &Record| k.clock == version.clock && k.timestamp == version.timestamp;
-                    if let Some(held) = kept.iter_mut().find(|k| same(k)) {
-                        held.expires_at = version.expires_at;
-                        held.recache_claimed |= version.recache_claimed;
-                        continue;
-                    }
-                    let (next, dropped) =
-                        causality::apply(kept, version.clone(), self.max_siblings);
-                    if dropped > 0 {
-                        log::info!(
-                            "key {:?}: dropped {dropped} oldest siblings over max_siblings",
-                            String::from_utf8_lossy(key)
-                        );
-                    }
-                    kept = next;
+        let commit = self.store.update(key, unix_secs(), &mut |current| {
+            had_live = current.is_some_and(Versions::has_live);
+            let mut kept = current.map(|v| v.0.clone()).unwrap_or_default();
+            let before = kept.clone();
+            let incoming = match (coordinated_by, current) {
+                (Some(writer), Some(current)) => {
+                    &*raised.insert(raise_clocks(&incoming, current, writer))
                 }
-                if kept == before {
-                    Change::Keep
-                } else {
-                    Change::Put(Versions(kept))
+                _ => &incoming,
+            };
+            for version in &incoming.0 {
+                // The same version amended (a touch, a recache claim), which keeps
+                // clock and cas. A claim, once made, stays.
+                let same =
+                    |k: &Record| k.clock == version.clock && k.timestamp == version.timestamp;
+                if let Some(held) = kept.iter_mut().find(|k| same(k)) {
+                    held.expires_at = version.expires_at;
+                    held.recache_claimed |= version.recache_claimed;
+                    continue;
                 }
-            });
+                let (next, dropped) = causality::apply(kept, version.clone(), self.max_siblings);
+                if dropped > 0 {
+                    log::info!(
+                        "key {:?}: dropped {dropped} oldest siblings over max_siblings",
+                        String::from_utf8_lossy(key)
+                    );
+                }
+                kept = next;
+            }
+            if kept == before {
+                Change::Keep
+            } else {
+                Change::Put(Versions(kept))
+            }
+        });
         (raised.unwrap_or(incoming), had_live, commit)
     }
 
@@ -143,23 +140,21 @@ impl Replica {
     pub fn forget_due_tombstones(&self, key: &[u8]) {
         let due = self.tombstones_due_before();
         let mut dropped = 0;
-        let commit = self
-            .store
-            .update(key, unix_now().as_secs(), &mut |current| {
-                let Some(current) = current else {
-                    return Change::Keep;
-                };
-                let kept: Vec<_> = (current.0.iter())
-                    .filter(|r| !(r.tombstone && r.timestamp <= due))
-                    .cloned()
-                    .collect();
-                dropped = current.0.len() - kept.len();
-                match (dropped, kept.is_empty()) {
-                    (0, _) => Change::Keep,
-                    (_, true) => Change::Remove,
-                    (_, false) => Change::Put(Versions(kept)),
-                }
-            });
+        let commit = self.store.update(key, unix_secs(), &mut |current| {
+            let Some(current) = current else {
+                return Change::Keep;
+            };
+            let kept: Vec<_> = (current.0.iter())
+                .filter(|r| !(r.tombstone && r.timestamp <= due))
+                .cloned()
+                .collect();
+            dropped = current.0.len() - kept.len();
+            match (dropped, kept.is_empty()) {
+                (0, _) => Change::Keep,
+                (_, true) => Change::Remove,
+                (_, false) => Change::Put(Versions(kept)),
+            }
+        });
         // Need not wait for durability: a purge lost in a crash is redone by a later round.
         drop(commit);
         (self.counters.purged_tombstones).fetch_add(dropped as u64, Ordering::Relaxed);

@@ -60,7 +60,7 @@ impl AccessLog {
         if !self.tracking.load(Ordering::Relaxed) {
             return;
         }
-        let now_secs = crate::time::unix_now().as_secs();
+        let now_secs = crate::time::unix_secs();
         let hash = self.hasher.hash_one(key);
         let mut shard = self.shard(hash);
         if shard.len() >= SHARD_CAPACITY && !shard.contains_key(&hash) {
@@ -113,7 +113,7 @@ mod tests {
         log.note(b"k", 7);
         let seen = log.history(b"k", 7, 50);
         assert!(seen.fetched);
-        assert!(seen.last_access_secs >= crate::time::unix_now().as_secs() - 5);
+        assert!(seen.last_access_secs >= crate::time::unix_secs() - 5);
         // A new version of the key has not been fetched.
         assert_eq!(log.history(b"k", 8, 50), unseen);
         assert!(!log.history(b"other", 7, 50).fetched);

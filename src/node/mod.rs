@@ -18,7 +18,7 @@ pub use crate::ops::{ArithOutcome, CasGuard, DeleteOutcome, Outcome, StoreOutcom
 use crate::record::{Record, Versions};
 use crate::stats::{Clients, Counters, Unreconciled};
 use crate::store::{Change, Store, StoreError};
-use crate::time::unix_now;
+use crate::time::unix_secs;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 use std::path::PathBuf;
@@ -304,7 +304,7 @@ impl Node {
                 self.unreconciled.record(read.gathered, read.kept);
                 Ok(read.versions)
             }
-            None => Ok(self.store.get(key, unix_now().as_secs())),
+            None => Ok(self.store.get(key, unix_secs())),
         }
     }
 
@@ -327,7 +327,7 @@ impl Node {
                 Some(record) => Change::Put(Versions::one(record)),
             }
         };
-        let now_secs = unix_now().as_secs();
+        let now_secs = unix_secs();
         let commit = if op.reads_value() {
             self.store.update(key, now_secs, &mut decide)
         } else {
@@ -387,7 +387,7 @@ impl Node {
     /// miss is to be vivified (`N`), or the reader wins the recache token (a stale version,
     /// or `R` and an expiry that close), which the write then decides atomically.
     pub async fn fetch(&self, key: &[u8], request: FetchRequest) -> Result<Fetch, NodeError> {
-        let now = unix_now().as_secs();
+        let now = unix_secs();
         let touch = request.touch.map(|exptime| expiry(exptime, now));
         let vivify = request.vivify.map(|exptime| expiry(exptime, now));
         let recache_before = request.recache.map(|exptime| expiry(exptime, now));
@@ -466,7 +466,7 @@ impl Node {
     async fn touch_item(&self, key: &[u8], exptime: i64) -> Result<Option<Item>, NodeError> {
         self.counters.cmd_touch.add(1);
         let op = WriteOp::Touch {
-            expires_at: expiry(exptime, unix_now().as_secs()),
+            expires_at: expiry(exptime, unix_secs()),
         };
         let touched = match self.write(key, op).await? {
             Outcome::Touched(Some(record)) => Some(item(&record)),
@@ -516,7 +516,7 @@ impl Node {
             cas,
             stale_if_older,
             flags,
-            expires_at: expiry(exptime, unix_now().as_secs()),
+            expires_at: expiry(exptime, unix_secs()),
             data: Bytes::copy_from_slice(data),
         };
         let (outcome, unique) = match self.write(key, op).await? {
@@ -556,7 +556,7 @@ impl Node {
         cas: CasGuard,
         exptime: Option<i64>,
     ) -> Result<DeleteOutcome, NodeError> {
-        let expires_at = exptime.map(|exptime| expiry(exptime, unix_now().as_secs()));
+        let expires_at = exptime.map(|exptime| expiry(exptime, unix_secs()));
         match self
             .write(key, WriteOp::Invalidate { cas, expires_at })
             .await?
@@ -593,7 +593,7 @@ impl Node {
         vivify: Option<(u64, i64)>,
         touch: Option<i64>,
     ) -> Result<Counted, NodeError> {
-        let now = unix_now().as_secs();
+        let now = unix_secs();
         let vivify = vivify.map(|(initial, exptime)| ops::Vivify {
             initial,
             expires_at: expiry(exptime, now),
@@ -655,7 +655,7 @@ impl Node {
 
     fn flush_local(self: &Arc<Self>, delay: i64) {
         let generation = self.flush_generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let now = unix_now().as_secs();
+        let now = unix_secs();
         let deadline = if delay <= 0 { 0 } else { expiry(delay, now) };
         if deadline <= now {
             self.store.clear();
@@ -677,7 +677,7 @@ impl Node {
         const MAX_REPLY: usize = 2 * 1024 * 1024;
         const STEP: u64 = 1 << 24;
         let mut found = Vec::new();
-        let (mut reply_bytes, now) = (0, unix_now().as_secs());
+        let (mut reply_bytes, now) = (0, unix_secs());
         let full = |found: &Vec<_>, bytes| {
             (limit != 0 && found.len() >= limit as usize) || bytes >= MAX_REPLY
         };
@@ -714,7 +714,7 @@ impl Node {
 
     /// Drops expired records; run periodically off the request path.
     pub fn purge_expired(&self) -> u64 {
-        self.store.purge_expired(unix_now().as_secs())
+        self.store.purge_expired(unix_secs())
     }
 
     pub fn curr_items(&self) -> u64 {

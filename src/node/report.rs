@@ -4,7 +4,7 @@
 use super::{Node, StatsSection, SERVER_VERSION, VERSION};
 use crate::cluster::counters::ClusterCounters;
 use crate::stats;
-use crate::time::unix_now;
+use crate::time::unix_secs;
 use md5::{Digest, Md5};
 use std::sync::atomic::AtomicU64;
 
@@ -76,7 +76,7 @@ impl Node {
 
     /// memcached's `stats conns`: the listener, then each client connection.
     fn connection_stats(&self) -> Vec<(String, String)> {
-        let now = unix_now().as_secs();
+        let now = unix_secs();
         let listen = match self.clients.listening() {
             Some(address) => address.to_string(),
             None => self.config().memcache.listen.clone(),
@@ -107,7 +107,7 @@ impl Node {
         let (user, system) = stats::rusage();
         let mut out = vec![
             ("uptime", self.started.elapsed().as_secs().to_string()),
-            ("time", unix_now().as_secs().to_string()),
+            ("time", unix_secs().to_string()),
             ("version", SERVER_VERSION.to_string()),
             ("pid", std::process::id().to_string()),
             ("pointer_size", (usize::BITS).to_string()),

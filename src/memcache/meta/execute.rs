@@ -8,7 +8,7 @@ use crate::node::{
     ArithOutcome, DeleteOutcome, FetchRequest, Node, NodeError, StoreOutcome, StoreRequest,
 };
 use crate::ops::StoreMode;
-use crate::time::unix_now;
+use crate::time::unix_secs;
 use base64::Engine;
 
 pub async fn execute(meta: Meta<'_>, node: &Node, out: &mut Vec<u8>) -> Result<(), NodeError> {
@@ -48,7 +48,7 @@ async fn get(request: &Request<'_>, node: &Node, out: &mut Vec<u8>) -> Result<()
         }
         return Ok(());
     };
-    let now = unix_now().as_secs();
+    let now = unix_secs();
     match flags.value {
         true => {
             out.extend_from_slice(b"VA ");
@@ -201,7 +201,7 @@ async fn arith(request: &Request<'_>, node: &Node, out: &mut Vec<u8>) -> Result<
         }
         false => out.extend_from_slice(b"HD"),
     }
-    let now = unix_now().as_secs();
+    let now = unix_secs();
     for token in flags.iter() {
         match token[0] {
             b'c' => flag(out, b'c', counted.cas),
@@ -225,7 +225,7 @@ async fn debug(key_token: &Key<'_>, node: &Node, out: &mut Vec<u8>) -> Result<()
         reply::line(out, "EN");
         return Ok(());
     };
-    let now = unix_now().as_secs();
+    let now = unix_secs();
     out.extend_from_slice(b"ME ");
     out.extend_from_slice(key_token.token);
     let exp = match found.item.expires_at {
