@@ -82,6 +82,16 @@ run() { # server-name port row
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# On a virtual machine the hypervisor may run other guests on our cores: the time it took
+# ("steal", /proc/stat) is time neither server had, and it comes and goes within a run (the
+# test VM has shown 30-65 % during a row). Each row and pair says how much there was.
+cpu_snapshot() { awk '/^cpu / { total = 0; for (i = 2; i <= 9; i++) total += $i; print $9, total; exit }' /proc/stat; }
+steal_since() { # "steal total" from cpu_snapshot: the share of CPU time stolen since, in %
+    local steal total
+    read -r steal total < <(cpu_snapshot)
+    awk -v s="$((steal - ${1% *}))" -v t="$((total - ${1#* }))" 'BEGIN { if (t > 0) printf "%.0f", 100 * s / t; else print 0 }'
+}
+RUN_START=$(cpu_snapshot)
 printf '%-16s %12s %12s %6s %12s %12s\n' "row" "memcached/s" "kai/s" "ratio" "fsync/s" "periodic/s" | tee "$OUT/table.txt"
 for conns in 10 50; do
     for row in get set mix; do
@@ -153,7 +163,7 @@ CLUSTER="127.0.0.11:$CLUSTER_PORT,127.0.0.12:$CLUSTER_PORT,127.0.0.13:$CLUSTER_P
 echo | tee -a "$OUT/table.txt"
 # cpu us/op: the servers' CPU time (user + system, every node of the cluster) over the row,
 # per operation; client us/op: the load generator's own.
-printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s %10s %10s\n' target conns row "ops/s" "p50 us" "p99 us" "p99.9 us" errors closed "cpu us/op" "client us/op" | tee -a "$OUT/table.txt"
+printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s %10s %10s %7s\n' target conns row "ops/s" "p50 us" "p99 us" "p99.9 us" errors closed "cpu us/op" "client us/op" "steal %" | tee -a "$OUT/table.txt"
 cpu_ticks() { # pids...: their CPU time so far, in clock ticks
     local total=0 pid
     for pid in "$@"; do total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
@@ -172,12 +182,12 @@ for target in memcached kai kai-fsync kai-periodic kai-3-nodes; do
     "$LOADGEN" --servers "$servers" --connections 50 --mix fill > /dev/null
     for conns in 10 50; do
         for row in get set mix; do
-            ticks=$(cpu_ticks "${pids[@]}")
+            ticks=$(cpu_ticks "${pids[@]}") since=$(cpu_snapshot)
             read -r ops p50 p99 p999 errors closed client < <("$LOADGEN" --servers "$servers" --connections "$conns" --seconds "$SECONDS_PER_ROW" --mix "$row")
             cpu=$(awk -v t="$(( $(cpu_ticks "${pids[@]}") - ticks ))" -v hz="$TICK" -v ops="$ops" -v s="$SECONDS_PER_ROW" \
                 'BEGIN { if (ops > 0) printf "%.1f", t / hz * 1e6 / (ops * s); else print "n/a" }')
             LAT[$target/$row/$conns]="$ops $p50 $p99 $p999 $cpu $client"
-            printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s %10s %10s\n' "$target" "$conns" "$row" "$ops" "$p50" "$p99" "$p999" "$errors" "$closed" "$cpu" "$client" | tee -a "$OUT/table.txt"
+            printf '%-12s %5s %-4s %10s %8s %8s %9s %7s %7s %10s %10s %7s\n' "$target" "$conns" "$row" "$ops" "$p50" "$p99" "$p999" "$errors" "$closed" "$cpu" "$client" "$(steal_since "$since")" | tee -a "$OUT/table.txt"
         done
     done
 done
@@ -190,20 +200,23 @@ ops_of() { # port mix
 }
 median() { printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"; }
 paired() { # name mix port peer-port: prints the median ratio
-    local pair ours peer ratios=()
+    local pair ours peer since ratios=()
     for pair in 1 2 3 4 5; do
+        since=$(cpu_snapshot)
         if ((pair % 2)); then
             peer=$(ops_of "$4" "$2"); ours=$(ops_of "$3" "$2")
         else
             ours=$(ops_of "$3" "$2"); peer=$(ops_of "$4" "$2")
         fi
         ratios+=("$(ratio "$ours" "$peer")")
-        echo "paired $1 $pair: $ours against $peer, ratio ${ratios[-1]}" >> "$OUT/table.txt"
+        echo "paired $1 $pair: $ours against $peer, ratio ${ratios[-1]}, steal $(steal_since "$since") %" >> "$OUT/table.txt"
     done
     median "${ratios[@]}"
 }
 PAIRED_DISK_GET=$(paired "get, disk fsync node / memory node" get "$FSYNC_PORT" "$KAI_PORT")
+since=$(cpu_snapshot)
 PAIRED_SET=$(paired "set, kai memory node / memcached" set "$KAI_PORT" "$MC_PORT")
+PAIRED_SET_STEAL=$(steal_since "$since")
 # The same set pairs with each server on one core and the load generator on another, which
 # is how a remote client meets a server: each side's scheduling no longer preempts the
 # other's, and what is left is the servers' own cost. Prints the median ratio and the median
@@ -216,22 +229,25 @@ pinned_row() { # port pid: ops/s and the server's CPU µs per op
     awk -v o="$ops" -v t="$(( $(cpu_ticks "$2") - ticks ))" -v hz="$TICK" 'BEGIN { printf "%s %.1f", o, t / hz * 1e6 / (o * 5) }'
 }
 pinned_paired() {
-    local pair kai mc ratios=() kai_cpu=() mc_cpu=()
+    local pair kai mc since ratios=() kai_cpu=() mc_cpu=()
     taskset -a -p -c "$SERVER_CORE" "$KAI_PID" > /dev/null
     taskset -a -p -c "$SERVER_CORE" "$MC_PID" > /dev/null
     for pair in 1 2 3 4 5; do
+        since=$(cpu_snapshot)
         if ((pair % 2)); then
             mc=$(pinned_row "$MC_PORT" "$MC_PID"); kai=$(pinned_row "$KAI_PORT" "$KAI_PID")
         else
             kai=$(pinned_row "$KAI_PORT" "$KAI_PID"); mc=$(pinned_row "$MC_PORT" "$MC_PID")
         fi
         ratios+=("$(ratio "${kai% *}" "${mc% *}")"); kai_cpu+=("${kai#* }"); mc_cpu+=("${mc#* }")
-        echo "pinned set $pair: kai ${kai% *}/s at ${kai#* } µs, memcached ${mc% *}/s at ${mc#* } µs, ratio ${ratios[-1]}" >> "$OUT/table.txt"
+        echo "pinned set $pair: kai ${kai% *}/s at ${kai#* } µs, memcached ${mc% *}/s at ${mc#* } µs, ratio ${ratios[-1]}, steal $(steal_since "$since") %" >> "$OUT/table.txt"
     done
     echo "$(median "${ratios[@]}") $(median "${kai_cpu[@]}") $(median "${mc_cpu[@]}")"
 }
 PINNED_SET="n/a n/a n/a"
+since=$(cpu_snapshot)
 [ -n "${SERVER_CORE:-}" ] && PINNED_SET=$(pinned_paired)
+PINNED_SET_STEAL=$(steal_since "$since")
 read -r PINNED_RATIO PINNED_KAI_CPU PINNED_MC_CPU <<< "$PINNED_SET"
 kill "$KAI_PID" "$FSYNC_PID" "$PERIODIC_PID" "${CLUSTER_PIDS[@]}" 2>/dev/null || true
 kill "$MC_PID" 2>/dev/null || true
@@ -354,7 +370,9 @@ cores_at() { awk -v s="$(lat "$1" 5)" -v c="$(lat "$1" 6)" -v r="$2" 'BEGIN { pr
     row "RSS per 100 B item, bytes (vs memcached)" "${RSS[kai/100]}" "${RSS[memcached/100]}" "≤ 1.0"
     row "single node set, 50 conns, memcaslap (vs memcached -t 2)" "${TPS[kai/set/50]}" "${TPS[memcached/set/50]}" "—"
     printf '| %s | | | %s | %s |\n' "single node set, 50 conns, median of 5 paired loadgen rows (vs memcached -t 2)" "$PAIRED_SET" "≥ 1.0"
+    printf '| %s | %s | | | %s |\n' "CPU time stolen by the hypervisor during those paired rows, %" "$PAIRED_SET_STEAL" "—"
     printf '| %s | | | %s | %s |\n' "single node set, pinned: server on one core, load generator on another, median of 5 pairs (vs memcached -t 2)" "$PINNED_RATIO" "—"
+    printf '| %s | %s | | | %s |\n' "CPU time stolen by the hypervisor during the pinned pairs, %" "$PINNED_SET_STEAL" "—"
     row "single node set, pinned: server CPU µs per set, medians (vs memcached's)" "$PINNED_KAI_CPU" "$PINNED_MC_CPU" "—"
     row "single node set p99.9 µs, 50 conns (vs memcached)" "$(lat kai/set/50 4)" "$(lat memcached/set/50 4)" "≤ 1.0"
     row "3 nodes N=3 R=2 W=2 get, 50 conns (vs 80 k/s)" "$(lat kai-3-nodes/get/50 1)" 80000 "≥ 1.0"
@@ -366,6 +384,7 @@ cores_at() { awk -v s="$(lat "$1" 5)" -v c="$(lat "$1" 6)" -v r="$2" 'BEGIN { pr
     row "3 nodes mix p99.9 µs (vs memcached alone's, same client)" "$(lat kai-3-nodes/mix/50 4)" "$(lat memcached/mix/50 4)" "—"
     row "3 nodes get, server CPU µs per op (vs one kai node's)" "$(lat kai-3-nodes/get/50 5)" "$(lat kai/get/50 5)" "—"
     row "one kai node get, server CPU µs per op (vs memcached's)" "$(lat kai/get/50 5)" "$(lat memcached/get/50 5)" "—"
+    printf '| %s | %s | | | %s |\n' "CPU time stolen by the hypervisor over the whole run, % (per row: the tables above)" "$(steal_since "$RUN_START")" "—"
     row "restart at $ITEMS × 2 KiB, ms (vs 5 s)" "$ready_ms" 5000 "< 1.0"
     row "log after compaction (vs live data)" "$after_compaction" "$live_bytes" "≤ 1.5"
 } | tee -a "$OUT/table.txt"
