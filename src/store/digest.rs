@@ -13,12 +13,15 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// 64-bit FNV-1a, then a finalizer so nearby inputs spread over all bits. Stable across
 /// processes and releases: digests are compared between nodes.
 fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
-    let mut hash = seed ^ 0xcbf2_9ce4_8422_2325;
+    let mut hash = seed ^ FNV_OFFSET;
     for &byte in bytes {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        hash = (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
     }
     mix(hash)
 }
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
 fn mix(mut x: u64) -> u64 {
     x ^= x >> 30;
@@ -32,13 +35,10 @@ fn mix(mut x: u64) -> u64 {
 /// side instead of one after the other (an overwrite hashes the key for its old and its new
 /// versions).
 fn hash_bytes_twice(seeds: (u64, u64), bytes: &[u8]) -> (u64, u64) {
-    let (mut a, mut b) = (
-        seeds.0 ^ 0xcbf2_9ce4_8422_2325,
-        seeds.1 ^ 0xcbf2_9ce4_8422_2325,
-    );
+    let (mut a, mut b) = (seeds.0 ^ FNV_OFFSET, seeds.1 ^ FNV_OFFSET);
     for &byte in bytes {
-        a = (a ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        b = (b ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        a = (a ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+        b = (b ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
     }
     (mix(a), mix(b))
 }
