@@ -21,6 +21,22 @@ pub fn unix_secs() -> u64 {
     }
 }
 
+/// Unix microseconds from the kernel's coarse clock, a tick (a few ms) behind at most.
+fn coarse_unix_micros() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    match clock_gettime(ClockId::CLOCK_REALTIME_COARSE) {
+        Ok(now) => Duration::from(now).as_micros() as u64,
+        Err(_) => unix_now().as_micros() as u64,
+    }
+}
+
+/// Time since boot from the kernel's coarse monotonic clock: for intervals of a second or
+/// more on the request path, where a tick's error does not matter and a precise read would.
+pub fn coarse_monotonic() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).map_or(Duration::ZERO, Duration::from)
+}
+
 /// A hybrid logical clock: write timestamps in Unix microseconds that follow the wall clock
 /// but never run backwards and never fall behind a timestamp this node has seen from a peer
 /// (docs/design.md, "Last write wins"). So a write coordinated after a node heard of
@@ -69,6 +85,16 @@ impl HybridClock {
         wall.saturating_add_signed(self.skew_micros)
     }
 
+    /// `wall_micros` as of the kernel's last tick: for rpc deadlines and the clock readings
+    /// peers are sent, which a few milliseconds do not change, read on every call.
+    pub fn coarse_wall_micros(&self) -> u64 {
+        let wall = match self.virtual_start {
+            Some(_) => return self.wall_micros(),
+            None => coarse_unix_micros(),
+        };
+        wall.saturating_add_signed(self.skew_micros)
+    }
+
     /// A fresh timestamp: later than every one handed out or observed before.
     pub fn stamp(&self) -> u64 {
         let wall = self.wall_micros();
@@ -93,9 +119,10 @@ impl HybridClock {
     }
 
     /// The latest timestamp handed out or observed, without advancing (to send to peers).
+    /// Every stamp handed out is in it; the wall clock's part may trail by a tick.
     pub fn peek(&self) -> u64 {
         let last = self.last.load(std::sync::atomic::Ordering::Acquire);
-        last.max(self.wall_micros())
+        last.max(self.coarse_wall_micros())
     }
 }
 
@@ -112,6 +139,26 @@ mod tests {
         assert!(
             before.saturating_sub(1) <= coarse && coarse <= after,
             "{before} {coarse} {after}"
+        );
+    }
+
+    #[test]
+    fn the_coarse_clocks_trail_the_precise_ones_by_at_most_a_tick() {
+        let clock = HybridClock::skewed(-30_000_000);
+        let (before, monotonic_before) = (clock.wall_micros(), std::time::Instant::now());
+        let coarse = clock.coarse_wall_micros();
+        let after = clock.wall_micros();
+        assert!(
+            before.saturating_sub(50_000) <= coarse && coarse <= after,
+            "{before} {coarse} {after}"
+        );
+        let first = coarse_monotonic();
+        std::thread::sleep(Duration::from_millis(100));
+        let waited = coarse_monotonic() - first;
+        let slept = monotonic_before.elapsed();
+        assert!(
+            waited >= Duration::from_millis(50) && waited <= slept + Duration::from_millis(50),
+            "{waited:?} of {slept:?}"
         );
     }
 

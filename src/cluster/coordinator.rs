@@ -221,10 +221,10 @@ impl Coordinator {
         let ask = |replica: SocketAddr| {
             let (coordinator, key) = (Arc::clone(self), key.clone());
             async move {
-                let started = tokio::time::Instant::now();
+                let started = thorough.then(tokio::time::Instant::now);
                 let mut result = coordinator.replica_get(replica, key.clone()).await;
                 // A call that failed fast (a lost message, a broken connection) once more.
-                if result.is_err() && thorough && started.elapsed() < THOROUGH_GRACE {
+                if result.is_err() && started.is_some_and(|s| s.elapsed() < THOROUGH_GRACE) {
                     result = coordinator.replica_get(replica, key).await;
                 }
                 (replica, result)
@@ -547,8 +547,37 @@ fn is_stale(read: &Read, held: &Option<Versions>) -> bool {
     (merged.0.iter()).any(|m| !held.iter().any(|h| h.clock.descends(&m.clock)))
 }
 
+/// `reconcile` where every reply that found the key holds the same single version (by clock
+/// and timestamp), as after every quorum write: that version, with none of the sorting and
+/// digests the general case needs (they were 7 % of a coordinator's CPU under gets).
+fn agreed(replies: &[(SocketAddr, Option<Versions>)]) -> Option<Read> {
+    let mut found = replies.iter().filter_map(|(_, held)| held.as_ref());
+    let Some(first) = found.next() else {
+        return Some(Read {
+            gathered: 0,
+            kept: 0,
+            versions: None,
+        });
+    };
+    let [version] = &first.0[..] else {
+        return None;
+    };
+    let same = |held: &Versions| matches!(&held.0[..], [other] if other.timestamp == version.timestamp && other.clock == version.clock);
+    if !found.all(same) {
+        return None;
+    }
+    Some(Read {
+        gathered: 1,
+        kept: usize::from(!version.tombstone),
+        versions: Some(Versions::one(version.clone())),
+    })
+}
+
 /// The versions no reply's version supersedes, and Kai's unreconciled counts.
 fn reconcile(replies: &[(SocketAddr, Option<Versions>)]) -> Read {
+    if let Some(read) = agreed(replies) {
+        return read;
+    }
     let all: Vec<_> = (replies.iter())
         .flat_map(|(_, v)| v.iter().flat_map(|v| v.0.iter().cloned()))
         .collect();

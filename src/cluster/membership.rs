@@ -7,6 +7,7 @@
 //! in the ring, its writes go to fallbacks with hints.
 
 use super::error::PeerError;
+use super::fast_map::FastMap;
 pub use super::member::{Liveness, MemberRecord};
 use super::peers::Peers;
 use super::ring::Ring;
@@ -48,14 +49,15 @@ pub struct Membership {
     /// cluster it has not reached, and must not serve as a cluster of one.
     awaiting_join: AtomicBool,
     /// Liveness of the other members as failure detection last reported it.
-    liveness: RwLock<HashMap<SocketAddr, Liveness>>,
+    liveness: RwLock<FastMap<SocketAddr, Liveness>>,
     /// Where the member list is persisted; None when data_dir is not writable.
     path: Option<PathBuf>,
     swim: mpsc::UnboundedSender<SwimInput>,
     /// The detector's end of `swim`, until it starts.
     swim_inputs: std::sync::Mutex<Option<mpsc::UnboundedReceiver<SwimInput>>>,
     /// When the ring last changed (or the node started).
-    ring_changed: RwLock<std::time::Instant>,
+    /// When the ring last changed, on the coarse monotonic clock (read by every request).
+    ring_changed: RwLock<Duration>,
     /// Members that left or were removed, and when this node heard: they may still hold
     /// keys they have not handed to the new owners.
     departed: RwLock<Vec<(SocketAddr, std::time::Instant)>>,
@@ -151,11 +153,11 @@ impl Membership {
             clustered,
             awaiting_join: AtomicBool::new(false),
             view: RwLock::new(View { members, ring }),
-            liveness: RwLock::new(HashMap::new()),
+            liveness: RwLock::default(),
             path,
             swim,
             swim_inputs: std::sync::Mutex::new(Some(inputs)),
-            ring_changed: RwLock::new(std::time::Instant::now()),
+            ring_changed: RwLock::new(crate::time::coarse_monotonic()),
             departed: RwLock::new(Vec::new()),
             previous_ring: RwLock::new(None),
             final_format: AtomicBool::new(false),
@@ -221,7 +223,7 @@ impl Membership {
 
     /// Time since the ring last changed.
     pub fn ring_age(&self) -> Duration {
-        read_lock(&self.ring_changed).elapsed()
+        crate::time::coarse_monotonic().saturating_sub(*read_lock(&self.ring_changed))
     }
 
     /// The ring before the last membership change, if there was one with other members.
@@ -341,7 +343,7 @@ impl Membership {
                     view.ring.nodes().len()
                 );
             }
-            *write_lock(&self.ring_changed) = std::time::Instant::now();
+            *write_lock(&self.ring_changed) = crate::time::coarse_monotonic();
         }
         self.persist_soon();
         for addr in added.into_iter().filter(|&a| a != self.me) {
@@ -581,7 +583,7 @@ impl Membership {
     }
 
     fn refresh_liveness(&self, foca: &Swim) {
-        let mut next = HashMap::new();
+        let mut next = FastMap::default();
         for member in foca.iter_membership_state() {
             let state = match member.state() {
                 foca::State::Alive => Liveness::Up,

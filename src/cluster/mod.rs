@@ -8,6 +8,7 @@ pub mod anti_entropy;
 pub mod coordinator;
 pub mod counters;
 pub mod error;
+pub mod fast_map;
 pub mod handoff;
 pub mod hints;
 pub mod member;

@@ -1,5 +1,7 @@
 //! Outgoing rpc: authenticated, pipelined connections per peer, opened on first use and
-//! re-opened after they break. Every call carries an id and is bounded by `rpc.timeout`.
+//! re-opened after they break. Every call carries an id and is bounded by `rpc.timeout`:
+//! each connection sweeps its calls past their deadline, instead of each call arming a
+//! timer of its own (three clock reads and a timer-wheel entry per call).
 //!
 //! Calls from the multi-threaded runtime share one connection per peer. A thread running a
 //! runtime of its own (a client thread) gets its own lane: connections whose reader and
@@ -13,9 +15,10 @@ use super::message::{Message, Request, Response};
 use super::offsets::{ClockOffset, ClockOffsets};
 use super::tls::{self, Dialled, PeerStream};
 use super::RpcSettings;
+use crate::cluster::fast_map::FastMap;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,9 +74,22 @@ const SEND_QUEUE: usize = 4096;
 /// SWIM datagrams queued per peer connection; more are dropped, as a lost datagram is.
 const URGENT_QUEUE: usize = 256;
 
-/// Calls awaiting a reply: where to deliver it, and when the request left (our wall clock,
-/// µs) for the clock-offset sample the reply makes.
-type Pending = Arc<Mutex<HashMap<u64, (oneshot::Sender<Response>, u64)>>>;
+/// A call awaiting its reply.
+struct Waiting {
+    reply: oneshot::Sender<Result<Response, RpcError>>,
+    /// When the request left (our wall clock, µs) if its reply is to be the connection's
+    /// next clock-offset sample, else 0.
+    sent_us: u64,
+    /// When the sweep fails the call (coarse monotonic ms).
+    deadline_ms: u64,
+}
+
+/// Calls awaiting a reply, by id.
+type Pending = Arc<Mutex<FastMap<u64, Waiting>>>;
+
+fn coarse_ms() -> u64 {
+    crate::time::coarse_monotonic().as_millis() as u64
+}
 
 struct Connection {
     outgoing: mpsc::Sender<Message>,
@@ -86,6 +102,22 @@ struct Connection {
     deadline_shift_us: Arc<AtomicI64>,
     /// The peer protocol the connection speaks.
     protocol: u32,
+    /// When (coarse monotonic ms) the next call is to carry a clock-offset sample.
+    next_sample_ms: AtomicU64,
+}
+
+impl Connection {
+    /// Whether this call's reply is the next clock-offset sample: one per interval, so
+    /// the other calls read no precise clock (60-80 ns each on the test VM).
+    fn sample_due(&self) -> bool {
+        let now_ms = coarse_ms();
+        let due = self.next_sample_ms.load(Ordering::Relaxed);
+        let next = now_ms + OFFSET_SAMPLE_INTERVAL.as_millis() as u64;
+        now_ms >= due
+            && (self.next_sample_ms)
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 fn deadline_shift(offset: Option<ClockOffset>) -> i64 {
@@ -111,6 +143,14 @@ fn lane() -> usize {
 
 type SharedSlot = Arc<tokio::sync::Mutex<PeerSlot>>;
 
+/// A peer and lane's connection as last opened, read without waiting (`live`), and the
+/// slot whose lock serializes opening the next.
+#[derive(Default)]
+struct Lane {
+    live: Option<Arc<Connection>>,
+    slot: SharedSlot,
+}
+
 #[derive(Default)]
 struct PeerSlot {
     connection: Option<Arc<Connection>>,
@@ -121,7 +161,7 @@ pub struct Pool {
     transport: Arc<RpcSettings>,
     offsets: Arc<ClockOffsets>,
     /// By peer and lane (0: the multi-threaded runtime's).
-    peers: Mutex<HashMap<(SocketAddr, usize), SharedSlot>>,
+    peers: Mutex<FastMap<(SocketAddr, usize), Lane>>,
     next_id: AtomicU64,
     /// Peers whose refusal was logged already (once per peer).
     refused: Mutex<HashSet<SocketAddr>>,
@@ -132,7 +172,7 @@ impl Pool {
         Pool {
             offsets: Arc::new(ClockOffsets::new(transport.max_clock_skew)),
             transport,
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::default(),
             next_id: AtomicU64::new(1),
             refused: Mutex::new(HashSet::new()),
         }
@@ -147,19 +187,22 @@ impl Pool {
         &self.offsets
     }
 
-    /// Sends `body` to `peer` and waits for its reply, all within `rpc.timeout`.
+    /// Sends `body` to `peer` and waits for its reply, all within `rpc.timeout` (and the
+    /// connection's sweep interval).
     pub async fn call(&self, peer: SocketAddr, body: Request) -> Result<Response, RpcError> {
-        let timeout = self.transport.timeout;
-        match tokio::time::timeout(timeout, self.call_unbounded(peer, body)).await {
-            Ok(result) => result,
-            Err(_) => Err(RpcError::Timeout(peer)),
-        }
-    }
-
-    async fn call_unbounded(&self, peer: SocketAddr, body: Request) -> Result<Response, RpcError> {
         let clock = &self.transport.clock;
-        let started_us = clock.wall_micros();
-        let connection = self.connection(peer).await?;
+        let timeout = self.transport.timeout;
+        let started_ms = coarse_ms();
+        let started_us = clock.coarse_wall_micros();
+        let left = || timeout.saturating_sub(Duration::from_millis(coarse_ms() - started_ms));
+        let connection = match self.live(peer) {
+            Some(connection) => connection,
+            // Boxed: the common path's future stays small, and is moved more than once.
+            None => match Box::pin(tokio::time::timeout(timeout, self.connection(peer))).await {
+                Ok(connection) => connection?,
+                Err(_) => return Err(RpcError::Timeout(peer)),
+            },
+        };
         if connection.protocol <= super::v3::PROTOCOL {
             super::v3::expressible(&body).map_err(|err| RpcError::Older(peer, err))?;
         }
@@ -169,23 +212,47 @@ impl Pool {
             (started_us + self.transport.timeout.as_micros() as u64).saturating_add_signed(shift);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        lock(&connection.pending).insert(id, (reply, clock.wall_micros()));
+        let sent_us = if connection.sample_due() {
+            clock.wall_micros()
+        } else {
+            0
+        };
+        let waiting = Waiting {
+            reply,
+            sent_us,
+            deadline_ms: started_ms + timeout.as_millis() as u64,
+        };
+        lock(&connection.pending).insert(id, waiting);
         // Forget the id however this call ends (reply, timeout, or the caller going away).
         let _forget = Forget(&connection.pending, id);
-        if connection
-            .outgoing
-            .send(Message::Request {
-                id,
-                deadline_us,
-                hlc: clock.peek(),
-                body,
-            })
-            .await
-            .is_err()
-        {
-            return Err(RpcError::Lost(peer));
+        let request = Message::Request {
+            id,
+            deadline_us,
+            hlc: clock.peek(),
+            body,
+        };
+        match connection.outgoing.try_send(request) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(RpcError::Lost(peer)),
+            // A full queue: wait for room within what is left of the timeout.
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                let send = connection.outgoing.send(request);
+                match Box::pin(tokio::time::timeout(left(), send)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(RpcError::Lost(peer)),
+                    Err(_) => return Err(RpcError::Timeout(peer)),
+                }
+            }
         }
-        answer.await.map_err(|_| RpcError::Lost(peer))
+        answer.await.unwrap_or(Err(RpcError::Lost(peer)))
+    }
+
+    /// The peer's live connection on this thread's lane, if one is open: no lock to wait
+    /// for, no timer.
+    fn live(&self, peer: SocketAddr) -> Option<Arc<Connection>> {
+        let peers = lock(&self.peers);
+        let live = peers.get(&(peer, lane()))?.live.as_ref()?;
+        live.alive.load(Ordering::Acquire).then(|| Arc::clone(live))
     }
 
     /// Fire-and-forget (SWIM): dropped if the peer cannot be reached right now.
@@ -204,9 +271,10 @@ impl Pool {
     }
 
     async fn connection(&self, peer: SocketAddr) -> Result<Arc<Connection>, RpcError> {
+        let lane = lane();
         let slot = {
             let mut peers = lock(&self.peers);
-            Arc::clone(peers.entry((peer, lane())).or_default())
+            Arc::clone(&peers.entry((peer, lane)).or_default().slot)
         };
         // One connect per peer and lane at a time; other callers wait for its result.
         let mut slot = slot.lock().await;
@@ -222,6 +290,9 @@ impl Pool {
             Ok(connection) => {
                 let connection = Arc::new(connection);
                 slot.connection = Some(Arc::clone(&connection));
+                if let Some(entry) = lock(&self.peers).get_mut(&(peer, lane)) {
+                    entry.live = Some(Arc::clone(&connection));
+                }
                 slot.retry_after = None;
                 lock(&self.refused).remove(&peer);
                 Ok(connection)
@@ -290,14 +361,17 @@ impl Pool {
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         tokio::spawn(super::write_batched(sink, queue, Some(urgent_queue)));
+        tokio::spawn(sweep_expired(
+            Arc::clone(&pending),
+            Arc::clone(&alive),
+            peer,
+            self.transport.timeout,
+        ));
         let (reader_pending, reader_alive) = (Arc::clone(&pending), Arc::clone(&alive));
         let (clock, offsets) = (Arc::clone(&self.transport.clock), Arc::clone(&self.offsets));
         let deadline_shift_us = Arc::new(AtomicI64::new(deadline_shift(self.offsets.get(peer))));
         let shift = Arc::clone(&deadline_shift_us);
         tokio::spawn(async move {
-            // One offset sample per interval is plenty; the shared table stays off the
-            // per-reply path.
-            let mut next_sample = Instant::now();
             while let Some(Ok(message)) = stream.next().await {
                 if let Message::Response {
                     id,
@@ -307,15 +381,17 @@ impl Pool {
                 } = message
                 {
                     clock.observe(hlc);
-                    if let Some((reply, sent_us)) = lock(&reader_pending).remove(&id) {
-                        if Instant::now() >= next_sample {
-                            next_sample = Instant::now() + OFFSET_SAMPLE_INTERVAL;
-                            offsets.sample(peer, sent_us, now_us, clock.wall_micros());
-                            let best = deadline_shift(offsets.get(peer));
-                            shift.store(best, Ordering::Relaxed);
-                        }
-                        let _ = reply.send(body);
+                    let Some(waiting) = lock(&reader_pending).remove(&id) else {
+                        continue;
+                    };
+                    // One offset sample per interval is plenty; the shared table stays
+                    // off the per-reply path.
+                    if waiting.sent_us != 0 {
+                        offsets.sample(peer, waiting.sent_us, now_us, clock.wall_micros());
+                        let best = deadline_shift(offsets.get(peer));
+                        shift.store(best, Ordering::Relaxed);
                     }
+                    let _ = waiting.reply.send(Ok(body));
                 }
             }
             // Broken: later calls reconnect, waiting ones fail now.
@@ -329,6 +405,7 @@ impl Pool {
             alive,
             deadline_shift_us,
             protocol,
+            next_sample_ms: AtomicU64::new(0),
         })
     }
 
@@ -365,6 +442,36 @@ impl Pool {
             _ => Err(HandshakeError::Rejected(
                 "unexpected handshake message".into(),
             )),
+        }
+    }
+}
+
+/// Fails a connection's calls past their deadline with `Timeout`, a few times per
+/// `timeout`, until the connection breaks (its reader fails the rest as lost).
+async fn sweep_expired(
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+    peer: SocketAddr,
+    timeout: Duration,
+) {
+    let period = (timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if !alive.load(Ordering::Acquire) {
+            return;
+        }
+        let now_ms = coarse_ms();
+        let mut pending = lock(&pending);
+        let expired: Vec<u64> = (pending.iter())
+            .filter(|(_, waiting)| waiting.deadline_ms <= now_ms)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some(waiting) = pending.remove(&id) {
+                let _ = waiting.reply.send(Err(RpcError::Timeout(peer)));
+            }
         }
     }
 }

@@ -24,8 +24,45 @@ pub enum FrameError {
 
 /// A message with a layout per peer protocol.
 pub trait Wire: Sized {
-    fn encode(self, protocol: u32) -> Result<Vec<u8>, FrameError>;
+    /// Appends the message's bytes to `out`.
+    fn encode_into(self, protocol: u32, out: &mut BytesMut) -> Result<(), FrameError>;
     fn decode(body: &[u8], protocol: u32) -> Result<Self, FrameError>;
+
+    fn encode(self, protocol: u32) -> Result<Vec<u8>, FrameError> {
+        let mut out = BytesMut::new();
+        self.encode_into(protocol, &mut out)?;
+        Ok(out.to_vec())
+    }
+}
+
+/// postcard output straight into a connection's write buffer: no body of its own to
+/// grow and copy (a 1 KiB reply's body grew through eight reallocations before).
+pub struct Appending<'a>(pub &'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for Appending<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.put_u8(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// `value`'s postcard bytes appended to `out`.
+pub fn append<T: serde::Serialize + ?Sized>(
+    value: &T,
+    out: &mut BytesMut,
+) -> Result<(), FrameError> {
+    Ok(postcard::serialize_with_flavor(value, Appending(out))?)
 }
 
 /// Encodes and decodes messages of type `M` as length-prefixed postcard frames.
@@ -78,13 +115,21 @@ impl<M: Wire> Encoder<M> for FrameCodec<M> {
     type Error = FrameError;
 
     fn encode(&mut self, message: M, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let body = message.encode(self.protocol)?;
-        if body.len() > self.max_frame {
-            return Err(FrameError::TooLarge(body.len(), self.max_frame));
+        // The body goes after a length written once its size is known; a frame that fails
+        // leaves the buffer as it found it.
+        let start = dst.len();
+        dst.put_u32(0);
+        let encoded = message.encode_into(self.protocol, dst);
+        let length = dst.len() - start - HEADER;
+        if let Err(err) = encoded {
+            dst.truncate(start);
+            return Err(err);
         }
-        dst.reserve(HEADER + body.len());
-        dst.put_u32(body.len() as u32);
-        dst.extend_from_slice(&body);
+        if length > self.max_frame {
+            dst.truncate(start);
+            return Err(FrameError::TooLarge(length, self.max_frame));
+        }
+        dst[start..start + HEADER].copy_from_slice(&(length as u32).to_be_bytes());
         Ok(())
     }
 }
@@ -121,8 +166,8 @@ mod tests {
     }
 
     impl Wire for Message {
-        fn encode(self, _protocol: u32) -> Result<Vec<u8>, FrameError> {
-            Ok(postcard::to_allocvec(&self)?)
+        fn encode_into(self, _protocol: u32, out: &mut BytesMut) -> Result<(), FrameError> {
+            append(&self, out)
         }
 
         fn decode(body: &[u8], _protocol: u32) -> Result<Self, FrameError> {

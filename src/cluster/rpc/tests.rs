@@ -1,7 +1,7 @@
 //! The rpc client and server over real loopback sockets, with skewed clocks.
 
 use super::auth::{ClientHandshake, Secret};
-use super::client::Pool;
+use super::client::{Pool, RpcError};
 use super::frame::FrameCodec;
 use super::message::{Message, Request, Response};
 use super::server::{self, Handler, Immediate};
@@ -32,12 +32,34 @@ impl Handler for Echo {
     fn swim(&self, _data: Bytes) {}
 }
 
+/// Answers everything at once but `SyncForget`, which it never answers.
+struct Stalls;
+
+impl Handler for Stalls {
+    fn immediate(&self, body: Request) -> Immediate {
+        match body {
+            Request::SyncForget { .. } => Immediate::Task(body),
+            _ => Immediate::Reply(Response::Done("ran".into())),
+        }
+    }
+
+    async fn request(self: Arc<Self>, _body: Request) -> Response {
+        std::future::pending().await
+    }
+
+    fn swim(&self, _data: Bytes) {}
+}
+
 fn settings(clock: Arc<HybridClock>) -> Arc<RpcSettings> {
+    settings_timing_out(clock, Duration::from_secs(2))
+}
+
+fn settings_timing_out(clock: Arc<HybridClock>, timeout: Duration) -> Arc<RpcSettings> {
     Arc::new(RpcSettings {
         secret: Secret::new("s"),
         cluster: "kai".into(),
         node: "127.0.0.1:1".into(),
-        timeout: Duration::from_secs(2),
+        timeout,
         max_connections: 16,
         bind: None,
         clock,
@@ -49,16 +71,51 @@ fn settings(clock: Arc<HybridClock>) -> Arc<RpcSettings> {
 
 /// A server whose wall clock runs `skew` µs off; returns its address and clock.
 async fn server(skew: i64) -> (SocketAddr, Arc<HybridClock>) {
+    server_with(Echo, skew).await
+}
+
+async fn server_with(handler: impl Handler, skew: i64) -> (SocketAddr, Arc<HybridClock>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let clock = Arc::new(HybridClock::skewed(skew));
     tokio::spawn(server::serve(
         listener,
         settings(Arc::clone(&clock)),
-        Arc::new(Echo),
+        Arc::new(handler),
         Arc::new(ClientThreads::start(1).unwrap()),
     ));
     (addr, clock)
+}
+
+#[tokio::test]
+async fn a_call_never_answered_times_out_and_its_connection_serves_on() {
+    let timeout = Duration::from_millis(300);
+    let pool = Pool::new(settings_timing_out(Arc::new(HybridClock::new()), timeout));
+    let (addr, _) = server_with(Stalls, 0).await;
+    let done = |reply: Response| matches!(reply, Response::Done(ref text) if text == "ran");
+    assert!(done(pool.call(addr, Request::SyncDigests).await.unwrap()));
+    let started = std::time::Instant::now();
+    let unanswered = Request::SyncForget { keys: Vec::new() };
+    let never = Duration::from_secs(5);
+    let stalled = tokio::time::timeout(never, pool.call(addr, unanswered));
+    let (stalled, answered) = tokio::join!(stalled, async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pool.call(addr, Request::SyncDigests).await
+    });
+    let waited = started.elapsed();
+    let stalled = stalled.expect("the unanswered call was never failed");
+    assert!(
+        matches!(stalled, Err(RpcError::Timeout(a)) if a == addr),
+        "{stalled:?}"
+    );
+    // The timeout, give or take the sweep's period and a clock tick; never much later.
+    assert!(
+        waited >= timeout - Duration::from_millis(20) && waited < timeout * 2,
+        "{waited:?}"
+    );
+    // A call sent while the other waited was answered, and the connection still serves.
+    assert!(done(answered.unwrap()));
+    assert!(done(pool.call(addr, Request::SyncDigests).await.unwrap()));
 }
 
 #[tokio::test]

@@ -8,23 +8,23 @@
 //! handshake, protocol 4 is the current messages' own postcard layout and protocol 3 is
 //! `v3`'s.
 
-use super::frame::{FrameError, Wire};
+use super::frame::{append, FrameError, Wire};
 use super::message::{Build, Message};
 use super::v3::{self, Message3};
+use bytes::BytesMut;
 
 /// postcard's tag of the first two variants (a varint, one byte below 128).
 const HELLO: u8 = 0;
 const CHALLENGE: u8 = 1;
 
 impl Wire for Message {
-    fn encode(self, protocol: u32) -> Result<Vec<u8>, FrameError> {
-        Ok(match self {
+    fn encode_into(self, protocol: u32, out: &mut BytesMut) -> Result<(), FrameError> {
+        match self {
             Message::Hello { ref build, .. } => {
                 let extension = build.clone();
-                let base = postcard::to_allocvec(&v3::to_v3(self)?)?;
-                match extension {
-                    Some(build) => postcard::to_extend(&build, base)?,
-                    None => base,
+                append(&v3::to_v3(self)?, out)?;
+                if let Some(build) = extension {
+                    append(&build, out)?;
                 }
             }
             Message::Challenge {
@@ -33,12 +33,13 @@ impl Wire for Message {
                 ..
             } => {
                 let extension = (chosen, build.clone());
-                let base = postcard::to_allocvec(&v3::to_v3(self)?)?;
-                postcard::to_extend(&extension, base)?
+                append(&v3::to_v3(self)?, out)?;
+                append(&extension, out)?;
             }
-            message if protocol > v3::PROTOCOL => postcard::to_allocvec(&message)?,
-            message => postcard::to_allocvec(&v3::to_v3(message)?)?,
-        })
+            message if protocol > v3::PROTOCOL => append(&message, out)?,
+            message => append(&v3::to_v3(message)?, out)?,
+        }
+        Ok(())
     }
 
     fn decode(body: &[u8], protocol: u32) -> Result<Self, FrameError> {
