@@ -16,6 +16,7 @@ use super::placement::{self, Placement};
 use super::replica::Replica;
 use crate::causality::{self, NodeId};
 use crate::config::Quorum;
+use crate::keyspace::key_hash;
 use crate::ops::{self, Outcome, WriteOp};
 use crate::record::Versions;
 use bytes::Bytes;
@@ -146,9 +147,10 @@ impl Coordinator {
         self.membership.is_clustered()
     }
 
-    fn placement(&self, key: &[u8]) -> Placement {
+    /// Where the key whose ring hash is `hash` goes.
+    fn placement(&self, hash: u32) -> Placement {
         let ring = self.membership.ring();
-        Placement::of(&ring, key, self.replicas(), |node| {
+        Placement::of_hash(&ring, hash, self.replicas(), |node| {
             self.membership.is_available(node)
         })
     }
@@ -178,7 +180,8 @@ impl Coordinator {
         key: &[u8],
         thorough: bool,
     ) -> Result<Read, ClusterError> {
-        let placement = self.placement(key);
+        let hash = key_hash(key);
+        let placement = self.placement(hash);
         let needed = self.needed(self.quorum.r);
         if placement.replicas.len() < needed {
             return Err(ClusterError::Unavailable {
@@ -222,10 +225,10 @@ impl Coordinator {
             let (coordinator, key) = (Arc::clone(self), key.clone());
             async move {
                 let started = thorough.then(tokio::time::Instant::now);
-                let mut result = coordinator.replica_get(replica, key.clone()).await;
+                let mut result = coordinator.replica_get(replica, key.clone(), hash).await;
                 // A call that failed fast (a lost message, a broken connection) once more.
                 if result.is_err() && started.is_some_and(|s| s.elapsed() < THOROUGH_GRACE) {
-                    result = coordinator.replica_get(replica, key).await;
+                    result = coordinator.replica_get(replica, key, hash).await;
                 }
                 (replica, result)
             }
@@ -313,9 +316,10 @@ impl Coordinator {
         &self,
         replica: SocketAddr,
         key: Bytes,
+        hash: u32,
     ) -> Result<Option<Versions>, PeerError> {
         if replica == self.me {
-            return Ok(self.replica.get(&key));
+            return Ok(self.replica.get(&key, hash));
         }
         self.peers.get(replica, key).await
     }
@@ -367,7 +371,7 @@ impl Coordinator {
         key: &[u8],
         op: WriteOp,
     ) -> Result<Outcome, ClusterError> {
-        let placement = self.placement(key);
+        let placement = self.placement(key_hash(key));
         // A recache claim (meta's `W`) must have one winner: every node sends it to the
         // same coordinator, the first replica up, which decides claims on a key one at a
         // time. Other writes are coordinated by any replica.
@@ -419,12 +423,13 @@ impl Coordinator {
     ) -> Result<Outcome, ClusterError> {
         let _claim = match op {
             WriteOp::Fetch { .. } => {
-                let shard = crate::keyspace::key_hash(key) as usize % CLAIM_SHARDS;
+                let shard = key_hash(key) as usize % CLAIM_SHARDS;
                 Some(self.claims[shard].lock().await)
             }
             _ => None,
         };
-        let local = self.replica.get(key);
+        let hash = key_hash(key);
+        let local = self.replica.get(key, hash);
         let current = if op.needs_read() {
             // The read a write decides on asks every possible holder while buckets move: a
             // delete or cas that missed the one node still holding a version would be
@@ -452,7 +457,7 @@ impl Coordinator {
         let Some(record) = record else {
             return Ok(outcome);
         };
-        let placement = self.placement(key);
+        let placement = self.placement(hash);
         let key = Bytes::copy_from_slice(key);
         // Owners that are down get a hint now; those that fail below get one then.
         for &owner in &placement.owners {

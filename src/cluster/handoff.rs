@@ -5,6 +5,7 @@
 use super::coordinator::Coordinator;
 use super::hints::Hints;
 use super::member::Liveness;
+use crate::keyspace::key_hash;
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
 use std::net::SocketAddr;
@@ -52,7 +53,7 @@ async fn persist_off_the_runtime(hints: &Arc<Hints>) {
 async fn deliver_batch(coordinator: &Coordinator, owner: SocketAddr, keys: Vec<Bytes>) -> bool {
     let hints = &coordinator.hints;
     let puts = stream::iter(keys).map(|key| async move {
-        let Some(versions) = coordinator.replica.get(&key) else {
+        let Some(versions) = coordinator.replica.get(&key, key_hash(&key)) else {
             // Expired or purged here: nothing left to hand over.
             hints.remove(owner, &key);
             return true;

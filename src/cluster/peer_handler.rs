@@ -5,6 +5,7 @@
 use super::coordinator::Coordinator;
 use super::rpc::message::{Request, Response};
 use super::rpc::server::{Handler, Immediate};
+use crate::keyspace::key_hash;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -38,7 +39,9 @@ impl Handler for PeerHandler {
     fn immediate(&self, request: Request) -> Immediate {
         let replica = self.coordinator.replica();
         match request {
-            Request::Get { key } => Immediate::Reply(Response::Versions(replica.get(&key))),
+            Request::Get { key } => {
+                Immediate::Reply(Response::Versions(replica.get(&key, key_hash(&key))))
+            }
             Request::Put { key, versions } => {
                 let (had_live, commit) = replica.apply(&key, versions);
                 let reply = Response::Applied { had_live };

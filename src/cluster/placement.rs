@@ -18,15 +18,26 @@ pub struct Placement {
 }
 
 impl Placement {
+    #[cfg(test)]
     pub fn of(
         ring: &Ring,
         key: &[u8],
         n: usize,
         available: impl Fn(SocketAddr) -> bool,
     ) -> Placement {
+        Placement::of_hash(ring, crate::keyspace::key_hash(key), n, available)
+    }
+
+    /// The placement of the key whose ring hash is `hash` (`keyspace::key_hash`).
+    pub fn of_hash(
+        ring: &Ring,
+        hash: u32,
+        n: usize,
+        available: impl Fn(SocketAddr) -> bool,
+    ) -> Placement {
         // One hash per request; the list is a slice of the ring's table, walked again
         // rather than copied.
-        let bucket = ring.bucket(key);
+        let bucket = ring.bucket_of(hash);
         let owners: Vec<SocketAddr> = ring.preference_list(bucket).take(n).collect();
         let fallbacks = || (ring.preference_list(bucket).skip(n)).filter(|&node| available(node));
         let mut replicas: Vec<SocketAddr> = Vec::with_capacity(n);

@@ -45,9 +45,9 @@ impl Replica {
         &self.store
     }
 
-    /// This node's unexpired versions of `key`.
-    pub fn get(&self, key: &[u8]) -> Option<Versions> {
-        self.store.get(key, unix_secs())
+    /// This node's unexpired versions of `key`, whose ring hash is `hash`.
+    pub fn get(&self, key: &[u8], hash: u32) -> Option<Versions> {
+        self.store.get_hashed(key, hash, unix_secs())
     }
 
     /// Stores versions received as a replica. Returns whether a live value was there

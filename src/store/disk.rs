@@ -430,7 +430,8 @@ fn apply_delta(counter: &AtomicU64, delta: i64) {
 }
 
 impl Store for DiskStore {
-    fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions> {
+    /// Release 0.1.0's engine keys its table by the key alone.
+    fn get_hashed(&self, key: &[u8], _hash: u32, now_secs: u64) -> Option<Versions> {
         let record_key = record_key(key);
         let shard = lock(&self.shards[Self::shard_of(&record_key)]);
         let mut versions = self.current(&shard, &record_key)?;

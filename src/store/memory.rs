@@ -451,8 +451,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions> {
-        let hash = key_hash(key);
+    fn get_hashed(&self, key: &[u8], hash: u32, now_secs: u64) -> Option<Versions> {
         let mut guard = self.lock(Self::shard_of(hash));
         let shard = &mut *guard;
         let at = shard.find(hash, key)?;

@@ -103,7 +103,13 @@ pub struct StoreStats {
 /// A key/value engine. Every method is atomic per key; none blocks on the network.
 pub trait Store: Send + Sync {
     /// The unexpired versions of `key` (tombstones included), if any.
-    fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions>;
+    fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions> {
+        self.get_hashed(key, crate::keyspace::key_hash(key), now_secs)
+    }
+
+    /// `get` for a caller that holds the key's ring hash (`keyspace::key_hash`) already, as
+    /// the cluster's placement does: one md5 per read instead of two.
+    fn get_hashed(&self, key: &[u8], hash: u32, now_secs: u64) -> Option<Versions>;
 
     /// Reads `key`'s unexpired versions and applies `decide`'s change, atomically: later
     /// reads see it at once; the returned `Commit` says when it is durable.

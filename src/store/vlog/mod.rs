@@ -762,8 +762,7 @@ impl Drop for LogStore {
 }
 
 impl Store for LogStore {
-    fn get(&self, key: &[u8], now_secs: u64) -> Option<Versions> {
-        let hash = key_hash(key);
+    fn get_hashed(&self, key: &[u8], hash: u32, now_secs: u64) -> Option<Versions> {
         let shard = lock(&self.shared.shards[shard_of(hash)]);
         let entry = *shard.get(hash, key)?;
         let segment = self.shared.segment(entry.segment)?;
