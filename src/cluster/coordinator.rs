@@ -371,7 +371,8 @@ impl Coordinator {
         key: &[u8],
         op: WriteOp,
     ) -> Result<Outcome, ClusterError> {
-        let placement = self.placement(key_hash(key));
+        let hash = key_hash(key);
+        let placement = self.placement(hash);
         // A recache claim (meta's `W`) must have one winner: every node sends it to the
         // same coordinator, the first replica up, which decides claims on a key one at a
         // time. Other writes are coordinated by any replica.
@@ -383,13 +384,17 @@ impl Coordinator {
             })
             .flatten();
         match claim_coordinator {
-            Some(coordinator) if coordinator == self.me => return self.coordinate(key, op).await,
+            Some(coordinator) if coordinator == self.me => {
+                return self.coordinate(key, hash, op).await
+            }
             Some(coordinator) => {
                 let key = Bytes::copy_from_slice(key);
                 return (self.peers.forward_write(coordinator, key, op).await)
                     .map_err(ClusterError::Forward);
             }
-            None if placement.replicas.contains(&self.me) => return self.coordinate(key, op).await,
+            None if placement.replicas.contains(&self.me) => {
+                return self.coordinate(key, hash, op).await
+            }
             None => {}
         }
         // Replicas known to be up first, then merely suspected ones. A replica the write
@@ -415,20 +420,21 @@ impl Coordinator {
     }
 
     /// Runs a write as its coordinator: decide on the current versions, store the new
-    /// version here, replicate it and wait for W acknowledgements.
+    /// version here, replicate it and wait for W acknowledgements. `hash` is the key's
+    /// ring hash (`keyspace::key_hash`).
     pub async fn coordinate(
         self: &Arc<Self>,
         key: &[u8],
+        hash: u32,
         op: WriteOp,
     ) -> Result<Outcome, ClusterError> {
         let _claim = match op {
             WriteOp::Fetch { .. } => {
-                let shard = key_hash(key) as usize % CLAIM_SHARDS;
+                let shard = hash as usize % CLAIM_SHARDS;
                 Some(self.claims[shard].lock().await)
             }
             _ => None,
         };
-        let hash = key_hash(key);
         let local = self.replica.get(key, hash);
         let current = if op.needs_read() {
             // The read a write decides on asks every possible holder while buckets move: a

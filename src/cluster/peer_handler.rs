@@ -68,10 +68,12 @@ impl Handler for PeerHandler {
                 Response::Error("misrouted".into())
             }
             // Forwarded once already: coordinate here whatever this node's view says.
-            Request::Write { key, op } => match coordinator.coordinate(&key, op).await {
-                Ok(outcome) => Response::Outcome(outcome),
-                Err(err) => Response::Error(err.to_string()),
-            },
+            Request::Write { key, op } => {
+                match coordinator.coordinate(&key, key_hash(&key), op).await {
+                    Ok(outcome) => Response::Outcome(outcome),
+                    Err(err) => Response::Error(err.to_string()),
+                }
+            }
             Request::Members { members } => {
                 coordinator.membership().merge(&members);
                 Response::Members(coordinator.membership().records())
