@@ -573,7 +573,10 @@ fn agreed(replies: &[(SocketAddr, Option<Versions>)]) -> Option<Read> {
     let [version] = &first.0[..] else {
         return None;
     };
-    let same = |held: &Versions| matches!(&held.0[..], [other] if other.timestamp == version.timestamp && other.clock == version.clock);
+    let same = |held: &Versions| match &held.0[..] {
+        [other] => other.timestamp == version.timestamp && other.clock == version.clock,
+        _ => false,
+    };
     if !found.all(same) {
         return None;
     }
@@ -586,9 +589,10 @@ fn agreed(replies: &[(SocketAddr, Option<Versions>)]) -> Option<Read> {
 
 /// The versions no reply's version supersedes, and Kai's unreconciled counts.
 fn reconcile(replies: &[(SocketAddr, Option<Versions>)]) -> Read {
-    if let Some(read) = agreed(replies) {
-        return read;
-    }
+    agreed(replies).unwrap_or_else(|| reconcile_all(replies))
+}
+
+fn reconcile_all(replies: &[(SocketAddr, Option<Versions>)]) -> Read {
     let all: Vec<_> = (replies.iter())
         .flat_map(|(_, v)| v.iter().flat_map(|v| v.0.iter().cloned()))
         .collect();
@@ -600,5 +604,63 @@ fn reconcile(replies: &[(SocketAddr, Option<Versions>)]) -> Read {
         gathered: distinct.len(),
         kept: kept.iter().filter(|r| !r.tombstone).count(),
         versions: (!kept.is_empty()).then_some(Versions(kept)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::causality::VectorClock;
+    use crate::record::{test_record, Record};
+
+    #[test]
+    fn replies_that_agree_reconcile_as_the_general_case_does() {
+        let one = test_record("v", 0);
+        let later = Record {
+            timestamp: 2,
+            ..one.clone()
+        };
+        let elsewhere = Record {
+            clock: VectorClock::new().incremented(2),
+            ..one.clone()
+        };
+        let tombstone = Record {
+            tombstone: true,
+            value: Bytes::new(),
+            ..one.clone()
+        };
+        let cases = [
+            vec![None, None],
+            vec![Some(vec![one.clone()]), None],
+            vec![Some(vec![one.clone()]), Some(vec![one.clone()])],
+            vec![None, Some(vec![tombstone.clone()]), Some(vec![tombstone])],
+            vec![Some(vec![one.clone()]), Some(vec![later])],
+            vec![Some(vec![one.clone()]), Some(vec![elsewhere.clone()])],
+            vec![Some(vec![one.clone(), elsewhere]), Some(vec![one.clone()])],
+            vec![Some(vec![]), Some(vec![one])],
+        ];
+        let mut agreeing = 0;
+        for case in cases {
+            let replies: Replies = (case.into_iter().enumerate())
+                .map(|(i, held)| {
+                    (
+                        SocketAddr::from(([127, 0, 0, 1], i as u16)),
+                        held.map(Versions),
+                    )
+                })
+                .collect();
+            let Some(fast) = agreed(&replies) else {
+                continue;
+            };
+            agreeing += 1;
+            let general = reconcile_all(&replies);
+            assert_eq!(
+                (fast.versions, fast.gathered, fast.kept),
+                (general.versions, general.gathered, general.kept),
+                "{replies:?}"
+            );
+        }
+        // Only where the replies hold one version between them, by clock and timestamp.
+        assert_eq!(agreeing, 4);
     }
 }

@@ -37,7 +37,7 @@ pub trait Wire: Sized {
 
 /// postcard output straight into a connection's write buffer: no body of its own to
 /// grow and copy (a 1 KiB reply's body grew through eight reallocations before).
-pub struct Appending<'a>(pub &'a mut BytesMut);
+struct Appending<'a>(&'a mut BytesMut);
 
 impl postcard::ser_flavors::Flavor for Appending<'_> {
     type Output = ();
@@ -58,7 +58,7 @@ impl postcard::ser_flavors::Flavor for Appending<'_> {
 }
 
 /// `value`'s postcard bytes appended to `out`.
-pub fn append<T: serde::Serialize + ?Sized>(
+pub(super) fn append<T: serde::Serialize + ?Sized>(
     value: &T,
     out: &mut BytesMut,
 ) -> Result<(), FrameError> {
