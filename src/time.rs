@@ -14,19 +14,16 @@ pub fn unix_now() -> Duration {
 /// counter read: on the test VM a precise read took 60-80 ns and this one 10, and a set
 /// read the seconds three times.
 pub fn unix_secs() -> u64 {
-    use nix::time::{clock_gettime, ClockId};
-    match clock_gettime(ClockId::CLOCK_REALTIME_COARSE) {
-        Ok(now) => u64::try_from(now.tv_sec()).unwrap_or(0),
-        Err(_) => unix_now().as_secs(),
-    }
+    coarse_unix().as_secs()
 }
 
-/// Unix microseconds from the kernel's coarse clock, a tick (a few ms) behind at most.
-fn coarse_unix_micros() -> u64 {
+/// `unix_now` from the kernel's coarse clock, a tick (a few ms) behind at most.
+fn coarse_unix() -> Duration {
     use nix::time::{clock_gettime, ClockId};
     match clock_gettime(ClockId::CLOCK_REALTIME_COARSE) {
-        Ok(now) => Duration::from(now).as_micros() as u64,
-        Err(_) => unix_now().as_micros() as u64,
+        Ok(now) if now.tv_sec() >= 0 => Duration::from(now),
+        Ok(_) => Duration::ZERO,
+        Err(_) => unix_now(),
     }
 }
 
@@ -90,7 +87,7 @@ impl HybridClock {
     pub fn coarse_wall_micros(&self) -> u64 {
         let wall = match self.virtual_start {
             Some(_) => return self.wall_micros(),
-            None => coarse_unix_micros(),
+            None => coarse_unix().as_micros() as u64,
         };
         wall.saturating_add_signed(self.skew_micros)
     }

@@ -28,6 +28,8 @@ pub trait Wire: Sized {
     fn encode_into(self, protocol: u32, out: &mut BytesMut) -> Result<(), FrameError>;
     fn decode(body: &[u8], protocol: u32) -> Result<Self, FrameError>;
 
+    /// The message's bytes on their own (tests; connections use `encode_into`).
+    #[cfg(test)]
     fn encode(self, protocol: u32) -> Result<Vec<u8>, FrameError> {
         let mut out = BytesMut::new();
         self.encode_into(protocol, &mut out)?;
