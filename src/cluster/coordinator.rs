@@ -21,6 +21,8 @@ use crate::ops::{self, Outcome, WriteOp};
 use crate::record::Versions;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -484,36 +486,37 @@ impl Coordinator {
         };
         let needed = self.needed(self.quorum.w);
         let mut acks = 1;
-        let (done, mut results) = tokio::sync::mpsc::channel(placement.replicas.len().max(1));
+        let mut puts = Replication(FuturesUnordered::new());
         for &replica in placement.replicas.iter().filter(|&&r| r != self.me) {
-            let (coordinator, key, versions, done) = (
-                Arc::clone(self),
-                key.clone(),
-                versions.clone(),
-                done.clone(),
-            );
+            let (coordinator, key, versions) = (Arc::clone(self), key.clone(), versions.clone());
             let owner = placement.owners.contains(&replica);
-            tokio::spawn(async move {
+            puts.0.push(async move {
                 let result = coordinator.peers.put(replica, key.clone(), versions).await;
                 if result.is_err() && owner {
                     coordinator.hints.add(replica, &key);
                 }
-                let _ = done.send(result).await;
+                result
             });
         }
-        drop(done);
-        local_commit.wait().await?;
         let mut failures = Vec::new();
-        while acks < needed {
-            match results.recv().await {
-                Some(Ok(live)) => {
-                    acks += 1;
-                    had_live |= live;
+        let remote_acks = async {
+            while acks < needed {
+                match puts.0.next().await {
+                    Some(Ok(live)) => {
+                        acks += 1;
+                        had_live |= live;
+                    }
+                    Some(Err(err)) => failures.push(err),
+                    None => break,
                 }
-                Some(Err(err)) => failures.push(err),
-                None => break,
             }
-        }
+        };
+        // The replicas are sent to while the local write commits, not after.
+        let (local, ()) = tokio::join!(local_commit.wait(), remote_acks);
+        // Every replica is sent the write before the client hears of it: a call that was
+        // answered at its first poll ends the wait before the others were polled at all.
+        while let Some(Some(_)) = puts.0.next().now_or_never() {}
+        local?;
         if acks < needed {
             return Err(ClusterError::WriteQuorum {
                 acks,
@@ -546,6 +549,30 @@ impl Coordinator {
             });
         }
         while flushes.join_next().await.is_some() {}
+    }
+}
+
+/// A write's calls to the other replicas. The coordinator awaits them until its quorum is
+/// met; when it lets go (done, failed or cancelled) the calls still in flight move to a task
+/// of their own, so every replica is still written, and hinted if that fails. One task for
+/// the stragglers instead of one per replica, and no channel, halves a set's task work.
+struct Replication<F: Future + Send + 'static>(FuturesUnordered<F>)
+where
+    F::Output: Send;
+
+impl<F: Future + Send + 'static> Drop for Replication<F>
+where
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        let mut rest = std::mem::take(&mut self.0);
+        if rest.is_empty() {
+            return;
+        }
+        // Outside a runtime (it is shutting down) nothing could run them anyway.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { while rest.next().await.is_some() {} });
+        }
     }
 }
 

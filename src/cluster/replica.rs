@@ -85,7 +85,8 @@ impl Replica {
         }
         let mut had_live = false;
         let mut raised: Option<Versions> = None;
-        let commit = self.store.update(key, unix_secs(), &mut |current| {
+        let keeps_held = std::cell::Cell::new(false);
+        let mut decide = |current: Option<&Versions>, without_values: bool| {
             had_live = current.is_some_and(Versions::has_live);
             let mut kept = current.map(|v| v.0.clone()).unwrap_or_default();
             let before = kept.clone();
@@ -114,12 +115,29 @@ impl Replica {
                 }
                 kept = next;
             }
+            let held = |k: &Record| {
+                (before.iter()).any(|b| b.clock == k.clock && b.timestamp == k.timestamp)
+            };
+            if without_values && kept.iter().any(held) {
+                keeps_held.set(true);
+                return Change::Keep;
+            }
             if kept == before {
                 Change::Keep
             } else {
                 Change::Put(Versions(kept))
             }
-        });
+        };
+        // The common write supersedes every version held here, so it is first decided on
+        // the versions without their values (not copied out of the store). Only a write
+        // that keeps one of them is decided again with the values.
+        let now_secs = unix_secs();
+        let mut commit = self
+            .store
+            .overwrite(key, now_secs, &mut |c| decide(c, true));
+        if keeps_held.get() {
+            commit = self.store.update(key, now_secs, &mut |c| decide(c, false));
+        }
         (raised.unwrap_or(incoming), had_live, commit)
     }
 

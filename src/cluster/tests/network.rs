@@ -199,6 +199,10 @@ impl PeerTransport for Link {
                 // The copy runs too, its reply goes nowhere.
                 let (handler, copy) = (Arc::clone(&handler), decode());
                 tokio::spawn(async move { handler.answer(copy).await });
+                // Delivered with the original: the copy starts first, not whenever the
+                // caller next happens to wait (a caller answered without waiting would
+                // otherwise see its copy run after later client operations).
+                tokio::task::yield_now().await;
             }
             let response = handler.answer(decode()).await;
             if !fate.reply_delay.is_zero() {
