@@ -434,6 +434,30 @@ async fn anti_entropy_repairs_replicas_that_missed_writes() {
     assert_eq!(moved, 40);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_write_given_up_by_its_client_still_reaches_every_replica() {
+    let cluster = TestCluster::start(3, quorum(3, 2, 2));
+    // Every call waits up to a second on the way there, so none is answered at once.
+    cluster.network.set_faults(0, 0, 1000);
+    let key = "abandoned";
+    let write = cluster.set(0, key, "v1");
+    let given_up = tokio::time::timeout(Duration::ZERO, write).await;
+    assert!(
+        given_up.is_err(),
+        "the write finished at once: {given_up:?}"
+    );
+    // The calls in flight when the coordinator was dropped still arrive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle().await;
+    for i in 0..3 {
+        assert_eq!(
+            cluster.held(i, key).as_deref(),
+            Some(&b"v1"[..]),
+            "node {i}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn writes_acknowledged_under_message_loss_are_never_lost() {
     let cluster = TestCluster::start(3, quorum(3, 2, 2));
