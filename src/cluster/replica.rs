@@ -96,6 +96,7 @@ impl Replica {
                 }
                 _ => &incoming,
             };
+            let mut dropped_siblings = 0;
             for version in &incoming.0 {
                 // The same version amended (a touch, a recache claim), which keeps
                 // clock and cas. A claim, once made, stays.
@@ -107,20 +108,22 @@ impl Replica {
                     continue;
                 }
                 let (next, dropped) = causality::apply(kept, version.clone(), self.max_siblings);
-                if dropped > 0 {
-                    log::info!(
-                        "key {:?}: dropped {dropped} oldest siblings over max_siblings",
-                        String::from_utf8_lossy(key)
-                    );
-                }
+                dropped_siblings += dropped;
                 kept = next;
             }
             let held = |k: &Record| {
                 (before.iter()).any(|b| b.clock == k.clock && b.timestamp == k.timestamp)
             };
             if without_values && kept.iter().any(held) {
+                // Decided again with the values: logged then, once.
                 keeps_held.set(true);
                 return Change::Keep;
+            }
+            if dropped_siblings > 0 {
+                log::info!(
+                    "key {:?}: dropped {dropped_siblings} oldest siblings over max_siblings",
+                    String::from_utf8_lossy(key)
+                );
             }
             if kept == before {
                 Change::Keep
