@@ -50,6 +50,12 @@ impl Record {
         expired_by(self.expires_at, now_secs)
     }
 
+    /// The same write as `other` (clock and write time), whatever amendments (expiry,
+    /// recache claim) either carries.
+    pub fn is_same_version(&self, other: &Record) -> bool {
+        self.clock == other.clock && self.timestamp == other.timestamp
+    }
+
     /// Memory charged for this record under `key` (the `bytes` stat, `memory_limit`).
     pub fn footprint(&self, key: &[u8]) -> usize {
         key.len() + self.value.len() + RECORD_OVERHEAD

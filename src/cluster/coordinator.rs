@@ -601,7 +601,7 @@ fn agreed(replies: &[(SocketAddr, Option<Versions>)]) -> Option<Read> {
         return None;
     };
     let same = |held: &Versions| match &held.0[..] {
-        [other] => other.timestamp == version.timestamp && other.clock == version.clock,
+        [other] => other.is_same_version(version),
         _ => false,
     };
     if !found.all(same) {

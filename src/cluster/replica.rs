@@ -100,9 +100,7 @@ impl Replica {
             for version in &incoming.0 {
                 // The same version amended (a touch, a recache claim), which keeps
                 // clock and cas. A claim, once made, stays.
-                let same =
-                    |k: &Record| k.clock == version.clock && k.timestamp == version.timestamp;
-                if let Some(held) = kept.iter_mut().find(|k| same(k)) {
+                if let Some(held) = kept.iter_mut().find(|k| k.is_same_version(version)) {
                     held.expires_at = version.expires_at;
                     held.recache_claimed |= version.recache_claimed;
                     continue;
@@ -111,9 +109,7 @@ impl Replica {
                 dropped_siblings += dropped;
                 kept = next;
             }
-            let held = |k: &Record| {
-                (before.iter()).any(|b| b.clock == k.clock && b.timestamp == k.timestamp)
-            };
+            let held = |k: &Record| before.iter().any(|b| b.is_same_version(k));
             if without_values && kept.iter().any(held) {
                 // Decided again with the values: logged then, once.
                 keeps_held.set(true);
