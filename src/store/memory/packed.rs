@@ -9,6 +9,7 @@
 //! Items never leave the process, so this layout can change with any release.
 
 use crate::causality::{NodeId, VectorClock};
+use crate::record::format::Input;
 use crate::record::{Record, Versions};
 use bytes::Bytes;
 
@@ -119,46 +120,6 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-struct Input<'a>(&'a [u8]);
-
-impl<'a> Input<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&first, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(first)
-    }
-
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-        if self.0.len() < len {
-            return None;
-        }
-        let (taken, rest) = self.0.split_at(len);
-        self.0 = rest;
-        Some(taken)
-    }
-
-    /// The last `len` bytes.
-    fn take_back(&mut self, len: usize) -> Option<&'a [u8]> {
-        let at = self.0.len().checked_sub(len)?;
-        let (rest, taken) = self.0.split_at(at);
-        self.0 = rest;
-        Some(taken)
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
-            if byte < 0x80 {
-                // A tenth byte may carry only the top bit.
-                return (shift < 63 || byte <= 1).then_some(value);
-            }
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,16 +177,5 @@ mod tests {
         pack(&versions, &mut packed);
         let postcard = postcard::to_allocvec(&versions).expect("encodes");
         assert_eq!(postcard.len() - packed.len(), 11, "{packed:?}");
-    }
-
-    #[test]
-    fn an_overlong_varint_is_refused() {
-        let eleven_bytes = [0xff; 10].into_iter().chain([0x01]).collect::<Vec<u8>>();
-        assert_eq!(Input(&eleven_bytes).varint(), None);
-        assert_eq!(Input(&[0x80, 0x01]).varint(), Some(128));
-        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
-        assert_eq!(Input(&max).varint(), Some(u64::MAX));
-        let over = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
-        assert_eq!(Input(&over).varint(), None);
     }
 }
