@@ -7,7 +7,7 @@
 //! come from nodes that lack the key); the remaining replies then repair stale replicas.
 
 use super::counters::ClusterCounters;
-use super::error::{ClusterError, Failures, PeerError, QuorumKind};
+use super::error::{ClusterError, Failures, QuorumKind};
 use super::hints::Hints;
 use super::member::Liveness;
 use super::membership::Membership;
@@ -227,16 +227,25 @@ impl Coordinator {
             let (coordinator, key) = (Arc::clone(self), key.clone());
             async move {
                 let started = thorough.then(tokio::time::Instant::now);
-                let mut result = coordinator.replica_get(replica, key.clone(), hash).await;
+                let mut result = coordinator.peers.get(replica, key.clone()).await;
                 // A call that failed fast (a lost message, a broken connection) once more.
                 if result.is_err() && started.is_some_and(|s| s.elapsed() < THOROUGH_GRACE) {
-                    result = coordinator.replica_get(replica, key, hash).await;
+                    result = coordinator.peers.get(replica, key).await;
                 }
                 (replica, result)
             }
         };
-        let mut pending: FuturesUnordered<_> = unasked.by_ref().take(first).map(ask).collect();
+        let mut pending = FuturesUnordered::new();
         let mut replies: Replies = Vec::new();
+        // This node's own copy is read in place: as a future in `pending` it cost a task
+        // node and three moves of the call's future (3 % of a coordinated get).
+        for replica in unasked.by_ref().take(first) {
+            if replica == self.me {
+                replies.push((replica, self.replica.get(&key, hash)));
+            } else {
+                pending.push(ask(replica));
+            }
+        }
         let mut failures = Vec::new();
         let found = |replies: &Replies| replies.iter().any(|(_, v)| v.is_some());
         // A thorough read waits for the stragglers only this long once it has its quorum.
@@ -275,6 +284,10 @@ impl Coordinator {
             }
             if pending.len() + replies.len() < needed || (pending.is_empty() && !found(&replies)) {
                 match unasked.next() {
+                    Some(replica) if replica == self.me => {
+                        replies.push((replica, self.replica.get(&key, hash)));
+                        continue;
+                    }
                     Some(replica) => {
                         pending.push(ask(replica));
                         continue;
@@ -312,18 +325,6 @@ impl Coordinator {
             coordinator.repair(key, replies).await;
         });
         Ok(read)
-    }
-
-    async fn replica_get(
-        &self,
-        replica: SocketAddr,
-        key: Bytes,
-        hash: u32,
-    ) -> Result<Option<Versions>, PeerError> {
-        if replica == self.me {
-            return Ok(self.replica.get(&key, hash));
-        }
-        self.peers.get(replica, key).await
     }
 
     /// Sends the reconciled versions to every replica whose reply lacked one of them.
