@@ -18,6 +18,7 @@ use super::coordinator::Coordinator;
 use super::counters::ClusterCounters;
 use super::error::PeerError;
 use super::member::Liveness;
+use crate::keyspace::key_hash;
 use crate::record::Versions;
 use crate::shutdown::Periodic;
 use crate::store::digest::fingerprint;
@@ -325,7 +326,7 @@ impl AntiEntropy {
         }
         let bytes = size_of(&key, &versions);
         self.pace.take(bytes).await;
-        let (_, commit) = self.cluster.replica().apply(&key, versions);
+        let (_, commit) = (self.cluster.replica()).apply(&key, key_hash(&key), versions);
         if commit.wait().await.is_ok() {
             self.stats().sync_keys.fetch_add(1, Ordering::Relaxed);
             self.stats().sync_bytes.fetch_add(bytes, Ordering::Relaxed);

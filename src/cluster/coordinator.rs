@@ -352,7 +352,7 @@ impl Coordinator {
         versions: Versions,
     ) -> Result<bool, ClusterError> {
         if replica == self.me {
-            let (had_live, commit) = self.replica.apply(&key, versions);
+            let (had_live, commit) = self.replica.apply(&key, key_hash(&key), versions);
             commit.wait().await?;
             return Ok(had_live);
         }
@@ -478,10 +478,11 @@ impl Coordinator {
         // gets a fresh one here.
         let (versions, mut had_live, local_commit) = if amends {
             let versions = Versions::one(record);
-            let (had_live, commit) = self.replica.apply(&key, versions.clone());
+            let (had_live, commit) = self.replica.apply(&key, hash, versions.clone());
             (versions, had_live, commit)
         } else {
-            let (stored, had_live, commit) = self.replica.apply_coordinated(&key, record, self.id);
+            let (stored, had_live, commit) =
+                (self.replica).apply_coordinated(&key, hash, record, self.id);
             outcome.set_stored(&stored);
             (Versions::one(stored), had_live, commit)
         };

@@ -43,7 +43,7 @@ impl Handler for PeerHandler {
                 Immediate::Reply(Response::Versions(replica.get(&key, key_hash(&key))))
             }
             Request::Put { key, versions } => {
-                let (had_live, commit) = replica.apply(&key, versions);
+                let (had_live, commit) = replica.apply(&key, key_hash(&key), versions);
                 let reply = Response::Applied { had_live };
                 if commit.is_done() {
                     Immediate::Reply(reply)

@@ -50,10 +50,10 @@ impl Replica {
         self.store.get_hashed(key, hash, unix_secs())
     }
 
-    /// Stores versions received as a replica. Returns whether a live value was there
-    /// before, and when the change is durable.
-    pub fn apply(&self, key: &[u8], incoming: Versions) -> (bool, Commit) {
-        let (_, had_live, commit) = self.store_versions(key, incoming, None);
+    /// Stores versions received as a replica (`hash` is the key's ring hash). Returns
+    /// whether a live value was there before, and when the change is durable.
+    pub fn apply(&self, key: &[u8], hash: u32, incoming: Versions) -> (bool, Commit) {
+        let (_, had_live, commit) = self.store_versions(key, hash, incoming, None);
         (had_live, commit)
     }
 
@@ -65,11 +65,12 @@ impl Replica {
     pub fn apply_coordinated(
         &self,
         key: &[u8],
+        hash: u32,
         record: Record,
         writer: causality::NodeId,
     ) -> (Record, bool, Commit) {
         let (stored, had_live, commit) =
-            self.store_versions(key, Versions::one(record), Some(writer));
+            self.store_versions(key, hash, Versions::one(record), Some(writer));
         let stored = stored.0.into_iter().next().expect("one version");
         (stored, had_live, commit)
     }
@@ -77,6 +78,7 @@ impl Replica {
     fn store_versions(
         &self,
         key: &[u8],
+        hash: u32,
         incoming: Versions,
         coordinated_by: Option<causality::NodeId>,
     ) -> (Versions, bool, Commit) {
@@ -131,11 +133,10 @@ impl Replica {
         // the versions without their values (not copied out of the store). Only a write
         // that keeps one of them is decided again with the values.
         let now_secs = unix_secs();
-        let mut commit = self
-            .store
-            .overwrite(key, now_secs, &mut |c| decide(c, true));
+        let mut commit =
+            (self.store).overwrite_hashed(key, hash, now_secs, &mut |c| decide(c, true));
         if keeps_held.get() {
-            commit = self.store.update(key, now_secs, &mut |c| decide(c, false));
+            commit = (self.store).update_hashed(key, hash, now_secs, &mut |c| decide(c, false));
         }
         (raised.unwrap_or(incoming), had_live, commit)
     }

@@ -87,8 +87,13 @@ pub struct DiskStore {
 }
 
 fn record_key(key: &[u8]) -> Vec<u8> {
+    record_key_hashed(key, key_hash(key))
+}
+
+fn record_key_hashed(key: &[u8], hash: u32) -> Vec<u8> {
+    debug_assert_eq!(hash, key_hash(key));
     let mut out = Vec::with_capacity(4 + key.len());
-    out.extend_from_slice(&key_hash(key).to_be_bytes());
+    out.extend_from_slice(&hash.to_be_bytes());
     out.extend_from_slice(key);
     out
 }
@@ -440,13 +445,14 @@ impl Store for DiskStore {
         versions.retain_unexpired(now_secs).then_some(versions)
     }
 
-    fn update(
+    fn update_hashed(
         &self,
         key: &[u8],
+        hash: u32,
         now_secs: u64,
         decide: &mut dyn FnMut(Option<&Versions>) -> Change,
     ) -> Commit {
-        self.update_record(&record_key(key), now_secs, decide)
+        self.update_record(&record_key_hashed(key, hash), now_secs, decide)
     }
 
     fn clear(&self) {

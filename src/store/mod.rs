@@ -118,6 +118,18 @@ pub trait Store: Send + Sync {
         key: &[u8],
         now_secs: u64,
         decide: &mut dyn FnMut(Option<&Versions>) -> Change,
+    ) -> Commit {
+        self.update_hashed(key, crate::keyspace::key_hash(key), now_secs, decide)
+    }
+
+    /// `update` for a caller that holds the key's ring hash already (as `get_hashed`): a
+    /// coordinated write hashes its key once, for placement.
+    fn update_hashed(
+        &self,
+        key: &[u8],
+        hash: u32,
+        now_secs: u64,
+        decide: &mut dyn FnMut(Option<&Versions>) -> Change,
     ) -> Commit;
 
     /// `update` for a `decide` that reads no value of the current versions and keeps none
@@ -128,7 +140,18 @@ pub trait Store: Send + Sync {
         now_secs: u64,
         decide: &mut dyn FnMut(Option<&Versions>) -> Change,
     ) -> Commit {
-        self.update(key, now_secs, decide)
+        self.overwrite_hashed(key, crate::keyspace::key_hash(key), now_secs, decide)
+    }
+
+    /// `overwrite` with the key's ring hash, as `update_hashed`.
+    fn overwrite_hashed(
+        &self,
+        key: &[u8],
+        hash: u32,
+        now_secs: u64,
+        decide: &mut dyn FnMut(Option<&Versions>) -> Change,
+    ) -> Commit {
+        self.update_hashed(key, hash, now_secs, decide)
     }
 
     /// Drops every record.

@@ -460,10 +460,11 @@ impl Shared {
     fn update(
         &self,
         key: &[u8],
+        hash: u32,
         now_secs: u64,
         decide: &mut dyn FnMut(Option<&Versions>) -> Change,
     ) -> Commit {
-        let hash = key_hash(key);
+        debug_assert_eq!(hash, key_hash(key));
         let mut shard = lock(&self.shards[shard_of(hash)]);
         let stored = self.current(&shard, hash, key);
         // A copy without the expired versions only when there are some: most writes find
@@ -776,13 +777,14 @@ impl Store for LogStore {
         versions.retain_unexpired(now_secs).then_some(versions)
     }
 
-    fn update(
+    fn update_hashed(
         &self,
         key: &[u8],
+        hash: u32,
         now_secs: u64,
         decide: &mut dyn FnMut(Option<&Versions>) -> Change,
     ) -> Commit {
-        self.shared.update(key, now_secs, decide)
+        self.shared.update(key, hash, now_secs, decide)
     }
 
     fn clear(&self) {
@@ -840,7 +842,7 @@ impl Store for LogStore {
             drop(shard);
             for key in expired {
                 // Keep: the update drops the expired versions on its own.
-                drop(self.shared.update(&key, now_secs, &mut |_| Change::Keep));
+                drop((self.shared).update(&key, key_hash(&key), now_secs, &mut |_| Change::Keep));
                 purged += 1;
             }
         }
