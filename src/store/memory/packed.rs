@@ -9,7 +9,7 @@
 //! Items never leave the process, so this layout can change with any release.
 
 use crate::causality::{NodeId, VectorClock};
-use crate::record::format::Input;
+use crate::record::format::{put_varint, Input};
 use crate::record::{Record, Versions};
 use bytes::Bytes;
 
@@ -110,14 +110,6 @@ fn decode(bytes: &[u8], copy_values: bool) -> Option<(Versions, usize)> {
         .0
         .is_empty()
         .then_some((Versions(versions), value_bytes))
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push(value as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 #[cfg(test)]
