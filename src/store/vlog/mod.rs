@@ -651,9 +651,14 @@ impl Shared {
             return Commit::done();
         }
         let (done, commit) = oneshot::channel();
+        // Only a first waiter can find the syncer asleep (it sleeps while none waits):
+        // a wake per write was a futex call per write while the syncer was busy anyway.
+        let first = syncs.waiting.is_empty();
         syncs.waiting.push_back((appended, done));
         drop(syncs);
-        self.sync_wanted.notify_one();
+        if first {
+            self.sync_wanted.notify_one();
+        }
         Commit::pending(commit)
     }
 
