@@ -256,7 +256,7 @@ pub mod format {
     }
 
     /// FORMAT's body, postcard's encoding of `Versions`, read by hand: serde's generic
-    /// path took 1,200 instructions of a 1 KiB disk get, this a third of that. It takes
+    /// path took 1,200 instructions of a 1 KiB disk get, this under half of that. It takes
     /// exactly what `postcard::from_bytes` takes (a test holds the two to it on any bytes),
     /// bytes after the last record included.
     fn decode_current(body: &[u8], value_of: impl Fn(&[u8]) -> Bytes) -> Option<Versions> {
