@@ -210,8 +210,8 @@ for target in memcached kai kai-fsync kai-periodic kai-3-nodes; do
 done
 # Three targets, paired: rows of different servers run a minute apart above, and this
 # machine's speed drifts between them (disk/memory gets ranged 0.74-1.08 over runs, kai/
-# memcached sets 0.81-1.02, periodic/memory sets 0.72-0.91). Five pairs of 5 s rows back to back, the order alternating;
-# the median of their ratios.
+# memcached sets 0.81-1.02, periodic/memory sets 0.72-0.91). Five pairs of 5 s rows back
+# to back, the order alternating; the median of their ratios.
 ops_of() { # port mix
     "$LOADGEN" --servers "127.0.0.1:$1" --connections 50 --seconds 5 --mix "$2" | cut -d' ' -f1
 }
