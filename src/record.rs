@@ -359,7 +359,7 @@ pub mod format {
                 }
             }
             let Some(head) = self.0.first_chunk::<8>() else {
-                return self.varint_of(10);
+                return self.varint_of(64);
             };
             let word = u64::from_le_bytes(*head);
             let ends = !word & 0x8080_8080_8080_8080;
@@ -382,18 +382,19 @@ pub mod format {
 
         /// A u32's varint: at most 5 bytes, the fifth carrying 4 bits.
         fn varint_u32(&mut self) -> Option<u32> {
-            self.varint_of(5).map(|value| value as u32)
+            self.varint_of(32).map(|value| value as u32)
         }
 
-        /// A varint of at most `max_bytes`, whose last may carry only the bits left of
-        /// the type's width (`max_bytes` 10: 64 bits, 5: 32 bits).
-        fn varint_of(&mut self, max_bytes: u32) -> Option<u64> {
+        /// A varint of a `bits`-wide type: at most `bits / 7` bytes rounded up, the last
+        /// carrying only the bits left over (64: 10 bytes, the last 1 bit; 32: 5 and 4).
+        fn varint_of(&mut self, bits: u32) -> Option<u64> {
+            let max_bytes = bits.div_ceil(7);
+            let last_bits = bits - 7 * (max_bytes - 1);
             let mut value = 0u64;
             for i in 0..max_bytes {
                 let byte = self.byte()?;
                 value |= u64::from(byte & 0x7f) << (7 * i);
                 if byte < 0x80 {
-                    let last_bits = if max_bytes == 10 { 1 } else { 4 };
                     return (i + 1 < max_bytes || byte < 1 << last_bits).then_some(value);
                 }
             }
