@@ -113,6 +113,10 @@ fn digests_and_bucket_listings(store: &dyn Store) -> (Vec<u64>, Vec<(Bytes, u64)
             Change::Put(Versions::one(tombstone.clone()))
         });
     }
+    // Removed outright, tombstones among them.
+    for i in (0..200).step_by(7) {
+        change(store, &format!("key{i}"), 100, || Change::Remove);
+    }
     let (low, high) = store.digests().hash_range(5);
     let mut listed = store.keys_in(low, high);
     listed.sort();

@@ -2,6 +2,9 @@
 //! live records copied to the head of the log (through the committer, like any write, and
 //! paced), and is deleted once the copies are on disk and no index entry points into it.
 //! Every sealed segment then holds at most 1.5× its live bytes.
+//!
+//! The live records are found by walking the index for entries that point into the
+//! segment; its hint file is read only for its removes, which no entry names.
 
 use super::frame::{self, Kind};
 use super::{hint_path, key_hash, lock, recovery, shard_of, Shared};
@@ -74,11 +77,12 @@ pub(super) fn compact_once(shared: &Shared, force: bool) -> bool {
     }
 }
 
-fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
+pub(super) fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
     let hint_file = hint_path(&shared.dir, id);
-    let hints = std::fs::read(&hint_file)
+    let removes = std::fs::read(&hint_file)
         .ok()
-        .and_then(|bytes| frame::decode_hints(&bytes))
+        // Only removes: a live put is found in the index.
+        .and_then(|bytes| frame::decode_hints_of(&bytes, |kind| kind == Kind::Remove))
         .ok_or_else(|| {
             StoreError::Damaged(format!("{}: missing or damaged", hint_file.display()))
         })?;
@@ -90,58 +94,49 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
         let segments = shared.segments.read().unwrap_or_else(|p| p.into_inner());
         segments.keys().next() == Some(&id)
     };
-    let rate = shared.settings.compaction_rate.max(1 << 20) as f64;
-    let started = Instant::now();
-    let mut copied = 0u64;
-    // The puts moved, by ring hash and key: only their entries could still point here, as
-    // an entry that no longer points at a frame never points back (writes go to the head).
-    let mut moved = Vec::new();
-    for hint in &hints {
+    let mut pace = Pace::new(shared.settings.compaction_rate);
+    // The live puts, in file order. Only an entry that points here now can be live: one
+    // that no longer does never points back, as writes go to the head.
+    for (offset, hash, key) in entries_into(shared, id) {
+        if shared.stop_requested() {
+            return Ok(false);
+        }
+        let mut shard = lock(&shared.shards[shard_of(hash)]);
+        let Some(entry) = shard.get(hash, &key).copied() else {
+            continue;
+        };
+        if entry.segment != id || entry.offset != offset {
+            continue;
+        }
+        // The frame moves as it is: it holds the key and its versions already.
+        let frame = shared.read_frame(&segment, &entry)?;
+        let summary = Some(entry.summary);
+        let at = shared.append(&frame, &key, summary)?;
+        shared.place(&mut shard, &key, hash, summary, &at);
+        drop(shard);
+        pace.copied(entry.len);
+    }
+    // A remove must outlive every older frame of its key; only in the oldest segment is
+    // there none. No index entry names a removed key, so removes are found in the hints.
+    for hint in removes.iter().filter(|_| !oldest) {
         if shared.stop_requested() {
             return Ok(false);
         }
         let hash = key_hash(&hint.key);
         let mut shard = lock(&shared.shards[shard_of(hash)]);
-        match hint.kind {
-            Kind::Put => {
-                let Some(entry) = shard.get(hash, &hint.key).copied() else {
-                    continue;
-                };
-                if entry.segment != id || entry.offset != hint.offset {
-                    continue;
-                }
-                // The frame moves as it is: it holds the key and its versions already.
-                let frame = shared.read_frame(&segment, &entry)?;
-                let summary = Some(entry.summary);
-                let at = shared.append(&frame, &hint.key, summary)?;
-                shared.place(&mut shard, &hint.key, hash, summary, &at);
-                moved.push((hash, &hint.key));
-            }
-            // A remove must outlive every older frame of its key; only in the oldest
-            // segment is there none.
-            Kind::Remove if !oldest && shard.get(hash, &hint.key).is_none() => {
-                let mut frame = Vec::new();
-                frame::encode(&mut frame, Kind::Remove, &hint.key, &[]);
-                let at = shared.append(&frame, &hint.key, None)?;
-                shared.place(&mut shard, &hint.key, hash, None, &at);
-            }
-            Kind::Remove => continue,
+        if shard.get(hash, &hint.key).is_some() {
+            continue;
         }
+        let mut frame = Vec::new();
+        frame::encode(&mut frame, Kind::Remove, &hint.key, &[]);
+        let at = shared.append(&frame, &hint.key, None)?;
+        shared.place(&mut shard, &hint.key, hash, None, &at);
         drop(shard);
-        copied += u64::from(hint.len);
-        // Pace: never ahead of `compaction_rate`.
-        let due = Duration::from_secs_f64(copied as f64 / rate);
-        if let Some(ahead) = due.checked_sub(started.elapsed()) {
-            std::thread::sleep(ahead);
-        }
+        pace.copied(hint.len);
     }
     // The copies must be on disk before the originals go.
     shared.sync()?;
-    let still_used = moved.iter().any(|&(hash, key)| {
-        let shard = lock(&shared.shards[shard_of(hash)]);
-        shard.get(hash, key).is_some_and(|e| e.segment == id)
-    });
-    if still_used {
+    if points_into(shared, id) {
         log::info!("disk store compaction of segment {id}: records were rewritten while it ran; it is retried");
         return Ok(false);
     }
@@ -151,7 +146,57 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
     }
     recovery::delete_segment(&shared.dir, id);
     shared.compactions.fetch_add(1, Ordering::Relaxed);
-    (shared.compacted_bytes).fetch_add(size.saturating_sub(copied), Ordering::Relaxed);
-    log::debug!("disk store compacted segment {id}: {size} bytes, {copied} still live");
+    (shared.compacted_bytes).fetch_add(size.saturating_sub(pace.total), Ordering::Relaxed);
+    log::debug!(
+        "disk store compacted segment {id}: {size} bytes, {} still live",
+        pace.total
+    );
     Ok(true)
+}
+
+/// The index entries that point into segment `id`, as (offset, ring hash, key) in file
+/// order. Walking the index costs a few instructions an entry; looking each of the
+/// segment's hints up cost an md5 of its key, and by the time a segment is compacted most
+/// of its hints are dead.
+fn entries_into(shared: &Shared, id: u32) -> Vec<(u32, u32, Box<[u8]>)> {
+    let mut found = Vec::new();
+    for shard in &shared.shards {
+        let shard = lock(shard);
+        let here = shard.index.iter().filter(|slot| slot.entry.segment == id);
+        found.extend(here.map(|slot| (slot.entry.offset, slot.entry.hash, slot.key.clone())));
+    }
+    found.sort_unstable_by_key(|&(offset, _, _)| offset);
+    found
+}
+
+/// Whether any index entry points into segment `id`.
+fn points_into(shared: &Shared, id: u32) -> bool {
+    (shared.shards.iter())
+        .any(|shard| (lock(shard).index.iter()).any(|slot| slot.entry.segment == id))
+}
+
+/// Keeps compaction's copying under `compaction_rate` bytes a second.
+struct Pace {
+    rate: f64,
+    started: Instant,
+    total: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            rate: rate.max(1 << 20) as f64,
+            started: Instant::now(),
+            total: 0,
+        }
+    }
+
+    /// Counts `len` bytes copied, sleeping while the copying is ahead of the rate.
+    fn copied(&mut self, len: u32) {
+        self.total += u64::from(len);
+        let due = Duration::from_secs_f64(self.total as f64 / self.rate);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
 }

@@ -117,27 +117,59 @@ pub struct Hint {
 }
 
 pub fn encode_hints(hints: &[Hint]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + hints.len() * 64);
-    out.extend_from_slice(HINT_MAGIC);
+    let mut file = HintFile::default();
     for hint in hints {
-        out.push(hint.kind as u8);
-        out.extend_from_slice(&(hint.key.len() as u16).to_le_bytes());
-        out.extend_from_slice(&hint.key);
-        out.extend_from_slice(&hint.offset.to_le_bytes());
-        out.extend_from_slice(&hint.len.to_le_bytes());
-        let s = &hint.summary;
-        out.extend_from_slice(&s.expires.to_le_bytes());
-        out.extend_from_slice(&s.fingerprint.to_le_bytes());
-        out.extend_from_slice(&s.footprint.to_le_bytes());
-        out.push(u8::from(s.live) | u8::from(s.tombstoned) << 1);
+        file.push(hint.kind, &hint.key, hint.offset, hint.len, &hint.summary);
     }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    file.finish()
+}
+
+/// A hint file being written as its segment is: each frame's hint is encoded when the
+/// frame is appended, where a `Hint` per frame copied its key into an allocation of its own.
+#[derive(Clone, Debug)]
+pub struct HintFile {
+    body: Vec<u8>,
+}
+
+impl Default for HintFile {
+    fn default() -> HintFile {
+        HintFile {
+            body: HINT_MAGIC.to_vec(),
+        }
+    }
+}
+
+impl HintFile {
+    pub fn push(&mut self, kind: Kind, key: &[u8], offset: u32, len: u32, summary: &Summary) {
+        let out = &mut self.body;
+        out.push(kind as u8);
+        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&summary.expires.to_le_bytes());
+        out.extend_from_slice(&summary.fingerprint.to_le_bytes());
+        out.extend_from_slice(&summary.footprint.to_le_bytes());
+        out.push(u8::from(summary.live) | u8::from(summary.tombstoned) << 1);
+    }
+
+    /// The file's bytes: the hints so far and the CRC that seals them.
+    pub fn finish(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 4);
+        out.extend_from_slice(&self.body);
+        out.extend_from_slice(&crc32fast::hash(&self.body).to_le_bytes());
+        out
+    }
 }
 
 /// The hints in `bytes`; None unless the whole file is intact.
 pub fn decode_hints(bytes: &[u8]) -> Option<Vec<Hint>> {
+    decode_hints_of(bytes, |_| true)
+}
+
+/// The hints in `bytes` of the kinds `wanted` picks, the others read past without copying
+/// their keys; None unless the whole file is intact.
+pub fn decode_hints_of(bytes: &[u8], wanted: impl Fn(Kind) -> bool) -> Option<Vec<Hint>> {
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
         return None;
@@ -161,11 +193,14 @@ pub fn decode_hints(bytes: &[u8]) -> Option<Vec<Hint>> {
         if key_len > MAX_KEY {
             return None;
         }
-        let key = take(key_len)?.into();
+        let key = take(key_len)?;
         let fixed = take(4 + 4 + 8 + 8 + 4 + 1)?;
+        if !wanted(kind) {
+            continue;
+        }
         hints.push(Hint {
             kind,
-            key,
+            key: key.into(),
             offset: u32_at(&fixed[0..4]),
             len: u32_at(&fixed[4..8]),
             summary: Summary {
@@ -254,5 +289,14 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[10] ^= 1;
         assert_eq!(decode_hints(&damaged), None);
+        // The layout is the release's file format: magic, then per hint kind, key length,
+        // key, offset, length, expiry, fingerprint, footprint and flags, then the CRC.
+        assert_eq!(&bytes[..8], b"kaihint1");
+        assert_eq!(&bytes[8..12], &[1, 1, 0, b'a']);
+        assert_eq!(bytes.len(), 8 + (3 + 1 + 29) + (3 + 2 + 29) + 4);
+        // Compaction reads only the removes; the puts' keys are passed over.
+        let removes = decode_hints_of(&bytes, |kind| kind == Kind::Remove).unwrap();
+        assert_eq!(removes, hints[1..]);
+        assert_eq!(decode_hints_of(&damaged, |_| false), None);
     }
 }

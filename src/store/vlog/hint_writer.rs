@@ -5,7 +5,7 @@
 //! rebuilds a missing one from its segment), so it may come a moment after the seal; the
 //! compactor leaves a segment alone until its hint file is on disk.
 
-use super::frame::{self, Hint};
+use super::frame::HintFile;
 use super::{hint_path, lock, Shared};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -23,7 +23,7 @@ pub(super) struct HintWriter {
 #[derive(Default)]
 struct Queue {
     /// Sealed segments and their frames, oldest first.
-    unwritten: VecDeque<(u32, Arc<Vec<Hint>>)>,
+    unwritten: VecDeque<(u32, Arc<HintFile>)>,
     /// The segment whose hint file failed to write last, until a write succeeds.
     failing: Option<u32>,
     stopping: bool,
@@ -31,7 +31,7 @@ struct Queue {
 
 impl HintWriter {
     /// Queues the hint file of segment `id`, just sealed.
-    pub(super) fn push(&self, id: u32, hints: Vec<Hint>) {
+    pub(super) fn push(&self, id: u32, hints: HintFile) {
         lock(&self.queue).unwritten.push_back((id, Arc::new(hints)));
         // All: `flush` waits on the same condition variable.
         self.wanted.notify_all();
@@ -77,7 +77,7 @@ pub(super) fn run(shared: &Shared) {
             }
         };
         let path = hint_path(&shared.dir, id);
-        match crate::durable::write_atomically(&path, &frame::encode_hints(&hints)) {
+        match crate::durable::write_atomically(&path, &hints.finish()) {
             Ok(()) => {
                 let mut queue = lock(&writer.queue);
                 queue.unwritten.pop_front();

@@ -32,7 +32,7 @@ use super::{Change, Commit, Durability, Store, StoreError, StoreStats, Versions}
 use crate::keyspace::key_hash;
 use crate::record::{earlier_expiry, expired_by};
 use bytes::Bytes;
-use frame::{Hint, Kind, Summary};
+use frame::{HintFile, Kind, Summary};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -119,14 +119,16 @@ struct Shard {
 
 impl Shard {
     /// Points `key` at `entry` (which holds its ring hash), returning the entry it replaces.
-    fn insert(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
+    /// The key is copied only for a key new to the index: most writes overwrite.
+    fn insert(&mut self, key: &[u8], entry: Entry) -> Option<Entry> {
         self.earliest_expiry = earlier_expiry(self.earliest_expiry, entry.summary.expires);
-        match self.find(entry.hash, &key) {
+        match self.find(entry.hash, key) {
             Some(at) => {
                 let slot = self.index.get_mut(at).expect("just found");
                 Some(std::mem::replace(&mut slot.entry, entry))
             }
             None => {
+                let key = key.into();
                 self.index.insert(Indexed { key, entry });
                 None
             }
@@ -187,7 +189,7 @@ struct Head {
     id: u32,
     segment: Arc<Segment>,
     /// Its frames so far: its hint file once it is sealed.
-    hints: Vec<Hint>,
+    hints: HintFile,
     /// Frames appended but not yet written, from `segment.written` on.
     buffer: Vec<u8>,
     /// Bytes appended to the log since the store opened: a write's position in time.
@@ -270,10 +272,9 @@ fn apply_delta(counter: &AtomicU64, delta: i64) {
     }
 }
 
-fn counts(key: &[u8], versions: Option<&Versions>) -> (i64, i64) {
-    versions.map_or((0, 0), |v| {
-        (i64::from(v.has_live()), v.footprint(key) as i64)
-    })
+/// The items and bytes an indexed key counts for.
+fn counts(summary: Option<&Summary>) -> (i64, i64) {
+    summary.map_or((0, 0), |s| (i64::from(s.live), i64::from(s.footprint)))
 }
 
 fn failed(error: StoreError) -> Commit {
@@ -511,19 +512,26 @@ impl Shared {
             Ok(position) => position,
             Err(err) => return failed(err),
         };
-        self.place(&mut shard, key, hash, summary, &position);
-        // Counted under the shard lock, which a flush_all also holds.
-        let (old_items, old_bytes) = counts(key, stored.as_ref());
-        let (new_items, new_bytes) = counts(key, new.as_ref());
-        self.digests
-            .change(hash, key, stored.as_ref(), new.as_ref());
+        let replaced = self.place(&mut shard, key, hash, summary, &position);
+        // Counted under the shard lock, which a flush_all also holds, from the summaries a
+        // start sums up too: the versions need not be hashed again.
+        let old = replaced.map(|entry| entry.summary);
+        let (old_items, old_bytes) = counts(old.as_ref());
+        let (new_items, new_bytes) = counts(summary.as_ref());
+        self.digests.record(&index_delta(
+            &self.digests,
+            hash,
+            old.as_ref(),
+            summary.as_ref(),
+        ));
         apply_delta(&self.items, new_items - old_items);
         apply_delta(&self.bytes, new_bytes - old_bytes);
         drop(shard);
         self.durable(position.appended)
     }
 
-    /// Points the index at a frame just appended (a put) or drops the key (a remove).
+    /// Points the index at a frame just appended (a put) or drops the key (a remove),
+    /// returning the entry it replaced.
     fn place(
         &self,
         shard: &mut Shard,
@@ -531,10 +539,10 @@ impl Shared {
         hash: u32,
         summary: Option<Summary>,
         at: &Position,
-    ) {
+    ) -> Option<Entry> {
         let old = match summary {
             Some(summary) => shard.insert(
-                key.into(),
+                key,
                 Entry {
                     segment: at.segment,
                     offset: at.offset,
@@ -551,6 +559,7 @@ impl Shared {
         if let Some(old) = old {
             self.add_dead(old.segment, old.len);
         }
+        old
     }
 
     /// Appends one frame at the head, sealing it first when the frame would not fit.
@@ -575,17 +584,13 @@ impl Shared {
             .size
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
         head.appended += frame.len() as u64;
-        head.hints.push(Hint {
-            kind: if summary.is_some() {
-                Kind::Put
-            } else {
-                Kind::Remove
-            },
-            key: key.into(),
-            offset: offset as u32,
-            len: frame.len() as u32,
-            summary: summary.unwrap_or_default(),
-        });
+        let kind = if summary.is_some() {
+            Kind::Put
+        } else {
+            Kind::Remove
+        };
+        let summary = summary.unwrap_or_default();
+        (head.hints).push(kind, key, offset as u32, frame.len() as u32, &summary);
         Ok(Position {
             segment: head.id,
             offset: offset as u32,
@@ -888,10 +893,24 @@ impl Store for LogStore {
 
 /// The bucket summary change of adding one indexed key (a start rebuilding its digests).
 fn entry_delta(digests: &Digests, entry: &Entry) -> Delta {
+    index_delta(digests, entry.hash, None, Some(&entry.summary))
+}
+
+/// The bucket summary change of the index's entry for a key going from `old` to `new`
+/// (None: no entry). An entry's fingerprint is that of its versions, which are never
+/// empty, so it counts as one key.
+fn index_delta(
+    digests: &Digests,
+    hash: u32,
+    old: Option<&Summary>,
+    new: Option<&Summary>,
+) -> Delta {
+    let fingerprint = |s: Option<&Summary>| s.map_or(0, |s| s.fingerprint);
+    let tombstoned = |s: Option<&Summary>| i32::from(s.is_some_and(|s| s.tombstoned));
     Delta {
-        bucket: digests.bucket_of(entry.hash),
-        xor: entry.summary.fingerprint,
-        keys: 1,
-        tombstoned: i32::from(entry.summary.tombstoned),
+        bucket: digests.bucket_of(hash),
+        xor: fingerprint(old) ^ fingerprint(new),
+        keys: i32::from(new.is_some()) - i32::from(old.is_some()),
+        tombstoned: tombstoned(new) - tombstoned(old),
     }
 }

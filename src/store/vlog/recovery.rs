@@ -1,7 +1,7 @@
 //! Opening the log: which segments count, the index rebuilt from hint files (a scan where
 //! a segment has none), a torn head truncated, counters and digests summed from the index.
 
-use super::frame::{self, Hint, Kind, Summary};
+use super::frame::{self, Hint, HintFile, Kind, Summary};
 use super::{
     entry_delta, hint_path, segment_path, Entry, OpenError, Segment, Settings, Shard, SHARDS,
 };
@@ -21,7 +21,7 @@ pub(super) struct Recovered {
     pub shards: Vec<Shard>,
     pub segments: BTreeMap<u32, Arc<Segment>>,
     pub head: u32,
-    pub head_hints: Vec<Hint>,
+    pub head_hints: HintFile,
     pub items: u64,
     pub bytes: u64,
     pub digests: Digests,
@@ -118,7 +118,7 @@ pub(super) fn recover(dir: &Path, settings: &Settings) -> Result<Recovered, Open
     ids.retain(|&id| id >= first);
     let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
     let mut segments: BTreeMap<u32, Arc<Segment>> = BTreeMap::new();
-    let mut head_hints = Vec::new();
+    let mut head_hints = HintFile::default();
     let last = ids.last().copied();
     for &id in &ids {
         let path = segment_path(dir, id);
@@ -178,7 +178,9 @@ pub(super) fn recover(dir: &Path, settings: &Settings) -> Result<Recovered, Open
         segments.insert(id, Arc::new(Segment::new(file, size, map_len, &path)));
         replay(&mut shards, &segments, id, &hints);
         if is_head {
-            head_hints = hints;
+            for hint in &hints {
+                head_hints.push(hint.kind, &hint.key, hint.offset, hint.len, &hint.summary);
+            }
         }
     }
     let head = match last {
@@ -223,7 +225,7 @@ fn replay(shards: &mut [Shard], segments: &BTreeMap<u32, Arc<Segment>>, id: u32,
         let shard = &mut shards[super::shard_of(hash)];
         let old = match hint.kind {
             Kind::Put => shard.insert(
-                hint.key.clone(),
+                &hint.key,
                 Entry {
                     segment: id,
                     offset: hint.offset,
