@@ -345,6 +345,47 @@ fn a_remove_outlives_the_compaction_of_its_segment_while_an_older_put_remains() 
 }
 
 #[test]
+fn frames_read_back_while_their_buffer_is_written_out_by_another_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        segment_bytes: 1 << 20,
+        ..Settings::new(Durability::Periodic, Duration::from_secs(3600), 64)
+    };
+    let store = Arc::new(LogStore::open(dir.path(), settings.clone()).unwrap());
+    let writers: Vec<_> = (0..4)
+        .map(|thread| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..1500 {
+                    let key = format!("t{thread}k{}", i % 500);
+                    let value = format!("{i:04}").repeat(256);
+                    put(&store, &key, &value);
+                    // Found wherever it is: the buffer, a handed-off write or the file.
+                    assert_eq!(value_of_key(&store, &key), value, "{key}");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert!(store.shared.head_id.load(Ordering::Relaxed) > 3, "sealed");
+    drop(Arc::into_inner(store).expect("the writers are done"));
+    let store = LogStore::open(dir.path(), settings).unwrap();
+    for thread in 0..4 {
+        for i in 1000..1500 {
+            let key = format!("t{thread}k{}", i % 500);
+            assert_eq!(value_of_key(&store, &key), format!("{i:04}").repeat(256));
+        }
+    }
+    LogStore::check(dir.path()).expect("consistent");
+}
+
+fn value_of_key(store: &LogStore, key: &str) -> String {
+    value(store, key).unwrap_or_default()
+}
+
+#[test]
 fn periodic_syncs_early_once_a_mebibyte_waits_unsynced() {
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings {
