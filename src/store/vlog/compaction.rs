@@ -97,22 +97,23 @@ pub(super) fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
     let mut pace = Pace::new(shared.settings.compaction_rate);
     // The live puts, in file order. Only an entry that points here now can be live: one
     // that no longer does never points back, as writes go to the head.
-    for (offset, hash, key) in entries_into(shared, id) {
+    let live = entries_into(shared, id);
+    for (offset, hash, key) in &live {
         if shared.stop_requested() {
             return Ok(false);
         }
-        let mut shard = lock(&shared.shards[shard_of(hash)]);
-        let Some(entry) = shard.get(hash, &key).copied() else {
+        let mut shard = lock(&shared.shards[shard_of(*hash)]);
+        let Some(entry) = shard.get(*hash, key).copied() else {
             continue;
         };
-        if entry.segment != id || entry.offset != offset {
+        if entry.segment != id || entry.offset != *offset {
             continue;
         }
         // The frame moves as it is: it holds the key and its versions already.
         let frame = shared.read_frame(&segment, &entry)?;
         let summary = Some(entry.summary);
-        let at = shared.append(&frame, &key, summary)?;
-        shared.place(&mut shard, &key, hash, summary, &at);
+        let at = shared.append(&frame, key, summary)?;
+        shared.place(&mut shard, key, *hash, summary, &at);
         drop(shard);
         pace.copied(entry.len);
     }
@@ -136,7 +137,13 @@ pub(super) fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
     }
     // The copies must be on disk before the originals go.
     shared.sync()?;
-    if points_into(shared, id) {
+    // Only the keys found live can still point here; a second walk of the whole index cost
+    // as much as the first.
+    let still_used = live.iter().any(|(_, hash, key)| {
+        let shard = lock(&shared.shards[shard_of(*hash)]);
+        shard.get(*hash, key).is_some_and(|e| e.segment == id)
+    });
+    if still_used {
         log::info!("disk store compaction of segment {id}: records were rewritten while it ran; it is retried");
         return Ok(false);
     }
@@ -167,12 +174,6 @@ fn entries_into(shared: &Shared, id: u32) -> Vec<(u32, u32, Box<[u8]>)> {
     }
     found.sort_unstable_by_key(|&(offset, _, _)| offset);
     found
-}
-
-/// Whether any index entry points into segment `id`.
-fn points_into(shared: &Shared, id: u32) -> bool {
-    (shared.shards.iter())
-        .any(|shard| (lock(shard).index.iter()).any(|slot| slot.entry.segment == id))
 }
 
 /// Keeps compaction's copying under `compaction_rate` bytes a second.
