@@ -4,8 +4,9 @@
 //! A write takes its key's shard lock, decides, appends one frame to the head's write
 //! buffer and points the index at it, all on the request's own thread: later reads find it
 //! at once (in the buffer until it is written), and one key's frames are in the log in the
-//! order they were decided. The buffer is written out with one `pwrite` when it fills or
-//! the syncer runs. With `fsync` the writer then waits for the syncer thread, which writes
+//! order they were decided. The buffer is written out with one `pwrite` when it fills (by
+//! the append that filled it, after releasing the head's lock) or the syncer runs. With
+//! `fsync` the writer then waits for the syncer thread, which writes
 //! the buffer and fdatasyncs the head for every write appended since its last sync (group
 //! commit: one write and one sync per batch of concurrent writers); a client hears STORED
 //! only once its write is durable. With `periodic` the writer goes on at once and the
@@ -16,7 +17,8 @@
 //! start reads the hints and scans only the unsealed segment (and any sealed one whose hint
 //! file is missing), truncating a torn last frame. Compaction copies a sealed
 //! segment's live frames to the head, paced, then deletes it. Items, bytes and the
-//! anti-entropy digests are rebuilt from the index at start, never stored.
+//! anti-entropy digests are rebuilt from the index at start, never stored, and kept up to
+//! date from the index entries' summaries.
 
 mod compaction;
 pub mod frame;
