@@ -117,11 +117,7 @@ pub struct Hint {
 }
 
 pub fn encode_hints(hints: &[Hint]) -> Vec<u8> {
-    let mut file = HintFile::default();
-    for hint in hints {
-        file.push(hint.kind, &hint.key, hint.offset, hint.len, &hint.summary);
-    }
-    file.finish()
+    HintFile::of(hints).finish()
 }
 
 /// A hint file being written as its segment is: each frame's hint is encoded when the
@@ -140,6 +136,15 @@ impl Default for HintFile {
 }
 
 impl HintFile {
+    /// A hint file holding `hints` so far.
+    pub fn of(hints: &[Hint]) -> HintFile {
+        let mut file = HintFile::default();
+        for hint in hints {
+            file.push(hint.kind, &hint.key, hint.offset, hint.len, &hint.summary);
+        }
+        file
+    }
+
     pub fn push(&mut self, kind: Kind, key: &[u8], offset: u32, len: u32, summary: &Summary) {
         let out = &mut self.body;
         out.push(kind as u8);

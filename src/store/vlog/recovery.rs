@@ -178,9 +178,7 @@ pub(super) fn recover(dir: &Path, settings: &Settings) -> Result<Recovered, Open
         segments.insert(id, Arc::new(Segment::new(file, size, map_len, &path)));
         replay(&mut shards, &segments, id, &hints);
         if is_head {
-            for hint in &hints {
-                head_hints.push(hint.kind, &hint.key, hint.offset, hint.len, &hint.summary);
-            }
+            head_hints = HintFile::of(&hints);
         }
     }
     let head = match last {

@@ -10,6 +10,15 @@ fn settings(segment_bytes: u64) -> Settings {
     }
 }
 
+/// Periodic, with an interval long enough that only an early sync or a close syncs.
+fn periodic(segment_bytes: u64) -> Settings {
+    Settings {
+        durability: Durability::Periodic,
+        flush_interval: Duration::from_secs(3600),
+        ..settings(segment_bytes)
+    }
+}
+
 fn block(commit: Commit) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -228,11 +237,7 @@ fn a_second_opener_is_refused() {
 #[test]
 fn frames_still_in_the_write_buffer_are_read_and_overwritten() {
     let dir = tempfile::tempdir().unwrap();
-    let periodic = Settings {
-        durability: Durability::Periodic,
-        flush_interval: Duration::from_secs(3600),
-        ..settings(1 << 20)
-    };
+    let config = periodic(1 << 20);
     let on_disk = |dir: &Path| -> u64 {
         let log = std::fs::read_dir(dir.join(DIR_NAME)).unwrap();
         (log.map(|e| e.unwrap().path()))
@@ -241,7 +246,7 @@ fn frames_still_in_the_write_buffer_are_read_and_overwritten() {
             .sum()
     };
     {
-        let store = LogStore::open(dir.path(), periodic.clone()).unwrap();
+        let store = LogStore::open(dir.path(), config.clone()).unwrap();
         for i in 0..20 {
             put(&store, &format!("key{i}"), "first");
         }
@@ -261,7 +266,7 @@ fn frames_still_in_the_write_buffer_are_read_and_overwritten() {
             "overwritten frames count as dead"
         );
     }
-    let store = LogStore::open(dir.path(), periodic).unwrap();
+    let store = LogStore::open(dir.path(), config).unwrap();
     assert!((0..20).all(|i| value_of(&store, i) == format!("second{i}")));
 }
 
@@ -347,21 +352,17 @@ fn a_remove_outlives_the_compaction_of_its_segment_while_an_older_put_remains() 
 #[test]
 fn frames_read_back_while_their_buffer_is_written_out_by_another_thread() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        segment_bytes: 1 << 20,
-        ..Settings::new(Durability::Periodic, Duration::from_secs(3600), 64)
-    };
-    let store = Arc::new(LogStore::open(dir.path(), settings.clone()).unwrap());
+    let store = Arc::new(LogStore::open(dir.path(), periodic(1 << 20)).unwrap());
     let writers: Vec<_> = (0..4)
         .map(|thread| {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
                 for i in 0..1500 {
                     let key = format!("t{thread}k{}", i % 500);
-                    let value = format!("{i:04}").repeat(256);
-                    put(&store, &key, &value);
+                    let written = format!("{i:04}").repeat(256);
+                    put(&store, &key, &written);
                     // Found wherever it is: the buffer, a handed-off write or the file.
-                    assert_eq!(value_of_key(&store, &key), value, "{key}");
+                    assert_eq!(value(&store, &key), Some(written), "{key}");
                 }
             })
         })
@@ -371,18 +372,14 @@ fn frames_read_back_while_their_buffer_is_written_out_by_another_thread() {
     }
     assert!(store.shared.head_id.load(Ordering::Relaxed) > 3, "sealed");
     drop(Arc::into_inner(store).expect("the writers are done"));
-    let store = LogStore::open(dir.path(), settings).unwrap();
+    let store = LogStore::open(dir.path(), periodic(1 << 20)).unwrap();
     for thread in 0..4 {
         for i in 1000..1500 {
             let key = format!("t{thread}k{}", i % 500);
-            assert_eq!(value_of_key(&store, &key), format!("{i:04}").repeat(256));
+            assert_eq!(value(&store, &key), Some(format!("{i:04}").repeat(256)));
         }
     }
     LogStore::check(dir.path()).expect("consistent");
-}
-
-fn value_of_key(store: &LogStore, key: &str) -> String {
-    value(store, key).unwrap_or_default()
 }
 
 #[test]
