@@ -82,6 +82,19 @@ pub fn decode(bytes: &[u8]) -> Option<(Frame<'_>, usize)> {
     Some((Frame { kind, key, value }, total))
 }
 
+/// What follows the header and key of a put of `key`, among a frame's first bytes, read
+/// without its CRC (the caller checks what it takes from it otherwise); None for anything
+/// else.
+pub fn put_value_start<'a>(frame_start: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let header = frame_start.get(..HEADER)?;
+    if header[8] != Kind::Put as u8 {
+        return None;
+    }
+    let key_len = u16::from_le_bytes([header[9], header[10]]) as usize;
+    let rest = frame_start.get(HEADER..)?;
+    (rest.get(..key_len)? == key).then(|| &rest[key_len..])
+}
+
 /// What the index keeps of a key besides where its frame is: enough to count items and
 /// bytes, rebuild the digests and find expired records without reading a value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

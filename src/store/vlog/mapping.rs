@@ -74,27 +74,43 @@ impl Mapping {
     /// A copy of `len` bytes at `offset`; `None` when they lie outside the mapping or a
     /// page of them could not be read (then `pread` reports why).
     pub(super) fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let mut copy = Vec::with_capacity(len);
+        // SAFETY: the vector has room for `len` bytes, all of which a success wrote.
+        unsafe {
+            self.copy_out(offset, copy.as_mut_ptr(), len)?;
+            copy.set_len(len);
+        }
+        Some(copy)
+    }
+
+    /// `read` into `out`, which it fills.
+    pub(super) fn read_into(&self, offset: u64, out: &mut [u8]) -> Option<()> {
+        // SAFETY: `out` has room for its length.
+        unsafe { self.copy_out(offset, out.as_mut_ptr(), out.len()) }
+    }
+
+    /// # Safety
+    /// `dest` must be valid for writes of `len` bytes.
+    unsafe fn copy_out(&self, offset: u64, dest: *mut u8, len: usize) -> Option<()> {
         let offset = usize::try_from(offset).ok()?;
         if offset.checked_add(len)? > self.len || self.has_faulted() {
             return None;
         }
-        let mut copy = Vec::with_capacity(len);
         // SAFETY: the range is inside the mapping, which lives as long as `self`; a page of
         // it that cannot be read is replaced by the handler before the copy resumes.
         unsafe {
             let source = self.base.as_ptr().cast::<u8>().add(offset);
             COPYING.set((source as usize, source as usize + len));
             compiler_fence(Ordering::SeqCst);
-            std::ptr::copy_nonoverlapping(source, copy.as_mut_ptr(), len);
+            std::ptr::copy_nonoverlapping(source, dest, len);
             compiler_fence(Ordering::SeqCst);
             COPYING.set((0, 0));
-            copy.set_len(len);
         }
         if FAULTED.replace(false) {
             self.faulted.store(true, Ordering::Relaxed);
             return None;
         }
-        Some(copy)
+        Some(())
     }
 
     /// Whether a read found an unreadable page, so reads no longer use the mapping.

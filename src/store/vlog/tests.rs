@@ -474,3 +474,61 @@ fn the_purge_finds_what_expires_after_a_restart_and_passes_over_shards_with_noth
     assert_eq!((due(499), due(500)), (0, 1));
     assert_eq!(store.purge_expired(600), 1);
 }
+
+/// A store holding "k" with a 1000-byte value on disk, where its frame is and the
+/// segment file holding it.
+fn one_frame_on_disk(dir: &Path) -> (LogStore, Entry, PathBuf) {
+    let store = LogStore::open(dir, settings(1 << 20)).unwrap();
+    put(&store, "k", &"v".repeat(1000));
+    let hash = key_hash(b"k");
+    let entry = *lock(&store.shared.shards[shard_of(hash)])
+        .get(hash, b"k")
+        .unwrap();
+    let path = segment_path(&dir.join(DIR_NAME), entry.segment);
+    (store, entry, path)
+}
+
+/// Overwrites `key` with "new", returning the clock of the version the write was shown.
+fn overwrite_seeing(store: &LogStore, key: &str) -> Option<crate::causality::VectorClock> {
+    let mut seen = None;
+    block(store.overwrite(key.as_bytes(), 100, &mut |current| {
+        seen = current.map(|v| v.0[0].clock.clone());
+        Change::Put(Versions::one(test_record("new", 0)))
+    }));
+    seen
+}
+
+fn damage(path: &Path, at: u64) {
+    let file = File::options().read(true).write(true).open(path).unwrap();
+    let mut byte = [0];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x02], at).unwrap();
+}
+
+#[test]
+fn an_overwrite_reads_the_stored_version_around_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, entry, path) = one_frame_on_disk(dir.path());
+    let segment = store.shared.segment(entry.segment).unwrap();
+    assert!(segment.mapping.is_some(), "read through the mapping");
+    // A damaged value fails the whole read's CRC...
+    damage(&path, u64::from(entry.offset + entry.len / 2));
+    assert_eq!(value(&store, "k"), None);
+    // ...which an overwrite, reading around the value, never makes.
+    let clock = overwrite_seeing(&store, "k");
+    assert_eq!(clock, Some(test_record("", 0).clock));
+    assert_eq!(value(&store, "k").as_deref(), Some("new"));
+}
+
+#[test]
+fn an_overwrite_that_finds_the_stored_clock_damaged_reads_the_whole_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, entry, path) = one_frame_on_disk(dir.path());
+    // The clock's counter, before the three flags that end the frame: 1 becomes 3, a
+    // clock that decodes but is not the one the index fingerprinted.
+    damage(&path, u64::from(entry.offset + entry.len - 4));
+    // The whole read fails its CRC, so the write is shown nothing rather than a clock
+    // the version never had.
+    assert_eq!(overwrite_seeing(&store, "k"), None);
+    assert_eq!(value(&store, "k").as_deref(), Some("new"));
+}
