@@ -458,7 +458,7 @@ impl Coordinator {
             mut outcome,
             amends,
         } = ops::transition(
-            &op,
+            op,
             current.as_ref(),
             self.id,
             self.stamp_after(current.as_ref()),

@@ -135,7 +135,7 @@ pub enum Parsed<'a> {
 
 /// Parses the request at the front of `buf`. `max_item_size` bounds storage values.
 pub fn parse(buf: &[u8], max_item_size: usize) -> Parsed<'_> {
-    let Some(newline) = memchr(b'\n', buf) else {
+    let Some(newline) = memchr::memchr(b'\n', buf) else {
         return if buf.len() > line_limit(buf) {
             Parsed::LineTooLong
         } else {
@@ -521,9 +521,12 @@ impl<'a> Words<'a> {
             last: &[],
         };
         let mut start = 0;
-        for word in line.split(|&b| b == b' ') {
-            let offset = start;
-            start += word.len() + 1;
+        // memchr finds the spaces many bytes a step; a split by byte took 400 instructions
+        // of a set's line.
+        let ends = memchr::memchr_iter(b' ', line).chain(std::iter::once(line.len()));
+        for end in ends {
+            let (offset, word) = (start, &line[start..end]);
+            start = end + 1;
             if word.is_empty() {
                 continue;
             }
@@ -596,10 +599,6 @@ pub fn replay<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, max_item_size: usi
         }
     }
     seen
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]

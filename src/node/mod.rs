@@ -318,8 +318,15 @@ impl Node {
             return Ok(Box::pin(cluster.write(key, op)).await?);
         }
         let mut outcome = Outcome::Deleted(DeleteOutcome::NotFound);
+        let reads_value = op.reads_value();
+        // Moved into the decision, which the store makes once (`Store::update`).
+        let mut op = Some(op);
         let mut decide = |current: Option<&Versions>| {
-            let done = ops::transition(&op, current, self.id, self.clock.stamp());
+            let Some(op) = op.take() else {
+                debug_assert!(false, "a store decided a write twice");
+                return Change::Keep;
+            };
+            let done = ops::transition(op, current, self.id, self.clock.stamp());
             outcome = done.outcome;
             match done.record {
                 None => Change::Keep,
@@ -328,7 +335,7 @@ impl Node {
             }
         };
         let now_secs = unix_secs();
-        let commit = if op.reads_value() {
+        let commit = if reads_value {
             self.store.update(key, now_secs, &mut decide)
         } else {
             self.store.overwrite(key, now_secs, &mut decide)

@@ -112,7 +112,8 @@ pub trait Store: Send + Sync {
     fn get_hashed(&self, key: &[u8], hash: u32, now_secs: u64) -> Option<Versions>;
 
     /// Reads `key`'s unexpired versions and applies `decide`'s change, atomically: later
-    /// reads see it at once; the returned `Commit` says when it is durable.
+    /// reads see it at once; the returned `Commit` says when it is durable. `decide` is
+    /// called once (a node's write moves its value into the decision).
     fn update(
         &self,
         key: &[u8],

@@ -440,3 +440,18 @@ fn a_meta_set_data_block_never_runs_as_commands() {
     assert!(seen[0].starts_with("Meta(TooLarge("), "{}", seen[0]);
     assert_eq!(seen[1], "Meta(Noop)");
 }
+
+#[test]
+fn words_are_split_on_runs_of_spaces_and_keep_their_offsets() {
+    let words = Words::split(b"  set  k 0 0 1 noreply ");
+    let found: Vec<_> = (0..words.len()).map(|i| words.get(i).unwrap()).collect();
+    assert_eq!(found, [&b"set"[..], b"k", b"0", b"0", b"1", b"noreply"]);
+    let offsets: Vec<_> = (0..words.len()).map(|i| words.offset(i)).collect();
+    assert_eq!(offsets, [2, 7, 9, 11, 13, 15]);
+    assert!(words.noreply());
+    assert_eq!(Words::split(b"").len(), 0);
+    assert_eq!(Words::split(b"   ").len(), 0);
+    // Past eight words only the count and the last word are kept.
+    let long = Words::split(b"get a b c d e f g h i");
+    assert_eq!((long.len(), long.get(8), long.last), (10, None, &b"i"[..]));
+}
