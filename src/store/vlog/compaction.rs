@@ -34,12 +34,15 @@ pub(super) fn run(shared: &Shared) {
     }
 }
 
-/// The sealed segment to compact next: the one with most dead bytes among those at least a
-/// third dead (with `force`, any dead byte will do).
-pub(super) fn candidate(shared: &Shared, force: bool) -> Option<u32> {
+/// The most segments one pass compacts after one walk of the index.
+const PASS_SEGMENTS: usize = 8;
+
+/// The sealed segments to compact next, most dead bytes first: those at least a third dead
+/// (with `force`, any dead byte will do), at most `PASS_SEGMENTS`.
+pub(super) fn candidates(shared: &Shared, force: bool) -> Vec<u32> {
     let head = shared.head_id.load(Ordering::Relaxed);
     let segments = shared.segments.read().unwrap_or_else(|p| p.into_inner());
-    (segments.range(..head))
+    let mut found: Vec<(u32, u64)> = (segments.range(..head))
         // Its hint file, what compaction reads, is not on disk yet.
         .filter(|(id, _)| !shared.hint_writer.is_unwritten(**id))
         .map(|(id, s)| {
@@ -56,28 +59,49 @@ pub(super) fn candidate(shared: &Shared, force: bool) -> Option<u32> {
                 dead * 3 >= size && dead > 0
             }
         })
-        .max_by_key(|&(_, _, dead)| dead)
-        .map(|(id, _, _)| id)
+        .map(|(id, _, dead)| (id, dead))
+        .collect();
+    found.sort_unstable_by_key(|&(id, dead)| (std::cmp::Reverse(dead), id));
+    found
+        .into_iter()
+        .take(PASS_SEGMENTS)
+        .map(|(id, _)| id)
+        .collect()
 }
 
-/// Compacts one segment; false when none needed it (or the store is closing).
+/// Compacts the segments most worth it, after one walk of the index for all of them (a
+/// walk per segment was 12 % of a periodic node's CPU with 4.4 M keys); false when none
+/// was compacted (none needed it, or the store is closing).
 pub(super) fn compact_once(shared: &Shared, force: bool) -> bool {
     // One compaction at a time (the compactor thread and `kai store compact`).
     let _one = shared.compacting.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(id) = candidate(shared, force) else {
+    let ids = candidates(shared, force);
+    if ids.is_empty() {
         return false;
-    };
-    match compact(shared, id) {
-        Ok(true) => true,
-        Ok(false) => false,
-        Err(err) => {
-            log::error!("disk store compaction of segment {id} failed: {err}");
-            false
+    }
+    let mut compacted = false;
+    for (id, live) in ids.iter().zip(entries_into(shared, &ids)) {
+        match compact_found(shared, *id, live) {
+            Ok(done) => compacted |= done,
+            Err(err) => log::error!("disk store compaction of segment {id} failed: {err}"),
+        }
+        if shared.stop_requested() {
+            return false;
         }
     }
+    compacted
 }
 
+/// Compacts segment `id` alone.
+#[cfg(test)]
 pub(super) fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
+    let live = entries_into(shared, &[id]).pop().unwrap_or_default();
+    compact_found(shared, id, live)
+}
+
+/// Compacts segment `id`, whose live puts are among `live` (found by `entries_into` after
+/// it was sealed).
+fn compact_found(shared: &Shared, id: u32, live: Vec<Live>) -> Result<bool, StoreError> {
     let hint_file = hint_path(&shared.dir, id);
     let removes = std::fs::read(&hint_file)
         .ok()
@@ -95,9 +119,8 @@ pub(super) fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
         segments.keys().next() == Some(&id)
     };
     let mut pace = Pace::new(shared.settings.compaction_rate);
-    // The live puts, in file order. Only an entry that points here now can be live: one
-    // that no longer does never points back, as writes go to the head.
-    let live = entries_into(shared, id);
+    // The live puts, in file order. Only an entry that pointed here at the walk can be
+    // live: one that no longer does never points back, as writes go to the head.
     for (offset, hash, key) in &live {
         if shared.stop_requested() {
             return Ok(false);
@@ -161,18 +184,26 @@ pub(super) fn compact(shared: &Shared, id: u32) -> Result<bool, StoreError> {
     Ok(true)
 }
 
-/// The index entries that point into segment `id`, as (offset, ring hash, key) in file
-/// order. Walking the index costs a few instructions an entry; looking each of the
-/// segment's hints up cost an md5 of its key, and by the time a segment is compacted most
-/// of its hints are dead.
-fn entries_into(shared: &Shared, id: u32) -> Vec<(u32, u32, Box<[u8]>)> {
-    let mut found = Vec::new();
+/// An index entry found pointing into a segment: its offset there, ring hash and key.
+type Live = (u32, u32, Box<[u8]>);
+
+/// For each of the segments `ids`, the index entries that point into it, in file order,
+/// from one walk of the index. Walking costs a few instructions an entry; looking each of
+/// a segment's hints up cost an md5 of its key, and by the time a segment is compacted
+/// most of its hints are dead.
+fn entries_into(shared: &Shared, ids: &[u32]) -> Vec<Vec<Live>> {
+    let mut found = vec![Vec::new(); ids.len()];
     for shard in &shared.shards {
         let shard = lock(shard);
-        let here = shard.index.iter().filter(|slot| slot.entry.segment == id);
-        found.extend(here.map(|slot| (slot.entry.offset, slot.entry.hash, slot.key.clone())));
+        for slot in shard.index.iter() {
+            if let Some(at) = ids.iter().position(|&id| id == slot.entry.segment) {
+                found[at].push((slot.entry.offset, slot.entry.hash, slot.key.clone()));
+            }
+        }
     }
-    found.sort_unstable_by_key(|&(offset, _, _)| offset);
+    for live in &mut found {
+        live.sort_unstable_by_key(|&(offset, _, _)| offset);
+    }
     found
 }
 
