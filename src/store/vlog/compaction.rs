@@ -4,7 +4,8 @@
 //! Every sealed segment then holds at most 1.5× its live bytes.
 //!
 //! The live records are found by walking the index for entries that point into the
-//! segment; its hint file is read only for its removes, which no entry names.
+//! segment (one walk for a pass of up to `PASS_SEGMENTS`); its hint file is read only for
+//! its removes, which no entry names.
 
 use super::frame::{self, Kind};
 use super::{hint_path, key_hash, lock, recovery, shard_of, Shared};
