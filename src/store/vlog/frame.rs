@@ -68,17 +68,10 @@ pub fn decode(bytes: &[u8]) -> Option<(Frame<'_>, usize)> {
     let len = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
     let total = 8usize.checked_add(len)?;
     let body = bytes.get(8..total)?;
-    if len < 3 || crc32fast::hash(&bytes[4..total]) != crc {
+    if crc32fast::hash(&bytes[4..total]) != crc {
         return None;
     }
-    let kind = match body[0] {
-        1 => Kind::Put,
-        2 => Kind::Remove,
-        _ => return None,
-    };
-    let key_len = u16::from_le_bytes([body[1], body[2]]) as usize;
-    let key = body.get(3..3 + key_len)?;
-    let value = &body[3 + key_len..];
+    let (kind, key, value) = split_body(body)?;
     Some((Frame { kind, key, value }, total))
 }
 
@@ -86,13 +79,20 @@ pub fn decode(bytes: &[u8]) -> Option<(Frame<'_>, usize)> {
 /// without its CRC (the caller checks what it takes from it otherwise); None for anything
 /// else.
 pub fn put_value_start<'a>(frame_start: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let header = frame_start.get(..HEADER)?;
-    if header[8] != Kind::Put as u8 {
-        return None;
-    }
-    let key_len = u16::from_le_bytes([header[9], header[10]]) as usize;
-    let rest = frame_start.get(HEADER..)?;
-    (rest.get(..key_len)? == key).then(|| &rest[key_len..])
+    let (kind, stored_key, rest) = split_body(frame_start.get(8..)?)?;
+    (kind == Kind::Put && stored_key == key).then_some(rest)
+}
+
+/// A frame's kind, key and what follows the key, from the bytes after its CRC and length.
+fn split_body(body: &[u8]) -> Option<(Kind, &[u8], &[u8])> {
+    let kind = match body.first()? {
+        1 => Kind::Put,
+        2 => Kind::Remove,
+        _ => return None,
+    };
+    let key_len = u16::from_le_bytes([*body.get(1)?, *body.get(2)?]) as usize;
+    let key = body.get(3..3 + key_len)?;
+    Some((kind, key, &body[3 + key_len..]))
 }
 
 /// What the index keeps of a key besides where its frame is: enough to count items and
