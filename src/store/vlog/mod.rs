@@ -65,6 +65,8 @@ pub struct Settings {
     pub segment_bytes: u64,
     /// Compaction copies at most this many bytes per second.
     pub compaction_rate: u64,
+    /// How long fewer segments than a full pass wait for more before they are compacted.
+    pub compaction_settle: Duration,
 }
 
 impl Settings {
@@ -75,6 +77,7 @@ impl Settings {
             buckets,
             segment_bytes: 64 << 20,
             compaction_rate: 16 << 20,
+            compaction_settle: Duration::from_secs(30),
         }
     }
 }

@@ -177,6 +177,44 @@ fn value_of(store: &LogStore, i: usize) -> String {
 }
 
 #[test]
+fn the_compactor_lets_a_short_pass_wait_to_settle_then_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let settle = Duration::from_secs(3);
+    let store = LogStore::open(
+        dir.path(),
+        Settings {
+            compaction_settle: settle,
+            ..settings(1024)
+        },
+    )
+    .unwrap();
+    for round in 0..3 {
+        for i in 0..10 {
+            put(&store, &format!("key{i}"), &format!("{round:0100}"));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut waiting = Vec::new();
+    while waiting.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        waiting = compaction::candidates(&store.shared, false);
+    }
+    let since = Instant::now();
+    assert!(
+        (1..compaction::PASS_SEGMENTS).contains(&waiting.len()),
+        "{waiting:?}: fewer than a full pass"
+    );
+    // The compactor looks every second: two looks and more without compacting.
+    std::thread::sleep(settle - Duration::from_millis(500));
+    assert_eq!(store.stats().compactions, 0, "waited {:?}", since.elapsed());
+    while store.stats().compactions == 0 && since.elapsed() < settle * 3 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(store.stats().compactions > 0, "compacted once settled");
+    assert!((0..10).all(|i| value_of(&store, i) == format!("{:0100}", 2)));
+}
+
+#[test]
 fn the_compactor_runs_on_its_own_while_writes_continue() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path(), settings(8 << 10)).unwrap();
