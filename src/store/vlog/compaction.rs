@@ -18,7 +18,7 @@ const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Compacts whenever a pass is full, and otherwise once its segments have waited
 /// `compaction_settle`: every pass walks the whole index, and under a storm of overwrites a
-/// pass a second (of two or three segments) was 7 % of a periodic node's CPU with 3 M keys.
+/// pass a second (of two or three segments) was 7 % of a periodic node's CPU with 2-3 M keys.
 /// Meanwhile the waiting segments die further, so there is less to copy when they go.
 pub(super) fn run(shared: &Shared) {
     let mut waiting_since: Option<Instant> = None;
