@@ -230,7 +230,15 @@ paired() { # name mix port peer-port: prints the median ratio
     done
     median "${ratios[@]}"
 }
+# Page faults of the disk node over its paired gets, and the memory left: by now the
+# servers hold about 20 GiB, and a mapped page the kernel took back costs a fault to read.
+faults() { awk '{ print $10, $12 }' "/proc/$1/stat"; }
+available_mib() { awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo; }
+read -r minor major < <(faults "$FSYNC_PID")
+available=$(available_mib)
 PAIRED_DISK_GET=$(paired "get, disk fsync node / memory node" get "$FSYNC_PORT" "$KAI_PORT")
+read -r minor_after major_after < <(faults "$FSYNC_PID")
+echo "paired get: the disk node took $((minor_after - minor)) minor and $((major_after - major)) major page faults; memory available $available MiB before, $(available_mib) MiB after" >> "$OUT/table.txt"
 # Loadgen's sets overwrite 100 k keys, so the periodic node compacts during its rows.
 PAIRED_PERIODIC_SET=$(paired "set, disk periodic node / memory node" set "$PERIODIC_PORT" "$KAI_PORT")
 since=$(cpu_snapshot)
