@@ -5,6 +5,8 @@
 //! every read hands out a copy and only writes create a new one.
 
 use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// Identifies a node inside clocks: a hash of its "host:port" rpc address.
@@ -13,8 +15,11 @@ pub type NodeId = u64;
 /// Clocks keep at most this many entries; the smallest counters go first.
 pub const MAX_CLOCK_ENTRIES: usize = 16;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct VectorClock(Arc<[(NodeId, u64)]>);
+/// The empty clock holds no `Arc`: the standard library's empty `Arc<[T]>` is one static
+/// shared by the process, so every client thread making or dropping an empty clock (a
+/// write merges from one) counted references on the same cache line.
+#[derive(Clone, Default)]
+pub struct VectorClock(Option<Arc<[(NodeId, u64)]>>);
 
 impl VectorClock {
     pub fn new() -> Self {
@@ -22,23 +27,27 @@ impl VectorClock {
     }
 
     pub fn entries(&self) -> &[(NodeId, u64)] {
-        &self.0
+        self.0.as_deref().unwrap_or_default()
+    }
+
+    fn of(entries: &[(NodeId, u64)]) -> Self {
+        VectorClock((!entries.is_empty()).then(|| Arc::from(entries)))
     }
 
     /// A clock from entries as `entries` gave them (sorted by node, one each).
     pub fn from_entries(entries: &[(NodeId, u64)]) -> Self {
         debug_assert!(entries.windows(2).all(|pair| pair[0].0 < pair[1].0));
-        VectorClock(Arc::from(entries))
+        VectorClock::of(entries)
     }
 
-    /// A clock read back from stored or received bytes, as they hold it: the same clock a
-    /// derived `Deserialize` gives, which checks no order either.
+    /// A clock read back from stored or received bytes, as they hold it: the same clock
+    /// `Deserialize` gives, which checks no order either.
     pub fn from_stored(entries: &[(NodeId, u64)]) -> Self {
-        VectorClock(Arc::from(entries))
+        VectorClock::of(entries)
     }
 
     pub fn counter(&self, node: NodeId) -> u64 {
-        self.0
+        self.entries()
             .iter()
             .find(|(n, _)| *n == node)
             .map_or(0, |(_, c)| *c)
@@ -84,23 +93,23 @@ impl VectorClock {
             entries.copy_within(smallest + 1..len, smallest);
             len -= 1;
         }
-        VectorClock(Arc::from(&entries[..len]))
+        VectorClock::of(&entries[..len])
     }
 
     /// The per-node maximum of both clocks.
     pub fn merged(&self, other: &VectorClock) -> Self {
         // The common case, a write over one version, shares that version's clock.
-        if self.0.is_empty() || other.0.is_empty() {
-            return if self.0.is_empty() { other } else { self }.clone();
+        if self.0.is_none() || other.0.is_none() {
+            return if self.0.is_none() { other } else { self }.clone();
         }
-        let mut entries = self.0.to_vec();
+        let mut entries = self.entries().to_vec();
         for &(node, counter) in other.entries() {
             match entries.binary_search_by_key(&node, |(n, _)| *n) {
                 Ok(i) => entries[i].1 = entries[i].1.max(counter),
                 Err(i) => entries.insert(i, (node, counter)),
             }
         }
-        VectorClock(entries.into())
+        VectorClock::of(&entries)
     }
 
     /// True when every event `other` saw, this clock saw too (equality included).
@@ -131,6 +140,41 @@ impl VectorClock {
             feed(counter.to_be_bytes());
         }
         hash
+    }
+}
+
+// Equality, hashing, printing and the wire form are the entries' own, as they were when
+// the clock was a bare `Arc<[_]>`: a sequence of (node, counter) pairs.
+impl PartialEq for VectorClock {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries() == other.entries()
+    }
+}
+
+impl Eq for VectorClock {}
+
+impl Hash for VectorClock {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.entries().hash(state);
+    }
+}
+
+impl fmt::Debug for VectorClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("VectorClock").field(&self.entries()).finish()
+    }
+}
+
+impl serde::Serialize for VectorClock {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.entries().serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for VectorClock {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Vec::<(NodeId, u64)>::deserialize(deserializer)?;
+        Ok(VectorClock::of(&entries))
     }
 }
 
@@ -298,6 +342,31 @@ mod tests {
         assert_eq!(x, y);
         assert_eq!(x.digest(), y.digest());
         assert_ne!(x.digest(), x.incremented(3).digest());
+    }
+
+    #[test]
+    fn a_clock_travels_and_compares_as_its_bare_entries() {
+        // Peers of an older release send and expect a clock as a bare sequence of entries,
+        // the form an `Arc<[_]>` field had; an empty clock is one, however it was made.
+        let entries = [(3, 1), (9, 4)];
+        for clock in [VectorClock::new(), VectorClock::from_entries(&entries)] {
+            let bare: Arc<[(NodeId, u64)]> = Arc::from(clock.entries());
+            let wire = postcard::to_allocvec(&clock).expect("encodes");
+            assert_eq!(wire, postcard::to_allocvec(&bare).expect("encodes"));
+            let back: VectorClock = postcard::from_bytes(&wire).expect("decodes");
+            assert_eq!(back, clock);
+            assert_eq!(
+                format!("{back:?}"),
+                format!("VectorClock({:?})", clock.entries())
+            );
+        }
+        let empty = VectorClock::from_stored(&[]);
+        assert_eq!(empty, VectorClock::new());
+        assert!(empty
+            .merged(&VectorClock::from_entries(&entries))
+            .0
+            .is_some());
+        assert!(VectorClock::new().merged(&VectorClock::new()).0.is_none());
     }
 
     #[test]
