@@ -1,6 +1,6 @@
 //! The disk engine through the real binary: acknowledged writes survive SIGKILL at random
-//! moments, data survives a restart, a data_dir is used by one node at a time, and the
-//! offline `kai store` tools work.
+//! moments and a full disk, data survives a restart, a data_dir is used by one node at a
+//! time, and the offline `kai store` tools work.
 
 mod common;
 
@@ -305,4 +305,131 @@ fn stats_tell_the_log_pages_reads_mapped_apart_from_the_heap() {
         reported <= rss + (1 << 20) && rss - reported.min(rss) < 4 << 20,
         "stats say {reported}, /proc says {rss}"
     );
+}
+
+/// A tmpfs of `mib` MiB mounted over a fresh directory and unmounted when dropped: a disk
+/// that really fills. Mounting needs root, as the service tests do.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A 4 KiB value that names its key, so a read shows which write it came from.
+fn page_of(key: &str) -> Vec<u8> {
+    key.bytes()
+        .chain(std::iter::repeat(b'.'))
+        .take(4096)
+        .collect()
+}
+
+/// Fills an 8 MiB disk (6 MiB of it ballast) under a node with `durability`: writes past
+/// the space are refused with SERVER_ERROR naming the error, reads go on, freeing the
+/// space lets writes through again without a restart, and after kill -9 every write the
+/// node acknowledged is there.
+fn a_full_disk(durability: &str) {
+    let disk = SmallDisk::mount(8);
+    let ballast = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 6 << 20]).unwrap();
+    let data = disk.path().join("data");
+    let config = format!(
+        "[node]\ndata_dir = \"{}\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n[rpc]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"disk\"\ndurability = \"{durability}\"\nflush_interval = \"100ms\"\n",
+        data.display()
+    );
+    let start = || Kai::start_with_config(tempfile::tempdir().unwrap(), &config, &[]);
+    let mut kai = start();
+    let mut client = kai.client();
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    // 16 MiB of writes for 2 MiB of space: the loop ends on refusals, not on its count.
+    for i in 0..4096 {
+        let key = format!("page{i}");
+        let value = String::from_utf8(page_of(&key)).unwrap();
+        let reply = client.call(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()));
+        if reply == "STORED\r\n" {
+            acked.push(key);
+            continue;
+        }
+        assert!(
+            reply.starts_with("SERVER_ERROR ") && reply.contains("No space left on device"),
+            "{durability}: {key} answered {reply:?}"
+        );
+        refused += 1;
+        if refused == 10 {
+            break;
+        }
+    }
+    assert_eq!(refused, 10, "{durability}: the disk never filled");
+    assert!(
+        acked.len() > 100,
+        "{durability}: {} acknowledged",
+        acked.len()
+    );
+    assert!(kai.log().contains("No space left on device"));
+    // Reads need no space.
+    for key in [&acked[0], &acked[acked.len() - 1]] {
+        assert_eq!(client.get(key), Some(page_of(key)), "{durability}: {key}");
+    }
+
+    std::fs::remove_file(&ballast).unwrap();
+    let through = common::wait_until(Duration::from_secs(5), || {
+        client.call("set freed 0 0 2\r\nok\r\n") == "STORED\r\n"
+    });
+    assert!(
+        through,
+        "{durability}: writes still refused with space free"
+    );
+    acked.push("freed".into());
+    // A periodic node's last acknowledged writes wait for its next sync.
+    std::thread::sleep(Duration::from_millis(500));
+    kai.child.kill().unwrap(); // SIGKILL
+    kai.child.wait().unwrap();
+
+    let kai = start();
+    let mut client = kai.client();
+    for key in &acked {
+        let expected = if key == "freed" {
+            b"ok".to_vec()
+        } else {
+            page_of(key)
+        };
+        assert_eq!(
+            client.get(key),
+            Some(expected),
+            "{durability}: {key} after kill -9"
+        );
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_and_keeps_every_acknowledged_one_with_fsync() {
+    a_full_disk("fsync");
+}
+
+#[test]
+fn a_full_disk_refuses_writes_and_keeps_every_acknowledged_one_with_periodic_sync() {
+    a_full_disk("periodic");
 }
