@@ -85,6 +85,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "kai_store_compacted_bytes",
         "Disk engine bytes given back by compaction",
     ),
+    (
+        "kai_store_write_errors",
+        "Disk engine writes and syncs of its log that failed (a full or failing disk)",
+    ),
 ];
 
 /// Stats that go up and down, exported as gauges under the given name.
@@ -152,6 +156,11 @@ const GAUGES: &[(&str, &str, &str)] = &[
         "kai_store_dead_bytes",
         "kai_store_dead_bytes",
         "Bytes in the disk engine's files no longer current, awaiting compaction",
+    ),
+    (
+        "kai_store_write_failing",
+        "kai_store_write_failing",
+        "1 while the disk engine's last write or sync of its log failed: client writes are refused",
     ),
     (
         "runtime_tasks",

@@ -347,10 +347,20 @@ fn page_of(key: &str) -> Vec<u8> {
         .collect()
 }
 
+/// `kai check node` on `kai`: its exit status and line.
+fn check_node(kai: &Kai) -> (Option<i32>, String) {
+    let out = std::process::Command::new(KAI)
+        .args(["check", "node", "-H", &kai.addr.to_string()])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), line)
+}
+
 /// Fills an 8 MiB disk (6 MiB of it ballast) under a node with `durability`: writes past
-/// the space are refused with SERVER_ERROR naming the error, reads go on, freeing the
-/// space lets writes through again without a restart, and after kill -9 every write the
-/// node acknowledged is there.
+/// the space are refused with SERVER_ERROR naming the error, reads go on, the stats and
+/// the Nagios check say so, freeing the space lets writes through again without a
+/// restart, and after kill -9 every write the node acknowledged is there.
 fn a_full_disk(durability: &str) {
     let disk = SmallDisk::mount(8);
     let ballast = disk.path().join("ballast");
@@ -389,6 +399,15 @@ fn a_full_disk(durability: &str) {
         acked.len()
     );
     assert!(kai.log().contains("No space left on device"));
+    let stats = client.stats("stats");
+    assert!(number(&stats, "kai_store_write_errors") > 0, "{durability}");
+    assert_eq!(stats["kai_store_write_failing"], "1", "{durability}");
+    let (status, line) = check_node(&kai);
+    assert_eq!(status, Some(2), "{durability}: {line}");
+    assert!(
+        line.contains("store writes failing"),
+        "{durability}: {line}"
+    );
     // Reads need no space.
     for key in [&acked[0], &acked[acked.len() - 1]] {
         assert_eq!(client.get(key), Some(page_of(key)), "{durability}: {key}");
@@ -403,6 +422,13 @@ fn a_full_disk(durability: &str) {
         "{durability}: writes still refused with space free"
     );
     acked.push("freed".into());
+    // A write or sync has gone through since, so the store is no longer failing.
+    let cleared = common::wait_until(Duration::from_secs(5), || {
+        client.stats("stats")["kai_store_write_failing"] == "0"
+    });
+    assert!(cleared, "{durability}: still failing with space free");
+    let (status, line) = check_node(&kai);
+    assert_eq!(status, Some(0), "{durability}: {line}");
     // A periodic node's last acknowledged writes wait for its next sync.
     std::thread::sleep(Duration::from_millis(500));
     kai.child.kill().unwrap(); // SIGKILL

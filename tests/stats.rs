@@ -53,6 +53,8 @@ const FIELDS: &[&str] = &[
     "kai_store_dead_bytes",
     "kai_store_compactions",
     "kai_store_compacted_bytes",
+    "kai_store_write_errors",
+    "kai_store_write_failing",
     "kai_build",
     "kai_member_versions",
     "kai_version_mix_secs",

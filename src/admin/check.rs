@@ -81,7 +81,9 @@ pub fn node(
         1.0
     };
     let joining = stat(&stats, "kai_cluster_state") == Some("joining");
-    let status = if joining || critical.is_some_and(|r| r.alerts(connections)) {
+    let write_errors = number(&stats, "kai_store_write_errors");
+    let write_failing = stat(&stats, "kai_store_write_failing") == Some("1");
+    let status = if joining || write_failing || critical.is_some_and(|r| r.alerts(connections)) {
         Status::Critical
     } else if warning.is_some_and(|r| r.alerts(connections)) {
         Status::Warning
@@ -90,7 +92,7 @@ pub fn node(
     };
     let range_text = |r: Option<Range>| r.map(|r| r.text()).unwrap_or_default();
     let perfdata = format!(
-        "connections={connections};{};{};0;{max} items={items};;;0; bytes={bytes}B;;;0; hit_ratio={ratio:.3};;;0;1",
+        "connections={connections};{};{};0;{max} items={items};;;0; bytes={bytes}B;;;0; hit_ratio={ratio:.3};;;0;1 store_write_errors={write_errors}c;;;0;",
         range_text(warning),
         range_text(critical),
     );
@@ -99,8 +101,13 @@ pub fn node(
     } else {
         ""
     };
+    let failing = if write_failing {
+        "store writes failing (full or failing disk; see the node's log), "
+    } else {
+        ""
+    };
     let text = format!(
-        "{not_joined}{} ({}) up {}s, {connections} of {max} connections, {items} items",
+        "{not_joined}{failing}{} ({}) up {}s, {connections} of {max} connections, {items} items",
         host,
         stat(&stats, "kai_node").unwrap_or("?"),
         stat(&stats, "uptime").unwrap_or("?"),

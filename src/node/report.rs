@@ -245,6 +245,11 @@ impl Node {
                 "kai_store_compacted_bytes",
                 store.compacted_bytes.to_string(),
             ),
+            ("kai_store_write_errors", store.write_errors.to_string()),
+            (
+                "kai_store_write_failing",
+                u8::from(store.write_failing).to_string(),
+            ),
         ]
         .into_iter()
         .chain(self.build_stats())

@@ -98,6 +98,9 @@ pub struct StoreStats {
     pub dead_bytes: u64,
     pub compactions: u64,
     pub compacted_bytes: u64,
+    /// The disk engine's failed writes and syncs of its files, and whether the last failed.
+    pub write_errors: u64,
+    pub write_failing: bool,
 }
 
 /// A key/value engine. Every method is atomic per key; none blocks on the network.

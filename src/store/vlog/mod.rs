@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -241,6 +241,10 @@ struct Shared {
     digests: Digests,
     compactions: AtomicU64,
     compacted_bytes: AtomicU64,
+    /// Writes and syncs of the log that failed, and whether the last one did: a full or
+    /// failing disk, which refuses client writes (`kai_store_write_errors`, `_failing`).
+    write_errors: AtomicU64,
+    write_failing: AtomicBool,
     compacting: Mutex<()>,
     hint_writer: hint_writer::HintWriter,
 }
@@ -336,6 +340,8 @@ impl LogStore {
             digests: recovered.digests,
             compactions: AtomicU64::new(0),
             compacted_bytes: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            write_failing: AtomicBool::new(false),
             compacting: Mutex::new(()),
             hint_writer: hint_writer::HintWriter::default(),
             settings,
@@ -703,7 +709,7 @@ impl Shared {
             at,
             frames,
         } = handoff;
-        let result = segment.file.write_all_at(&frames, at);
+        let result = self.noted(segment.file.write_all_at(&frames, at));
         let mut head = lock(&self.head);
         head.in_flight = None;
         match result {
@@ -742,7 +748,7 @@ impl Shared {
             return Ok(());
         }
         let written = head.segment.written.load(Ordering::Relaxed);
-        (head.segment.file.write_all_at(&head.buffer, written))
+        (self.noted(head.segment.file.write_all_at(&head.buffer, written)))
             .map_err(|e| io_error(&segment_path(&self.dir, head.id), e))?;
         (head.segment.written).fetch_add(head.buffer.len() as u64, Ordering::Release);
         head.buffer.clear();
@@ -756,15 +762,15 @@ impl Shared {
         self.write_out(head)?;
         // Durable before any frame lands in the next segment: only the last segment may
         // end in a torn write.
-        (head.segment.file.sync_data())
+        (self.noted(head.segment.file.sync_data()))
             .map_err(|e| io_error(&segment_path(&self.dir, head.id), e))?;
         self.synced(head.appended, None);
         let next = head.id + 1;
-        let segment = Arc::new(recovery::create_segment(
+        let segment = Arc::new(self.noted(recovery::create_segment(
             &self.dir,
             next,
             self.settings.segment_bytes,
-        )?);
+        ))?);
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
         segments.insert(next, Arc::clone(&segment));
         drop(segments);
@@ -827,6 +833,18 @@ impl Shared {
         }
     }
 
+    /// Counts a failed write or sync of the log; a successful one ends the failing state.
+    fn noted<T, E>(&self, result: Result<T, E>) -> Result<T, E> {
+        if result.is_err() {
+            self.write_errors.fetch_add(1, Ordering::Relaxed);
+            self.write_failing.store(true, Ordering::Relaxed);
+        } else if self.write_failing.load(Ordering::Relaxed) {
+            // Read first, so the common case leaves the cache line shared.
+            self.write_failing.store(false, Ordering::Relaxed);
+        }
+        result
+    }
+
     /// Syncs the head now; returns how far the log is durable.
     fn sync(&self) -> Result<(), StoreError> {
         let (id, segment, appended, written) = {
@@ -835,7 +853,8 @@ impl Shared {
             (head.id, Arc::clone(&head.segment), head.appended, written)
         };
         let result = written.and_then(|()| {
-            (segment.file.sync_data()).map_err(|e| io_error(&segment_path(&self.dir, id), e))
+            (self.noted(segment.file.sync_data()))
+                .map_err(|e| io_error(&segment_path(&self.dir, id), e))
         });
         match &result {
             Ok(()) => self.synced(appended, None),
@@ -1043,6 +1062,8 @@ impl Store for LogStore {
             dead_bytes: self.shared.dead_bytes(),
             compactions: self.shared.compactions.load(Ordering::Relaxed),
             compacted_bytes: self.shared.compacted_bytes.load(Ordering::Relaxed),
+            write_errors: self.shared.write_errors.load(Ordering::Relaxed),
+            write_failing: self.shared.write_failing.load(Ordering::Relaxed),
             ..StoreStats::default()
         }
     }
