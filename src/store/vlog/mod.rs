@@ -874,6 +874,17 @@ impl Shared {
             let stopping = {
                 let syncs = lock(&self.syncs);
                 let syncs = match self.settings.durability {
+                    // Frames whose write failed wait in the buffer: retried every
+                    // interval, so they are stored and the failing state ends once the
+                    // disk has room again, whether or not writers come.
+                    Durability::Fsync if self.write_failing.load(Ordering::Relaxed) => {
+                        (self.sync_wanted)
+                            .wait_timeout_while(syncs, self.settings.flush_interval, |s| {
+                                s.waiting.is_empty() && !s.stopping
+                            })
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
                     Durability::Fsync => (self.sync_wanted)
                         .wait_while(syncs, |s| s.waiting.is_empty() && !s.stopping)
                         .unwrap_or_else(|p| p.into_inner()),
