@@ -12,8 +12,13 @@ use std::time::Duration;
 
 /// A disk-engine node over `data`, which outlives the process.
 fn start(data: &std::path::Path) -> Kai {
+    start_with_store(data, "")
+}
+
+/// `start`, with more lines for the `[store]` section.
+fn start_with_store(data: &std::path::Path, store: &str) -> Kai {
     let config = format!(
-        "[node]\ndata_dir = \"{}\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n[rpc]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"disk\"\n",
+        "[node]\ndata_dir = \"{}\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n[rpc]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"disk\"\n{store}",
         data.display()
     );
     Kai::start_with_config(tempfile::tempdir().unwrap(), &config, &[])
@@ -340,11 +345,10 @@ impl Drop for SmallDisk {
 }
 
 /// A 4 KiB value that names its key, so a read shows which write it came from.
-fn page_of(key: &str) -> Vec<u8> {
-    key.bytes()
-        .chain(std::iter::repeat(b'.'))
-        .take(4096)
-        .collect()
+fn page_of(key: &str) -> String {
+    let mut page = key.to_string();
+    page.extend(std::iter::repeat_n('.', 4096 - key.len()));
+    page
 }
 
 /// `kai check node` on `kai`: its exit status and line.
@@ -366,18 +370,15 @@ fn a_full_disk(durability: &str) {
     let ballast = disk.path().join("ballast");
     std::fs::write(&ballast, vec![1u8; 6 << 20]).unwrap();
     let data = disk.path().join("data");
-    let config = format!(
-        "[node]\ndata_dir = \"{}\"\n[memcache]\nlisten = \"127.0.0.1:0\"\n[rpc]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"disk\"\ndurability = \"{durability}\"\nflush_interval = \"100ms\"\n",
-        data.display()
-    );
-    let start = || Kai::start_with_config(tempfile::tempdir().unwrap(), &config, &[]);
+    let store = format!("durability = \"{durability}\"\nflush_interval = \"100ms\"\n");
+    let start = || start_with_store(&data, &store);
     let mut kai = start();
     let mut client = kai.client();
     let (mut acked, mut refused) = (Vec::new(), 0);
     // 16 MiB of writes for 2 MiB of space: the loop ends on refusals, not on its count.
     for i in 0..4096 {
         let key = format!("page{i}");
-        let value = String::from_utf8(page_of(&key)).unwrap();
+        let value = page_of(&key);
         let reply = client.call(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()));
         if reply == "STORED\r\n" {
             acked.push(key);
@@ -410,7 +411,8 @@ fn a_full_disk(durability: &str) {
     );
     // Reads need no space.
     for key in [&acked[0], &acked[acked.len() - 1]] {
-        assert_eq!(client.get(key), Some(page_of(key)), "{durability}: {key}");
+        let page = page_of(key).into_bytes();
+        assert_eq!(client.get(key), Some(page), "{durability}: {key}");
     }
 
     std::fs::remove_file(&ballast).unwrap();
@@ -434,7 +436,7 @@ fn a_full_disk(durability: &str) {
         let expected = if key == "freed" {
             b"ok".to_vec()
         } else {
-            page_of(key)
+            page_of(key).into_bytes()
         };
         assert_eq!(
             client.get(key),
