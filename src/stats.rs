@@ -135,12 +135,13 @@ impl Clients {
         *self.listening.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(&self, peer: SocketAddr, local: SocketAddr) -> ClientEntry {
+    /// A new connection, its last request taken as `now_secs` (Unix seconds).
+    pub fn register(&self, peer: SocketAddr, local: SocketAddr, now_secs: u64) -> ClientEntry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let client = Arc::new(Client {
             peer,
             local,
-            last_request: AtomicU64::new(unix_secs()),
+            last_request: AtomicU64::new(now_secs),
         });
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.insert(id, Arc::clone(&client));
@@ -158,17 +159,14 @@ impl Clients {
     }
 }
 
-fn unix_secs() -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    now.map_or(0, |d| d.as_secs())
-}
-
 impl ClientEntry {
-    /// Notes that a request arrived now.
-    pub fn seen(&self) {
-        self.client
-            .last_request
-            .store(unix_secs(), Ordering::Relaxed);
+    /// Notes that a request arrived at `now_secs` (Unix seconds). Written only when the
+    /// second changes, so a busy connection mostly reads the line.
+    pub fn seen(&self, now_secs: u64) {
+        let last_request = &self.client.last_request;
+        if last_request.load(Ordering::Relaxed) != now_secs {
+            last_request.store(now_secs, Ordering::Relaxed);
+        }
     }
 }
 

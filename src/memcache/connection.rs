@@ -11,6 +11,7 @@ use super::execute::{execute, Flow};
 use super::parse::{parse, Parsed, LINE_TOO_LONG};
 use super::stream::ClientStream;
 use crate::node::Node;
+use crate::time::unix_secs;
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::net::SocketAddr;
@@ -68,7 +69,7 @@ impl<S: ClientStream> Connection<S> {
     pub fn new(stream: S, peer: SocketAddr, node: Arc<Node>, auth: Arc<Auth>) -> Self {
         let local = stream.local_addr().unwrap_or(peer);
         let mut connection = Connection {
-            entry: node.clients().register(peer, local),
+            entry: node.clients().register(peer, local, unix_secs()),
             stream,
             peer,
             node,
@@ -162,7 +163,7 @@ impl<S: ClientStream> Connection<S> {
             if !self.fill()? {
                 return Ok(());
             }
-            self.entry.seen();
+            self.entry.seen(unix_secs());
         }
     }
 

@@ -46,48 +46,75 @@ struct Item(NonNull<u8>);
 // SAFETY: an item owns its block and nothing else points into it, as with a Box.
 unsafe impl Send for Item {}
 
+/// An item ready to be written: its header, key and metadata, then its values.
+struct Packed<'a> {
+    head: &'a [u8],
+    versions: &'a Versions,
+    len: usize,
+}
+
+impl Packed<'_> {
+    /// Writes the item to `out`.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `len` bytes and overlaps nothing `self` borrows.
+    unsafe fn write_to(&self, out: *mut u8) {
+        let mut at = out;
+        for part in std::iter::once(self.head).chain(packed::values(self.versions)) {
+            // SAFETY: the parts add up to `len` bytes (`Item::packed` summed them).
+            unsafe {
+                at.copy_from_nonoverlapping(part.as_ptr(), part.len());
+                at = at.add(part.len());
+            }
+        }
+    }
+}
+
 impl Item {
     fn new(key: &[u8], versions: &Versions, referenced: bool) -> Item {
         Item::packed(key, versions, referenced, Item::copy_of)
     }
 
-    /// Encodes `key` and `versions` (with their header) in a scratch buffer and hands it to
-    /// `keep`: a block allocated larger and shrunk leaves a sliver malloc rarely reuses.
+    /// Encodes `key` and the metadata of `versions` (with their header) in a scratch
+    /// buffer and hands it to `keep`, which writes the item where it wants it: a block
+    /// allocated larger and shrunk leaves a sliver malloc rarely reuses, and a value copied
+    /// into the scratch first would be copied twice.
     fn packed<T>(
         key: &[u8],
         versions: &Versions,
         referenced: bool,
-        keep: impl FnOnce(&[u8]) -> T,
+        keep: impl FnOnce(Packed<'_>) -> T,
     ) -> T {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        SCRATCH.with_borrow_mut(|packed| {
-            packed.clear();
-            packed.extend_from_slice(&[0; 4]);
-            packed.push(u8::from(referenced));
-            packed.extend_from_slice(&(key.len() as u16).to_le_bytes());
-            packed.extend_from_slice(key);
-            packed::pack(versions, packed);
-            let len = u32::try_from(packed.len()).expect("an item under 4 GiB");
-            packed[..4].copy_from_slice(&len.to_le_bytes());
-            keep(packed)
+        SCRATCH.with_borrow_mut(|head| {
+            head.clear();
+            head.extend_from_slice(&[0; 4]);
+            head.push(u8::from(referenced));
+            head.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            head.extend_from_slice(key);
+            packed::pack_metadata(versions, head);
+            let len = head.len() + packed::values(versions).map(<[u8]>::len).sum::<usize>();
+            let len = u32::try_from(len).expect("an item under 4 GiB");
+            head[..4].copy_from_slice(&len.to_le_bytes());
+            keep(Packed {
+                head,
+                versions,
+                len: len as usize,
+            })
         })
     }
 
-    /// A block of exactly `packed`'s length holding it.
-    fn copy_of(packed: &[u8]) -> Item {
-        let layout = Layout::from_size_align(packed.len(), 1).expect("an item under 4 GiB");
+    /// A block of exactly the packed length holding it.
+    fn copy_of(packed: Packed<'_>) -> Item {
+        let layout = Layout::from_size_align(packed.len, 1).expect("an item under 4 GiB");
         let block = match System.allocate(layout) {
             Ok(block) => block.cast::<u8>(),
             Err(_) => std::alloc::handle_alloc_error(layout),
         };
-        // SAFETY: the block was just allocated with `packed.len()` bytes.
-        unsafe {
-            block
-                .as_ptr()
-                .copy_from_nonoverlapping(packed.as_ptr(), packed.len())
-        };
+        // SAFETY: the block was just allocated with `packed.len` bytes.
+        unsafe { packed.write_to(block.as_ptr()) };
         Item(block)
     }
 
@@ -96,8 +123,10 @@ impl Item {
     /// saving a malloc and a free.
     fn repack(&mut self, key: &[u8], versions: &Versions, referenced: bool) {
         Item::packed(key, versions, referenced, |packed| {
-            if packed.len() == self.len() {
-                self.bytes_mut().copy_from_slice(packed);
+            if packed.len == self.len() {
+                // SAFETY: this item's own block, of the same length, which nothing
+                // `packed` borrows points into (`versions` were unpacked as copies).
+                unsafe { packed.write_to(self.0.as_ptr()) };
             } else {
                 *self = Item::copy_of(packed);
             }

@@ -22,7 +22,17 @@ const COUNTER_IS_TIMESTAMP: u8 = 0;
 const COUNTER_FOLLOWS: u8 = 1;
 
 /// Appends `versions` to `out`.
+#[cfg(test)]
 pub fn pack(versions: &Versions, out: &mut Vec<u8>) {
+    pack_metadata(versions, out);
+    for value in values(versions) {
+        out.extend_from_slice(value);
+    }
+}
+
+/// Appends what `versions` packs to before their values; the values follow, as `values`
+/// gives them. Apart, so the values are copied once, straight into the item's block.
+pub fn pack_metadata(versions: &Versions, out: &mut Vec<u8>) {
     put_varint(out, versions.0.len() as u64);
     for record in &versions.0 {
         let set = |flag: bool, bit: u8| if flag { bit } else { 0 };
@@ -47,9 +57,11 @@ pub fn pack(versions: &Versions, out: &mut Vec<u8>) {
             }
         }
     }
-    for record in versions.0.iter().rev() {
-        out.extend_from_slice(&record.value);
-    }
+}
+
+/// The values that follow `pack_metadata`'s bytes, in order.
+pub fn values(versions: &Versions) -> impl Iterator<Item = &[u8]> {
+    versions.0.iter().rev().map(|record| &record.value[..])
 }
 
 /// The versions `pack` wrote, or None for bytes it did not write.
