@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::small_disk::SmallDisk;
 use common::{Client, Kai, KAI};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -314,36 +315,6 @@ fn stats_tell_the_log_pages_reads_mapped_apart_from_the_heap() {
 
 /// A tmpfs of `mib` MiB mounted over a fresh directory and unmounted when dropped: a disk
 /// that really fills. Mounting needs root, as the service tests do.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(mib: u32) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a tmpfs needs root");
-        SmallDisk { dir }
-    }
-
-    fn path(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// A 4 KiB value that names its key, so a read shows which write it came from.
 fn page_of(key: &str) -> String {
     let mut page = key.to_string();

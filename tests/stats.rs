@@ -87,6 +87,9 @@ fn every_field_is_reported_in_order() {
     assert_eq!(stats["kai_number_of_buckets"], "256");
     assert_eq!(stats["kai_number_of_virtual_nodes"], "64");
     assert_eq!(stats["kai_store"], "memory");
+    // Only the disk engine's log can fail a write.
+    assert_eq!(stats["kai_store_write_errors"], "0");
+    assert_eq!(stats["kai_store_write_failing"], "0");
     assert_eq!(stats["kai_unreconciled_get"], "0(0) 0(0)");
     assert_eq!(stats["kai_ring_digest"].len(), 16);
     assert!(stats["version"].starts_with("1.6.18-kai-"));

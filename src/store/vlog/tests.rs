@@ -2,6 +2,10 @@ use super::*;
 use crate::record::test_record;
 use std::time::Instant;
 
+#[path = "../../../tests/common/small_disk.rs"]
+mod small_disk;
+use small_disk::SmallDisk;
+
 fn settings(segment_bytes: u64) -> Settings {
     Settings {
         segment_bytes,
@@ -573,4 +577,72 @@ fn an_overwrite_that_finds_the_stored_clock_damaged_reads_the_whole_frame() {
     // the version never had.
     assert_eq!(overwrite_seeing(&store, "k"), None);
     assert_eq!(value(&store, "k").as_deref(), Some("new"));
+}
+
+fn try_put(store: &LogStore, key: &str, value: &str) -> Result<(), StoreError> {
+    let versions = Versions::one(test_record(value, 0));
+    let commit = store.update(key.as_bytes(), 100, &mut |_| Change::Put(versions.clone()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(commit.wait())
+}
+
+/// A 1 KiB value naming its key.
+fn kibibyte_of(key: &str) -> String {
+    format!("{key:.<1024}")
+}
+
+/// Segments of 16 KiB, under the 64 KiB write buffer, so the buffer is written out when a
+/// segment is sealed: the disk fills during a seal. Appends are refused with the error,
+/// counted in the stats, reads go on, and once space is free the seal completes and
+/// writes are taken again; after a reopen every acknowledged write is there.
+fn a_full_disk_during_seals(settings: Settings) {
+    let disk = SmallDisk::mount(2);
+    let ballast = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 1 << 20]).unwrap();
+    let data = disk.path().join("data");
+    let store = LogStore::open(&data, settings.clone()).unwrap();
+    let mut acknowledged = Vec::new();
+    let refusal = loop {
+        let key = format!("key{}", acknowledged.len());
+        match try_put(&store, &key, &kibibyte_of(&key)) {
+            Ok(()) => acknowledged.push(key),
+            Err(refusal) => break refusal,
+        }
+        assert!(acknowledged.len() < 4096, "a 2 MiB disk never filled");
+    };
+    assert!(
+        refusal.to_string().contains("No space left on device"),
+        "{refusal}"
+    );
+    assert!(store.shared.head_id.load(Ordering::Relaxed) > 10, "sealed");
+    let stats = store.stats();
+    assert!(stats.write_errors > 0 && stats.write_failing, "{stats:?}");
+    // Still full: a write that needs the seal is refused again, and nothing acknowledged
+    // is lost meanwhile.
+    assert!(try_put(&store, "still-full", &kibibyte_of("still-full")).is_err());
+    for key in &acknowledged {
+        assert_eq!(value(&store, key), Some(kibibyte_of(key)), "{key}");
+    }
+    std::fs::remove_file(&ballast).unwrap();
+    try_put(&store, "after", &kibibyte_of("after")).expect("taken once space is free");
+    assert!(!store.stats().write_failing);
+    drop(store);
+    let store = LogStore::open(&data, settings).unwrap();
+    for key in acknowledged.iter().chain([&"after".to_string()]) {
+        assert_eq!(value(&store, key), Some(kibibyte_of(key)), "{key}");
+    }
+    drop(store);
+    LogStore::check(&data).expect("consistent");
+}
+
+#[test]
+fn a_disk_filling_during_seals_refuses_appends_and_keeps_acknowledged_ones_periodic() {
+    a_full_disk_during_seals(periodic(16 << 10));
+}
+
+#[test]
+fn a_disk_filling_during_seals_refuses_appends_and_keeps_acknowledged_ones_fsync() {
+    a_full_disk_during_seals(settings(16 << 10));
 }
