@@ -27,6 +27,7 @@ mod mapping;
 mod recovery;
 #[cfg(test)]
 mod tests;
+mod write_health;
 
 use super::digest::{Delta, Digests};
 use super::table::{Hashed, Table};
@@ -39,7 +40,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -241,10 +242,9 @@ struct Shared {
     digests: Digests,
     compactions: AtomicU64,
     compacted_bytes: AtomicU64,
-    /// Writes and syncs of the log that failed, and whether the last one did: a full or
-    /// failing disk, which refuses client writes (`kai_store_write_errors`, `_failing`).
-    write_errors: AtomicU64,
-    write_failing: AtomicBool,
+    /// Whether the log's writes and syncs fail: a full or failing disk, which refuses
+    /// client writes (`kai_store_write_errors`, `_failing`, and the node's log).
+    write_health: write_health::WriteHealth,
     compacting: Mutex<()>,
     hint_writer: hint_writer::HintWriter,
 }
@@ -340,8 +340,7 @@ impl LogStore {
             digests: recovered.digests,
             compactions: AtomicU64::new(0),
             compacted_bytes: AtomicU64::new(0),
-            write_errors: AtomicU64::new(0),
-            write_failing: AtomicBool::new(false),
+            write_health: write_health::WriteHealth::default(),
             compacting: Mutex::new(()),
             hint_writer: hint_writer::HintWriter::default(),
             settings,
@@ -709,16 +708,16 @@ impl Shared {
             at,
             frames,
         } = handoff;
-        let result = self.noted(segment.file.write_all_at(&frames, at));
+        let result = (segment.file.write_all_at(&frames, at))
+            .map_err(|e| io_error(&segment_path(&self.dir, id), e));
+        let result = self.write_health.note("disk store write failed", result);
         let mut head = lock(&self.head);
         head.in_flight = None;
         match result {
             Ok(()) => {
                 (segment.written).fetch_add(frames.len() as u64, Ordering::Release);
             }
-            Err(err) => {
-                let err = io_error(&segment_path(&self.dir, id), err);
-                log::error!("disk store write failed: {err}");
+            Err(_) => {
                 // Back in front of the buffer: the next sync writes them again and tells
                 // its writers if that fails too.
                 let mut frames = Arc::try_unwrap(frames).unwrap_or_else(|f| f.to_vec());
@@ -748,8 +747,9 @@ impl Shared {
             return Ok(());
         }
         let written = head.segment.written.load(Ordering::Relaxed);
-        (self.noted(head.segment.file.write_all_at(&head.buffer, written)))
-            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e))?;
+        let result = (head.segment.file.write_all_at(&head.buffer, written))
+            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
+        (self.write_health).note("disk store write failed", result)?;
         (head.segment.written).fetch_add(head.buffer.len() as u64, Ordering::Release);
         head.buffer.clear();
         head.write_failed = false;
@@ -762,15 +762,14 @@ impl Shared {
         self.write_out(head)?;
         // Durable before any frame lands in the next segment: only the last segment may
         // end in a torn write.
-        (self.noted(head.segment.file.sync_data()))
-            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e))?;
+        let result = (head.segment.file.sync_data())
+            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
+        (self.write_health).note("disk store sync failed", result)?;
         self.synced(head.appended, None);
         let next = head.id + 1;
-        let segment = Arc::new(self.noted(recovery::create_segment(
-            &self.dir,
-            next,
-            self.settings.segment_bytes,
-        ))?);
+        let created = recovery::create_segment(&self.dir, next, self.settings.segment_bytes);
+        let segment =
+            Arc::new((self.write_health).note("disk store could not start a segment", created)?);
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
         segments.insert(next, Arc::clone(&segment));
         drop(segments);
@@ -833,18 +832,6 @@ impl Shared {
         }
     }
 
-    /// Counts a failed write or sync of the log; a successful one ends the failing state.
-    fn noted<T, E>(&self, result: Result<T, E>) -> Result<T, E> {
-        if result.is_err() {
-            self.write_errors.fetch_add(1, Ordering::Relaxed);
-            self.write_failing.store(true, Ordering::Relaxed);
-        } else if self.write_failing.load(Ordering::Relaxed) {
-            // Read first, so the common case leaves the cache line shared.
-            self.write_failing.store(false, Ordering::Relaxed);
-        }
-        result
-    }
-
     /// Syncs the head now; returns how far the log is durable.
     fn sync(&self) -> Result<(), StoreError> {
         let (id, segment, appended, written) = {
@@ -853,15 +840,13 @@ impl Shared {
             (head.id, Arc::clone(&head.segment), head.appended, written)
         };
         let result = written.and_then(|()| {
-            (self.noted(segment.file.sync_data()))
-                .map_err(|e| io_error(&segment_path(&self.dir, id), e))
+            let result =
+                (segment.file.sync_data()).map_err(|e| io_error(&segment_path(&self.dir, id), e));
+            (self.write_health).note("disk store sync failed", result)
         });
         match &result {
             Ok(()) => self.synced(appended, None),
-            Err(err) => {
-                log::error!("disk store sync failed: {err}");
-                self.synced(appended, Some(err.clone()));
-            }
+            Err(err) => self.synced(appended, Some(err.clone())),
         }
         result
     }
@@ -877,7 +862,7 @@ impl Shared {
                     // Frames whose write failed wait in the buffer: retried every
                     // interval, so they are stored and the failing state ends once the
                     // disk has room again, whether or not writers come.
-                    Durability::Fsync if self.write_failing.load(Ordering::Relaxed) => {
+                    Durability::Fsync if self.write_health.failing() => {
                         (self.sync_wanted)
                             .wait_timeout_while(syncs, self.settings.flush_interval, |s| {
                                 s.waiting.is_empty() && !s.stopping
@@ -1073,8 +1058,8 @@ impl Store for LogStore {
             dead_bytes: self.shared.dead_bytes(),
             compactions: self.shared.compactions.load(Ordering::Relaxed),
             compacted_bytes: self.shared.compacted_bytes.load(Ordering::Relaxed),
-            write_errors: self.shared.write_errors.load(Ordering::Relaxed),
-            write_failing: self.shared.write_failing.load(Ordering::Relaxed),
+            write_errors: self.shared.write_health.errors(),
+            write_failing: self.shared.write_health.failing(),
             ..StoreStats::default()
         }
     }
