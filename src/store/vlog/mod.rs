@@ -202,7 +202,8 @@ struct Head {
     /// Frames appended but not yet written, after `in_flight`'s.
     buffer: Vec<u8>,
     /// The last write without the lock failed: until a write succeeds, appends write under
-    /// the lock again, so a failing disk fails them instead of filling the buffer.
+    /// the lock again (as while any write or sync of the log fails), so a failing disk
+    /// fails them instead of filling the buffer.
     write_failed: bool,
     /// Bytes appended to the log since the store opened: a write's position in time.
     appended: u64,
@@ -664,8 +665,10 @@ impl Shared {
                 self.seal(&mut head)?;
             }
         }
-        if head.write_failed && head.buffer.len() >= WRITE_BUFFER {
-            // Before this frame joins the buffer: a write that fails leaves nothing behind.
+        if (head.write_failed || self.write_health.failing()) && !head.buffer.is_empty() {
+            // While the log's writes fail, a frame joins the buffer only once the buffer is
+            // written: one the disk has no room for is refused, not acknowledged (periodic)
+            // or left buffered to be stored later (fsync).
             head = self.settled(head);
             self.write_out(&mut head)?;
         }

@@ -619,9 +619,11 @@ fn a_full_disk_during_seals(settings: Settings) {
     assert!(store.shared.head_id.load(Ordering::Relaxed) > 10, "sealed");
     let stats = store.stats();
     assert!(stats.write_errors > 0 && stats.write_failing, "{stats:?}");
-    // Still full: a write that needs the seal is refused again, and nothing acknowledged
-    // is lost meanwhile.
+    // Still full: a write that needs the seal is refused again, and so is one that would
+    // fit in the segment, which the buffer waiting for the seal has no room for on disk.
     assert!(try_put(&store, "still-full", &kibibyte_of("still-full")).is_err());
+    assert!(try_put(&store, "small", "x").is_err());
+    assert_eq!(value(&store, "small"), None);
     for key in &acknowledged {
         assert_eq!(value(&store, key), Some(kibibyte_of(key)), "{key}");
     }
