@@ -102,6 +102,11 @@ pub(super) fn compact_once(shared: &Shared, force: bool) -> bool {
     for (id, live) in ids.iter().zip(entries_into(shared, &ids)) {
         match compact_found(shared, *id, live) {
             Ok(done) => compacted |= done,
+            // A full or failing disk is logged once a spell (`write_health`), not once
+            // per segment and pass.
+            Err(err) if shared.write_health.failing() => {
+                log::debug!("disk store compaction of segment {id} failed: {err}")
+            }
             Err(err) => log::error!("disk store compaction of segment {id} failed: {err}"),
         }
         if shared.stop_requested() {

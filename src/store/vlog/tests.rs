@@ -603,6 +603,25 @@ fn a_full_disk_during_seals(settings: Settings) {
     std::fs::write(&ballast, vec![1u8; 1 << 20]).unwrap();
     let data = disk.path().join("data");
     let store = LogStore::open(&data, settings.clone()).unwrap();
+    // First segments half dead: compacting them means appending their live half.
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..60 {
+        expected.insert(format!("old{i}"), kibibyte_of(&format!("old{i}")));
+    }
+    for i in (0..60).step_by(2) {
+        expected.insert(format!("old{i}"), kibibyte_of(&format!("old{i} again")));
+    }
+    for i in 0..60 {
+        let key = format!("old{i}");
+        put(&store, &key, &kibibyte_of(&key));
+    }
+    for i in (0..60).step_by(2) {
+        put(
+            &store,
+            &format!("old{i}"),
+            &kibibyte_of(&format!("old{i} again")),
+        );
+    }
     let mut acknowledged = Vec::new();
     let refusal = loop {
         let key = format!("key{}", acknowledged.len());
@@ -624,17 +643,32 @@ fn a_full_disk_during_seals(settings: Settings) {
     assert!(try_put(&store, "still-full", &kibibyte_of("still-full")).is_err());
     assert!(try_put(&store, "small", "x").is_err());
     assert_eq!(value(&store, "small"), None);
-    for key in &acknowledged {
-        assert_eq!(value(&store, key), Some(kibibyte_of(key)), "{key}");
-    }
+    // Compaction has no room for the live half either: it fails, and returns, and
+    // nothing is lost.
+    let errors = store.stats().write_errors;
+    store.compact_now();
+    let stats = store.stats();
+    assert!(stats.write_errors > errors, "compaction tried: {stats:?}");
+    assert_eq!(stats.compactions, 0);
+    let everything = |store: &LogStore, acknowledged: &[String]| {
+        for key in acknowledged {
+            assert_eq!(value(store, key), Some(kibibyte_of(key)), "{key}");
+        }
+        for (key, expected) in &expected {
+            assert_eq!(value(store, key).as_ref(), Some(expected), "{key}");
+        }
+    };
+    everything(&store, &acknowledged);
     std::fs::remove_file(&ballast).unwrap();
     try_put(&store, "after", &kibibyte_of("after")).expect("taken once space is free");
+    acknowledged.push("after".into());
     assert!(!store.stats().write_failing);
+    store.compact_now();
+    assert!(store.stats().compactions > 0);
+    everything(&store, &acknowledged);
     drop(store);
     let store = LogStore::open(&data, settings).unwrap();
-    for key in acknowledged.iter().chain([&"after".to_string()]) {
-        assert_eq!(value(&store, key), Some(kibibyte_of(key)), "{key}");
-    }
+    everything(&store, &acknowledged);
     drop(store);
     LogStore::check(&data).expect("consistent");
 }
