@@ -1,7 +1,7 @@
 //! Whether the log's writes and syncs succeed, for the stats, the syncer and the node's log.
 //! A full disk fails every write and sync, as often as clients write: a spell of
-//! failures is logged when it starts, then at most once a minute with how many failed
-//! since, and once when a write succeeds again.
+//! failures is logged when it starts, then at most once a minute with how many failed so
+//! far, and once when a write succeeds again.
 
 use super::StoreError;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,8 +23,6 @@ struct Spell {
     started: Instant,
     failures: u64,
     reported_at: Instant,
-    /// Failures since the last line.
-    unreported: u64,
 }
 
 impl WriteHealth {
@@ -42,51 +40,117 @@ impl WriteHealth {
     /// failed") and ending a spell of failures if it succeeded.
     pub fn note<T>(&self, what: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
         match &result {
-            Err(err) => self.failed(what, err),
+            Err(err) => {
+                if let Some(line) = self.failed(what, err, Instant::now()) {
+                    log::error!("{line}");
+                }
+            }
             // Read first, so the common case leaves the cache line shared.
-            Ok(_) if self.failing() => self.recovered(),
+            Ok(_) if self.failing() => {
+                if let Some(line) = self.recovered(Instant::now()) {
+                    log::warn!("{line}");
+                }
+            }
             Ok(_) => {}
         }
         result
     }
 
-    fn failed(&self, what: &str, err: &StoreError) {
+    /// Counts a failure at `now`; the line to log, if one is due.
+    fn failed(&self, what: &str, err: &StoreError, now: Instant) -> Option<String> {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut spell = self.spell.lock().unwrap_or_else(|p| p.into_inner());
         self.failing.store(true, Ordering::Relaxed);
-        let now = Instant::now();
         let Some(spell) = spell.as_mut() else {
-            log::error!("{what}: {err}");
             *spell = Some(Spell {
                 started: now,
                 failures: 1,
                 reported_at: now,
-                unreported: 0,
             });
-            return;
+            return Some(format!("{what}: {err}"));
         };
         spell.failures += 1;
-        spell.unreported += 1;
-        if now.duration_since(spell.reported_at) >= REPORT_EVERY {
-            log::error!(
-                "{what}: {err} (failing for {} s; {} more failures since the last report)",
-                now.duration_since(spell.started).as_secs(),
-                spell.unreported - 1
-            );
-            spell.reported_at = now;
-            spell.unreported = 0;
+        if now.duration_since(spell.reported_at) < REPORT_EVERY {
+            return None;
         }
+        let line = format!(
+            "{what}: {err} (failing for {} s, {} failed writes and syncs so far)",
+            now.duration_since(spell.started).as_secs(),
+            spell.failures
+        );
+        spell.reported_at = now;
+        Some(line)
     }
 
-    fn recovered(&self) {
+    /// Ends the spell at `now`; the line to log, unless another thread ended it first.
+    fn recovered(&self, now: Instant) -> Option<String> {
         let mut spell = self.spell.lock().unwrap_or_else(|p| p.into_inner());
         self.failing.store(false, Ordering::Relaxed);
-        if let Some(spell) = spell.take() {
-            log::warn!(
-                "disk store writes succeed again, after {} failed writes and syncs over {} s",
-                spell.failures,
-                spell.started.elapsed().as_secs()
+        let spell = spell.take()?;
+        Some(format!(
+            "disk store writes succeed again, after {} failed writes and syncs over {} s",
+            spell.failures,
+            now.duration_since(spell.started).as_secs()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> StoreError {
+        let error = std::io::Error::from_raw_os_error(28);
+        super::super::io_error(std::path::Path::new("/data/log/0000000001.log"), error)
+    }
+
+    #[test]
+    fn a_spell_is_logged_when_it_starts_once_a_minute_while_it_lasts_and_when_it_ends() {
+        let health = WriteHealth::default();
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let first = health.failed("disk store sync failed", &full(), at(0));
+        assert_eq!(
+            first.as_deref(),
+            Some(
+                "disk store sync failed: /data/log/0000000001.log: \
+                 No space left on device (os error 28)"
+            )
+        );
+        assert!(health.failing());
+        for secs in [1, 30, 59] {
+            assert_eq!(
+                health.failed("disk store write failed", &full(), at(secs)),
+                None
             );
         }
+        let reminder = health
+            .failed("disk store write failed", &full(), at(61))
+            .unwrap();
+        assert!(
+            reminder.ends_with("(failing for 61 s, 5 failed writes and syncs so far)"),
+            "{reminder}"
+        );
+        assert_eq!(
+            health.failed("disk store write failed", &full(), at(100)),
+            None
+        );
+        let reminder = health
+            .failed("disk store write failed", &full(), at(121))
+            .unwrap();
+        assert!(reminder.ends_with("(failing for 121 s, 7 failed writes and syncs so far)"));
+        assert_eq!(health.errors(), 7);
+        assert_eq!(
+            health.recovered(at(130)).as_deref(),
+            Some("disk store writes succeed again, after 7 failed writes and syncs over 130 s")
+        );
+        assert!(!health.failing());
+        // Another writer's success after the first: nothing more to say.
+        assert_eq!(health.recovered(at(131)), None);
+        // A new spell is a new first line.
+        assert!(health
+            .failed("disk store sync failed", &full(), at(200))
+            .is_some());
+        assert_eq!(health.errors(), 8);
     }
 }
