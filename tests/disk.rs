@@ -313,8 +313,6 @@ fn stats_tell_the_log_pages_reads_mapped_apart_from_the_heap() {
     );
 }
 
-/// A tmpfs of `mib` MiB mounted over a fresh directory and unmounted when dropped: a disk
-/// that really fills. Mounting needs root, as the service tests do.
 /// A 4 KiB value that names its key, so a read shows which write it came from.
 fn page_of(key: &str) -> String {
     let mut page = key.to_string();

@@ -325,6 +325,9 @@ fn prometheus_endpoint_serves_valid_metrics() {
     assert_eq!(samples["kai_cmd_get_total"], 4.0);
     assert_eq!(samples["kai_curr_items"], 10.0);
     assert_eq!(samples["kai_build_info"], 1.0);
+    // A full disk's stats, a counter and a gauge (0 on a memory node).
+    assert_eq!(samples["kai_store_write_errors_total"], 0.0);
+    assert_eq!(samples["kai_store_write_failing"], 0.0);
     let build = (body.lines())
         .find(|l| l.starts_with("kai_build_info{"))
         .unwrap();

@@ -201,10 +201,6 @@ struct Head {
     in_flight: Option<Arc<Vec<u8>>>,
     /// Frames appended but not yet written, after `in_flight`'s.
     buffer: Vec<u8>,
-    /// The last write without the lock failed: until a write succeeds, appends write under
-    /// the lock again (as while any write or sync of the log fails), so a failing disk
-    /// fails them instead of filling the buffer.
-    write_failed: bool,
     /// Bytes appended to the log since the store opened: a write's position in time.
     appended: u64,
 }
@@ -327,7 +323,6 @@ impl LogStore {
                 hints: recovered.head_hints,
                 in_flight: None,
                 buffer: Vec::with_capacity(WRITE_BUFFER),
-                write_failed: false,
                 appended: 0,
             }),
             written_out: Condvar::new(),
@@ -665,7 +660,7 @@ impl Shared {
                 self.seal(&mut head)?;
             }
         }
-        if (head.write_failed || self.write_health.failing()) && !head.buffer.is_empty() {
+        if self.write_health.failing() && !head.buffer.is_empty() {
             // While the log's writes fail, a frame joins the buffer only once the buffer is
             // written: one the disk has no room for is refused, not acknowledged (periodic)
             // or left buffered to be stored later (fsync).
@@ -692,7 +687,8 @@ impl Shared {
             appended: head.appended,
         };
         let ready = head.buffer.len() >= WRITE_BUFFER;
-        let handoff = (ready && head.in_flight.is_none() && !head.write_failed)
+        // While failing, the buffer is written under the lock (above), not handed off.
+        let handoff = (ready && head.in_flight.is_none() && !self.write_health.failing())
             .then(|| Handoff::take(&mut head));
         drop(head);
         if let Some(handoff) = handoff {
@@ -726,7 +722,6 @@ impl Shared {
                 let mut frames = Arc::try_unwrap(frames).unwrap_or_else(|f| f.to_vec());
                 frames.extend_from_slice(&head.buffer);
                 head.buffer = frames;
-                head.write_failed = true;
             }
         }
         drop(head);
@@ -755,7 +750,6 @@ impl Shared {
         (self.write_health).note("disk store write failed", result)?;
         (head.segment.written).fetch_add(head.buffer.len() as u64, Ordering::Release);
         head.buffer.clear();
-        head.write_failed = false;
         Ok(())
     }
 

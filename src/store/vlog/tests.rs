@@ -23,16 +23,25 @@ fn periodic(segment_bytes: u64) -> Settings {
     }
 }
 
-fn block(commit: Commit) {
+/// What `commit` resolves to.
+fn committed(commit: Commit) -> Result<(), StoreError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    runtime.block_on(commit.wait()).unwrap();
+    runtime.block_on(commit.wait())
+}
+
+fn block(commit: Commit) {
+    committed(commit).unwrap();
 }
 
 fn put(store: &LogStore, key: &str, value: &str) {
+    try_put(store, key, value).unwrap();
+}
+
+fn try_put(store: &LogStore, key: &str, value: &str) -> Result<(), StoreError> {
     let versions = Versions::one(test_record(value, 0));
-    block(store.update(key.as_bytes(), 100, &mut |_| Change::Put(versions.clone())));
+    committed(store.update(key.as_bytes(), 100, &mut |_| Change::Put(versions.clone())))
 }
 
 fn remove(store: &LogStore, key: &str) {
@@ -577,15 +586,6 @@ fn an_overwrite_that_finds_the_stored_clock_damaged_reads_the_whole_frame() {
     // the version never had.
     assert_eq!(overwrite_seeing(&store, "k"), None);
     assert_eq!(value(&store, "k").as_deref(), Some("new"));
-}
-
-fn try_put(store: &LogStore, key: &str, value: &str) -> Result<(), StoreError> {
-    let versions = Versions::one(test_record(value, 0));
-    let commit = store.update(key.as_bytes(), 100, &mut |_| Change::Put(versions.clone()));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runtime.block_on(commit.wait())
 }
 
 /// A 1 KiB value naming its key.
