@@ -6,10 +6,11 @@ VENV  := target/venv
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 # Test dependencies: the reference memcached and its tools, the packaging toolchain, and
 # the stock binary-protocol clients (Ruby's Dalli, PHP's Memcached, pylibmc; SASL PLAIN
-# needs libsasl2-modules on the client side).
+# needs libsasl2-modules on the client side); FUSE for the disk whose syncs fail
+# (tests/common/sync_failing_fs.py, with fusepy from the venv).
 APT_PACKAGES := memcached libmemcached-tools python3-venv shellcheck mandoc lintian nftables rpm faketime openssl \
                 rpmlint systemd-container ruby ruby-dalli php-cli php-memcached python3-pylibmc \
-                libsasl2-modules
+                libsasl2-modules libfuse2 fuse3
 # memjs, Node's binary-protocol client, from npm (pinned).
 MEMJS := memjs@1.3.2
 PREFIX  ?= /usr/local
@@ -30,8 +31,8 @@ deps:
 	scripts/install-test-deps.sh $(APT_PACKAGES)
 	command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
 	test -x $(VENV)/bin/python3 || python3 -m venv $(VENV)
-	$(VENV)/bin/python3 -c 'import pymemcache, meta_memcache, pytest' 2>/dev/null || \
-		$(VENV)/bin/pip install --quiet pymemcache==4.0.0 meta-memcache==4.3.0 pytest
+	$(VENV)/bin/python3 -c 'import pymemcache, meta_memcache, pytest, fuse' 2>/dev/null || \
+		$(VENV)/bin/pip install --quiet pymemcache==4.0.0 meta-memcache==4.3.0 pytest fusepy==3.0.1
 	command -v npm >/dev/null || scripts/install-test-deps.sh nodejs npm
 	test -d target/npm/node_modules/memjs || \
 		npm install --silent --no-audit --no-fund --prefix target/npm $(MEMJS)

@@ -1,9 +1,10 @@
 //! The disk engine through the real binary: acknowledged writes survive SIGKILL at random
-//! moments and a full disk, data survives a restart, a data_dir is used by one node at a
-//! time, and the offline `kai store` tools work.
+//! moments, a full disk and a disk whose syncs fail, data survives a restart, a data_dir
+//! is used by one node at a time, and the offline `kai store` tools work.
 
 mod common;
 
+use common::failing_disk::FailingDisk;
 use common::small_disk::SmallDisk;
 use common::{Client, Kai, KAI};
 use std::collections::HashMap;
@@ -330,6 +331,48 @@ fn check_node(kai: &Kai) -> (Option<i32>, String) {
     (out.status.code(), line)
 }
 
+/// Once the disk recovers, the node leaves the failing state on its own (no write is
+/// needed), logs the end of the spell, has still logged `error` once, and its Nagios
+/// check is OK again.
+fn assert_recovers(kai: &Kai, client: &mut Client, durability: &str, error: &str) {
+    let cleared = common::wait_until(Duration::from_secs(5), || {
+        client.stats("stats")["kai_store_write_failing"] == "0"
+    });
+    assert!(
+        cleared,
+        "{durability}: still failing once the disk recovered"
+    );
+    let log = kai.log();
+    assert!(
+        log.contains("disk store syncs succeed again, after"),
+        "{durability}: {log}"
+    );
+    assert_eq!(log.matches(error).count(), 1, "{durability}: {log}");
+    let (status, line) = check_node(kai);
+    assert_eq!(status, Some(0), "{durability}: {line}");
+}
+
+/// Kills `kai` with SIGKILL, starts it again and reads every key in `acked` back.
+fn survives_kill_9(
+    mut kai: Kai,
+    start: impl Fn() -> Kai,
+    durability: &str,
+    acked: &[String],
+    value_of: impl Fn(&str) -> Vec<u8>,
+) {
+    // A periodic node's last acknowledged writes wait for its next sync.
+    std::thread::sleep(Duration::from_millis(500));
+    kai.child.kill().unwrap(); // SIGKILL
+    kai.child.wait().unwrap();
+    let kai = start();
+    let mut client = kai.client();
+    for key in acked {
+        let expected = value_of(key);
+        let found = client.get(key);
+        assert_eq!(found, Some(expected), "{durability}: {key} after kill -9");
+    }
+}
+
 /// Fills an 8 MiB disk (6 MiB of it ballast) under a node with `durability`: writes past
 /// the space are refused with SERVER_ERROR naming the error, reads go on, the stats and
 /// the Nagios check say so, freeing the space lets writes through again without a
@@ -341,7 +384,7 @@ fn a_full_disk(durability: &str) {
     let data = disk.path().join("data");
     let store = format!("durability = \"{durability}\"\nflush_interval = \"100ms\"\n");
     let start = || start_with_store(&data, &store);
-    let mut kai = start();
+    let kai = start();
     let mut client = kai.client();
     let (mut acked, mut refused) = (Vec::new(), 0);
     // 16 MiB of writes for 2 MiB of space: the loop ends on refusals, not on its count.
@@ -387,40 +430,14 @@ fn a_full_disk(durability: &str) {
     }
 
     std::fs::remove_file(&ballast).unwrap();
-    // The node retries on its own: no write is needed to end the failing state.
-    let cleared = common::wait_until(Duration::from_secs(5), || {
-        client.stats("stats")["kai_store_write_failing"] == "0"
-    });
-    assert!(cleared, "{durability}: still failing with space free");
-    assert!(
-        kai.log().contains("disk store writes succeed again, after"),
-        "{durability}: {}",
-        kai.log()
-    );
-    assert_eq!(reported(&kai), 1, "{durability}");
-    let (status, line) = check_node(&kai);
-    assert_eq!(status, Some(0), "{durability}: {line}");
+    assert_recovers(&kai, &mut client, durability, "No space left on device");
     assert_eq!(client.call("set freed 0 0 2\r\nok\r\n"), "STORED\r\n");
     acked.push("freed".into());
-    // A periodic node's last acknowledged writes wait for its next sync.
-    std::thread::sleep(Duration::from_millis(500));
-    kai.child.kill().unwrap(); // SIGKILL
-    kai.child.wait().unwrap();
-
-    let kai = start();
-    let mut client = kai.client();
-    for key in &acked {
-        let expected = if key == "freed" {
-            b"ok".to_vec()
-        } else {
-            page_of(key).into_bytes()
-        };
-        assert_eq!(
-            client.get(key),
-            Some(expected),
-            "{durability}: {key} after kill -9"
-        );
-    }
+    let value_of = |key: &str| match key {
+        "freed" => b"ok".to_vec(),
+        _ => page_of(key).into_bytes(),
+    };
+    survives_kill_9(kai, start, durability, &acked, value_of);
 }
 
 #[test]
@@ -431,4 +448,85 @@ fn a_full_disk_refuses_writes_and_keeps_every_acknowledged_one_with_fsync() {
 #[test]
 fn a_full_disk_refuses_writes_and_keeps_every_acknowledged_one_with_periodic_sync() {
     a_full_disk("periodic");
+}
+
+/// A disk that takes every write and fails every sync (EIO), under a node with
+/// `durability`: once a sync has failed, no write is acknowledged (not even with
+/// `periodic`, which would otherwise lose far more than its interval), the stats and the
+/// Nagios check say so and the log has one line for the spell, and once syncs succeed
+/// again the node takes writes without a restart and keeps every one it acknowledged.
+fn syncs_that_fail(durability: &str) {
+    let disk = FailingDisk::mount();
+    let data = disk.path().join("data");
+    let store = format!("durability = \"{durability}\"\nflush_interval = \"100ms\"\n");
+    let start = || start_with_store(&data, &store);
+    let kai = start();
+    let mut client = kai.client();
+    let set = |client: &mut Client, key: &str| {
+        client.call(&format!("set {key} 0 0 {}\r\n{key}\r\n", key.len()))
+    };
+    let mut acked = vec!["before".to_string()];
+    assert_eq!(set(&mut client, "before"), "STORED\r\n", "{durability}");
+
+    disk.fail_syncs(true);
+    let mut answers = Vec::new();
+    for i in 0..1000 {
+        let key = format!("while{i}");
+        let reply = set(&mut client, &key);
+        if reply == "STORED\r\n" {
+            acked.push(key);
+        }
+        answers.push(reply);
+        if answers.iter().filter(|r| *r != "STORED\r\n").count() == 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let first_refusal = answers.iter().position(|r| r != "STORED\r\n");
+    let first_refusal = first_refusal.expect("no write refused while every sync fails");
+    for reply in &answers[first_refusal..] {
+        assert!(
+            reply.starts_with("SERVER_ERROR ") && reply.contains("Input/output error"),
+            "{durability}: after a refusal, {reply:?}"
+        );
+    }
+    if durability == "fsync" {
+        assert_eq!(
+            first_refusal, 0,
+            "fsync acknowledged a write no sync stored"
+        );
+    }
+    let stats = client.stats("stats");
+    assert!(
+        number(&stats, "kai_store_write_errors") >= 20,
+        "{durability}"
+    );
+    assert_eq!(stats["kai_store_write_failing"], "1", "{durability}");
+    let (status, line) = check_node(&kai);
+    assert_eq!(status, Some(2), "{durability}: {line}");
+    let reported = |kai: &Kai| kai.log().matches("Input/output error").count();
+    assert_eq!(reported(&kai), 1, "{durability}: {}", kai.log());
+    assert_eq!(
+        client.get("before"),
+        Some(b"before".to_vec()),
+        "{durability}"
+    );
+
+    disk.fail_syncs(false);
+    assert_recovers(&kai, &mut client, durability, "Input/output error");
+    assert_eq!(set(&mut client, "after"), "STORED\r\n", "{durability}");
+    acked.push("after".into());
+    survives_kill_9(kai, start, durability, &acked, |key| {
+        key.as_bytes().to_vec()
+    });
+}
+
+#[test]
+fn a_disk_whose_syncs_fail_refuses_writes_until_they_succeed_with_fsync() {
+    syncs_that_fail("fsync");
+}
+
+#[test]
+fn a_disk_whose_syncs_fail_refuses_writes_until_they_succeed_with_periodic_sync() {
+    syncs_that_fail("periodic");
 }

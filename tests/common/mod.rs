@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod binary;
 pub mod cluster;
+pub mod failing_disk;
 pub mod small_disk;
 
 pub const KAI: &str = env!("CARGO_BIN_EXE_kai");

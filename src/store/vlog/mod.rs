@@ -709,7 +709,9 @@ impl Shared {
         } = handoff;
         let result = (segment.file.write_all_at(&frames, at))
             .map_err(|e| io_error(&segment_path(&self.dir, id), e));
-        let result = self.write_health.note("disk store write failed", result);
+        let result = self
+            .write_health
+            .note_write("disk store write failed", result);
         let mut head = lock(&self.head);
         head.in_flight = None;
         match result {
@@ -747,7 +749,7 @@ impl Shared {
         let written = head.segment.written.load(Ordering::Relaxed);
         let result = (head.segment.file.write_all_at(&head.buffer, written))
             .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
-        (self.write_health).note("disk store write failed", result)?;
+        (self.write_health).note_write("disk store write failed", result)?;
         (head.segment.written).fetch_add(head.buffer.len() as u64, Ordering::Release);
         head.buffer.clear();
         Ok(())
@@ -761,12 +763,13 @@ impl Shared {
         // end in a torn write.
         let result = (head.segment.file.sync_data())
             .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
-        (self.write_health).note("disk store sync failed", result)?;
+        (self.write_health).note_sync("disk store sync failed", result)?;
         self.synced(head.appended, None);
         let next = head.id + 1;
         let created = recovery::create_segment(&self.dir, next, self.settings.segment_bytes);
-        let segment =
-            Arc::new((self.write_health).note("disk store could not start a segment", created)?);
+        let segment = Arc::new(
+            (self.write_health).note_write("disk store could not start a segment", created)?,
+        );
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
         segments.insert(next, Arc::clone(&segment));
         drop(segments);
@@ -777,9 +780,11 @@ impl Shared {
         Ok(())
     }
 
-    /// A `Commit` that resolves once the log is durable up to `appended`.
+    /// A `Commit` that resolves once the log is durable up to `appended`. With `periodic`
+    /// at once, unless the log is failing: then, as with `fsync`, once a sync succeeds,
+    /// since a disk whose syncs fail would lose far more than an interval.
     fn durable(&self, appended: u64) -> Commit {
-        if self.settings.durability == Durability::Periodic {
+        if self.settings.durability == Durability::Periodic && !self.write_health.failing() {
             let synced = self.durable_mirror.load(Ordering::Relaxed);
             if appended.saturating_sub(synced) >= WRITEBACK_BYTES {
                 let mut syncs = lock(&self.syncs);
@@ -839,7 +844,7 @@ impl Shared {
         let result = written.and_then(|()| {
             let result =
                 (segment.file.sync_data()).map_err(|e| io_error(&segment_path(&self.dir, id), e));
-            (self.write_health).note("disk store sync failed", result)
+            (self.write_health).note_sync("disk store sync failed", result)
         });
         match &result {
             Ok(()) => self.synced(appended, None),
@@ -870,10 +875,11 @@ impl Shared {
                     Durability::Fsync => (self.sync_wanted)
                         .wait_while(syncs, |s| s.waiting.is_empty() && !s.stopping)
                         .unwrap_or_else(|p| p.into_inner()),
+                    // Writers wait for it only while the log is failing (`durable`).
                     Durability::Periodic => {
                         let mut syncs = (self.sync_wanted)
                             .wait_timeout_while(syncs, self.settings.flush_interval, |s| {
-                                !s.stopping && !s.writeback_wanted
+                                !s.stopping && !s.writeback_wanted && s.waiting.is_empty()
                             })
                             .unwrap_or_else(|p| p.into_inner())
                             .0;

@@ -1,7 +1,9 @@
 //! Whether the log's writes and syncs succeed, for the stats, the syncer and the node's log.
 //! A full disk fails every write and sync, as often as clients write: a spell of
 //! failures is logged when it starts, then at most once a minute with how many failed so
-//! far, and once when a write succeeds again.
+//! far, and once when a sync succeeds again. Only a sync ends a spell: a disk that fails
+//! its syncs takes every write into the page cache, and a write's success there says
+//! nothing about whether the disk stores it.
 
 use super::StoreError;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,29 +33,37 @@ impl WriteHealth {
         self.errors.load(Ordering::Relaxed)
     }
 
-    /// Whether the last write or sync failed (`kai_store_write_failing`).
+    /// Whether a write or sync failed since the last sync that succeeded
+    /// (`kai_store_write_failing`).
     pub fn failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
     }
 
-    /// Passes `result` on, counting and logging it if `what` failed ("disk store sync
-    /// failed") and ending a spell of failures if it succeeded.
-    pub fn note<T>(&self, what: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        match &result {
-            Err(err) => {
-                if let Some(line) = self.failed(what, err, Instant::now()) {
-                    log::error!("{line}");
-                }
+    /// Passes on the result of a write (or of creating a segment), counting and logging
+    /// it if `what` failed ("disk store write failed").
+    pub fn note_write<T>(
+        &self,
+        what: &str,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Err(err) = &result {
+            if let Some(line) = self.failed(what, err, Instant::now()) {
+                log::error!("{line}");
             }
-            // Read first, so the common case leaves the cache line shared.
-            Ok(_) if self.failing() => {
-                if let Some(line) = self.recovered(Instant::now()) {
-                    log::warn!("{line}");
-                }
-            }
-            Ok(_) => {}
         }
         result
+    }
+
+    /// Passes on the result of a sync: a failure as `note_write`, a success ends the
+    /// spell of failures.
+    pub fn note_sync<T>(&self, what: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        // Read first, so the common case leaves the cache line shared.
+        if result.is_ok() && self.failing() {
+            if let Some(line) = self.recovered(Instant::now()) {
+                log::warn!("{line}");
+            }
+        }
+        self.note_write(what, result)
     }
 
     /// Counts a failure at `now`; the line to log, if one is due.
@@ -88,7 +98,7 @@ impl WriteHealth {
         self.failing.store(false, Ordering::Relaxed);
         let spell = spell.take()?;
         Some(format!(
-            "disk store writes succeed again, after {} failed writes and syncs over {} s",
+            "disk store syncs succeed again, after {} failed writes and syncs over {} s",
             spell.failures,
             now.duration_since(spell.started).as_secs()
         ))
@@ -102,6 +112,19 @@ mod tests {
     fn full() -> StoreError {
         let error = std::io::Error::from_raw_os_error(28);
         super::super::io_error(std::path::Path::new("/data/log/0000000001.log"), error)
+    }
+
+    #[test]
+    fn only_a_sync_ends_a_spell() {
+        let health = WriteHealth::default();
+        let _ = health.note_sync("disk store sync failed", Err::<(), _>(full()));
+        assert!(health.failing());
+        // A write that succeeds went to the page cache: it says nothing of the disk.
+        let _ = health.note_write("disk store write failed", Ok(()));
+        assert!(health.failing());
+        let _ = health.note_sync("disk store sync failed", Ok(()));
+        assert!(!health.failing());
+        assert_eq!(health.errors(), 1);
     }
 
     #[test]
@@ -142,7 +165,7 @@ mod tests {
         assert_eq!(health.errors(), 7);
         assert_eq!(
             health.recovered(at(130)).as_deref(),
-            Some("disk store writes succeed again, after 7 failed writes and syncs over 130 s")
+            Some("disk store syncs succeed again, after 7 failed writes and syncs over 130 s")
         );
         assert!(!health.failing());
         // Another writer's success after the first: nothing more to say.
