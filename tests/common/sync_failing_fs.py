@@ -1,6 +1,10 @@
 """A FUSE filesystem passing every call through to a directory, except that fsync and
 fdatasync fail with EIO while a flag file exists: a disk that takes writes into the page
-cache and cannot store them. Used by tests/disk.rs (common/failing_disk.rs).
+cache and cannot store them. As Linux does on a failed writeback, a failed sync drops
+what was written since the last sync that succeeded: the bytes become zeros in the
+backing file, which a process sees once the filesystem is mounted again (the kernel's
+cache of the old mount still holds them). Used by tests/disk.rs
+(common/failing_disk.rs).
 
 usage: sync_failing_fs.py BACKING_DIR MOUNT_POINT FLAG_FILE
 """
@@ -20,13 +24,23 @@ class SyncFailing(Operations):
     def __init__(self, backing, flag):
         self.backing = backing
         self.flag = flag
+        # Per file: (offset, length) of each write since its last sync that succeeded.
+        self.unsynced = {}
 
     def real(self, path):
         return os.path.join(self.backing, path.lstrip("/"))
 
-    def check_sync(self):
-        if os.path.exists(self.flag):
-            raise FuseOSError(errno.EIO)
+    def check_sync(self, path):
+        written = self.unsynced.pop(path, [])
+        if not os.path.exists(self.flag):
+            return
+        fd = os.open(self.real(path), os.O_WRONLY)
+        try:
+            for offset, length in written:
+                os.pwrite(fd, bytes(length), offset)
+        finally:
+            os.close(fd)
+        raise FuseOSError(errno.EIO)
 
     def getattr(self, path, fh=None):
         st = os.lstat(self.real(path))
@@ -64,6 +78,7 @@ class SyncFailing(Operations):
         return os.pread(fh, size, offset)
 
     def write(self, path, data, offset, fh):
+        self.unsynced.setdefault(path, []).append((offset, len(data)))
         return os.pwrite(fh, data, offset)
 
     def flush(self, path, fh):
@@ -73,16 +88,16 @@ class SyncFailing(Operations):
         os.close(fh)
 
     def fsync(self, path, datasync, fh):
-        self.check_sync()
+        self.check_sync(path)
         if datasync:
             os.fdatasync(fh)
         else:
             os.fsync(fh)
 
     def fsyncdir(self, path, datasync, fh):
-        self.check_sync()
+        self.check_sync(path)
 
 
 if __name__ == "__main__":
     backing, mount_point, flag = sys.argv[1:4]
-    FUSE(SyncFailing(backing, flag), mount_point, foreground=True)
+    FUSE(SyncFailing(backing, flag), mount_point, foreground=True, nothreads=True)

@@ -27,6 +27,7 @@ mod mapping;
 mod recovery;
 #[cfg(test)]
 mod tests;
+mod unsynced;
 mod write_health;
 
 use super::digest::{Delta, Digests};
@@ -203,6 +204,8 @@ struct Head {
     buffer: Vec<u8>,
     /// Bytes appended to the log since the store opened: a write's position in time.
     appended: u64,
+    /// Frames written since the last sync that succeeded (`unsynced.rs`).
+    unsynced: unsynced::Unsynced,
 }
 
 /// What the syncer and the writers waiting on it share.
@@ -230,6 +233,8 @@ struct Shared {
     head_id: AtomicU32,
     syncs: Mutex<Syncs>,
     sync_wanted: Condvar,
+    /// The head's fdatasyncs, one at a time, and whether one failed.
+    syncing: unsynced::Syncing,
     /// `Syncs::durable`, mirrored for `periodic` writers to read without the lock.
     durable_mirror: AtomicU64,
     /// Wakes the compactor when the store closes.
@@ -324,11 +329,13 @@ impl LogStore {
                 in_flight: None,
                 buffer: Vec::with_capacity(WRITE_BUFFER),
                 appended: 0,
+                unsynced: unsynced::Unsynced::default(),
             }),
             written_out: Condvar::new(),
             head_id: AtomicU32::new(recovered.head),
             syncs: Mutex::new(Syncs::default()),
             sync_wanted: Condvar::new(),
+            syncing: unsynced::Syncing::default(),
             durable_mirror: AtomicU64::new(0),
             stop_signal: Condvar::new(),
             items: AtomicU64::new(recovered.items),
@@ -660,12 +667,13 @@ impl Shared {
                 self.seal(&mut head)?;
             }
         }
-        if self.write_health.failing() && !head.buffer.is_empty() {
-            // While the log's writes fail, a frame joins the buffer only once the buffer is
-            // written: one the disk has no room for is refused, not acknowledged (periodic)
-            // or left buffered to be stored later (fsync).
+        if self.write_health.failing() {
+            // While the log's writes or syncs fail, a frame joins the buffer only once the
+            // log is durable: one the disk cannot store is refused, not acknowledged
+            // (periodic), left buffered to be stored later, or kept in memory for a sync
+            // that never succeeds (`unsynced`).
             head = self.settled(head);
-            self.write_out(&mut head)?;
+            self.sync_settled(&mut head)?;
         }
         let offset = head.segment.size.load(Ordering::Relaxed);
         head.buffer.extend_from_slice(frame);
@@ -717,6 +725,7 @@ impl Shared {
         match result {
             Ok(()) => {
                 (segment.written).fetch_add(frames.len() as u64, Ordering::Release);
+                head.unsynced.push(id, at, frames);
             }
             Err(_) => {
                 // Back in front of the buffer: the next sync writes them again and tells
@@ -751,20 +760,45 @@ impl Shared {
             .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
         (self.write_health).note_write("disk store write failed", result)?;
         (head.segment.written).fetch_add(head.buffer.len() as u64, Ordering::Release);
-        head.buffer.clear();
+        let empty = head.unsynced.buffer(WRITE_BUFFER);
+        let frames = std::mem::replace(&mut head.buffer, empty);
+        let id = head.id;
+        head.unsynced.push(id, written, Arc::new(frames));
+        Ok(())
+    }
+
+    /// Writes the head's kept frames again if a sync failed since the last one trusted.
+    fn rewrite_if_needed(&self, head: &Head) -> Result<(), StoreError> {
+        if !self.syncing.must_rewrite() {
+            return Ok(());
+        }
+        let result = (head.unsynced.rewrite(head.id, &head.segment.file))
+            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
+        (self.write_health).note_write("disk store write failed", result)
+    }
+
+    /// Makes the head durable under its lock: writes the buffer, writes again what a
+    /// failed sync may have dropped, and syncs. Called with the head `settled`.
+    fn sync_settled(&self, head: &mut Head) -> Result<(), StoreError> {
+        let before = self.syncing.before();
+        self.write_out(head)?;
+        self.rewrite_if_needed(head)?;
+        let written = head.segment.written.load(Ordering::Relaxed);
+        let result = (self.syncing.sync(&head.segment.file, before))
+            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
+        (self.write_health).note_sync("disk store sync failed", result)?;
+        let id = head.id;
+        head.unsynced.synced(id, written);
+        self.synced(head.appended, None);
         Ok(())
     }
 
     /// Syncs the head, starts the next segment and queues the sealed one's hint file.
     /// Called with the head `settled`.
     fn seal(&self, head: &mut Head) -> Result<(), StoreError> {
-        self.write_out(head)?;
         // Durable before any frame lands in the next segment: only the last segment may
         // end in a torn write.
-        let result = (head.segment.file.sync_data())
-            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
-        (self.write_health).note_sync("disk store sync failed", result)?;
-        self.synced(head.appended, None);
+        self.sync_settled(head)?;
         let next = head.id + 1;
         let created = recovery::create_segment(&self.dir, next, self.settings.segment_bytes);
         let segment = Arc::new(
@@ -836,16 +870,28 @@ impl Shared {
 
     /// Syncs the head now; returns how far the log is durable.
     fn sync(&self) -> Result<(), StoreError> {
-        let (id, segment, appended, written) = {
+        let before = self.syncing.before();
+        let (id, segment, appended, written, prepared) = {
             let mut head = self.settled(lock(&self.head));
-            let written = self.write_out(&mut head);
-            (head.id, Arc::clone(&head.segment), head.appended, written)
+            let prepared = (self.write_out(&mut head)).and_then(|()| self.rewrite_if_needed(&head));
+            let written = head.segment.written.load(Ordering::Relaxed);
+            (
+                head.id,
+                Arc::clone(&head.segment),
+                head.appended,
+                written,
+                prepared,
+            )
         };
-        let result = written.and_then(|()| {
-            let result =
-                (segment.file.sync_data()).map_err(|e| io_error(&segment_path(&self.dir, id), e));
+        // Outside the head's lock: appends go on meanwhile.
+        let result = prepared.and_then(|()| {
+            let result = (self.syncing.sync(&segment.file, before))
+                .map_err(|e| io_error(&segment_path(&self.dir, id), e));
             (self.write_health).note_sync("disk store sync failed", result)
         });
+        if result.is_ok() {
+            lock(&self.head).unsynced.synced(id, written);
+        }
         match &result {
             Ok(()) => self.synced(appended, None),
             Err(err) => self.synced(appended, Some(err.clone())),
@@ -912,7 +958,8 @@ struct Handoff {
 
 impl Handoff {
     fn take(head: &mut Head) -> Handoff {
-        let frames = std::mem::replace(&mut head.buffer, Vec::with_capacity(WRITE_BUFFER));
+        let empty = head.unsynced.buffer(WRITE_BUFFER);
+        let frames = std::mem::replace(&mut head.buffer, empty);
         let frames = Arc::new(frames);
         head.in_flight = Some(Arc::clone(&frames));
         Handoff {
