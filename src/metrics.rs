@@ -160,7 +160,7 @@ const GAUGES: &[(&str, &str, &str)] = &[
     (
         "kai_store_write_failing",
         "kai_store_write_failing",
-        "1 while the disk engine's last write or sync of its log failed: client writes are refused",
+        "1 from a failed write or sync of the disk engine's log until a sync succeeds: client writes are refused",
     ),
     (
         "runtime_tasks",
