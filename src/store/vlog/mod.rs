@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
+use unsynced::Before;
 
 pub const DIR_NAME: &str = "log";
 const SHARDS: usize = 64;
@@ -767,26 +768,31 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes the head's kept frames again if a sync failed since the last one trusted.
-    fn rewrite_if_needed(&self, head: &Head) -> Result<(), StoreError> {
-        if !self.syncing.must_rewrite() {
-            return Ok(());
+    /// What a sync of the head must follow: writes the buffer, and again the kept frames
+    /// if a sync failed since the last one trusted. Returns how far the head's file is
+    /// written. Called with the head `settled`.
+    fn prepare_sync(&self, head: &mut Head) -> Result<u64, StoreError> {
+        self.write_out(head)?;
+        if self.syncing.must_rewrite() {
+            let result = (head.unsynced.rewrite(head.id, &head.segment.file))
+                .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
+            (self.write_health).note_write("disk store write failed", result)?;
         }
-        let result = (head.unsynced.rewrite(head.id, &head.segment.file))
-            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
-        (self.write_health).note_write("disk store write failed", result)
+        Ok(head.segment.written.load(Ordering::Relaxed))
     }
 
-    /// Makes the head durable under its lock: writes the buffer, writes again what a
-    /// failed sync may have dropped, and syncs. Called with the head `settled`.
+    /// fdatasyncs segment `id` (`unsynced::Syncing::sync`), counted and logged.
+    fn sync_segment(&self, id: u32, segment: &Segment, before: Before) -> Result<(), StoreError> {
+        let result = (self.syncing.sync(&segment.file, before))
+            .map_err(|e| io_error(&segment_path(&self.dir, id), e));
+        (self.write_health).note_sync("disk store sync failed", result)
+    }
+
+    /// Makes the head durable under its lock. Called with the head `settled`.
     fn sync_settled(&self, head: &mut Head) -> Result<(), StoreError> {
         let before = self.syncing.before();
-        self.write_out(head)?;
-        self.rewrite_if_needed(head)?;
-        let written = head.segment.written.load(Ordering::Relaxed);
-        let result = (self.syncing.sync(&head.segment.file, before))
-            .map_err(|e| io_error(&segment_path(&self.dir, head.id), e));
-        (self.write_health).note_sync("disk store sync failed", result)?;
+        let written = self.prepare_sync(head)?;
+        self.sync_segment(head.id, &head.segment, before)?;
         let id = head.id;
         head.unsynced.synced(id, written);
         self.synced(head.appended, None);
@@ -871,27 +877,17 @@ impl Shared {
     /// Syncs the head now; returns how far the log is durable.
     fn sync(&self) -> Result<(), StoreError> {
         let before = self.syncing.before();
-        let (id, segment, appended, written, prepared) = {
+        let (id, segment, appended, prepared) = {
             let mut head = self.settled(lock(&self.head));
-            let prepared = (self.write_out(&mut head)).and_then(|()| self.rewrite_if_needed(&head));
-            let written = head.segment.written.load(Ordering::Relaxed);
-            (
-                head.id,
-                Arc::clone(&head.segment),
-                head.appended,
-                written,
-                prepared,
-            )
+            let prepared = self.prepare_sync(&mut head);
+            (head.id, Arc::clone(&head.segment), head.appended, prepared)
         };
         // Outside the head's lock: appends go on meanwhile.
-        let result = prepared.and_then(|()| {
-            let result = (self.syncing.sync(&segment.file, before))
-                .map_err(|e| io_error(&segment_path(&self.dir, id), e));
-            (self.write_health).note_sync("disk store sync failed", result)
-        });
-        if result.is_ok() {
+        let result = prepared.and_then(|written| {
+            self.sync_segment(id, &segment, before)?;
             lock(&self.head).unsynced.synced(id, written);
-        }
+            Ok(())
+        });
         match &result {
             Ok(()) => self.synced(appended, None),
             Err(err) => self.synced(appended, Some(err.clone())),

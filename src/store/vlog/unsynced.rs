@@ -24,6 +24,8 @@ struct Chunk {
 /// Lives in the head, under its lock.
 #[derive(Default)]
 pub(super) struct Unsynced {
+    /// In the order written, which is the log's order: the head is written by one writer
+    /// at a time (a handed-off write, or a write-out of the settled head).
     chunks: Vec<Chunk>,
     spare: Vec<Vec<u8>>,
 }
@@ -31,6 +33,7 @@ pub(super) struct Unsynced {
 impl Unsynced {
     /// Keeps `frames`, just written at `at` in `segment`.
     pub fn push(&mut self, segment: u32, at: u64, frames: Arc<Vec<u8>>) {
+        debug_assert!((self.chunks.last()).is_none_or(|c| (c.segment, c.at) < (segment, at)));
         self.chunks.push(Chunk {
             segment,
             at,
@@ -55,11 +58,9 @@ impl Unsynced {
     /// Drops the frames a sync of `segment` up to byte `written` made durable, and those
     /// of earlier segments (sealed only after a sync that succeeded).
     pub fn synced(&mut self, segment: u32, written: u64) {
-        let (done, kept) = std::mem::take(&mut self.chunks)
-            .into_iter()
-            .partition(|c| c.segment < segment || (c.segment == segment && c.at < written));
-        self.chunks = kept;
-        for chunk in done {
+        let covered = |c: &Chunk| c.segment < segment || (c.segment == segment && c.at < written);
+        let done = self.chunks.iter().take_while(|c| covered(c)).count();
+        for chunk in self.chunks.drain(..done) {
             let Ok(mut buffer) = Arc::try_unwrap(chunk.frames) else {
                 continue;
             };
