@@ -216,18 +216,35 @@ ops_of() { # port mix
     "$LOADGEN" --servers "127.0.0.1:$1" --connections 50 --seconds 5 --mix "$2" | cut -d' ' -f1
 }
 median() { printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"; }
-paired() { # name mix port peer-port: prints the median ratio
-    local pair ours peer since ratios=()
+# Context switches of all a process's threads so far, voluntary (it waited for input) and
+# not (it was preempted): on cores the load generator shares, each is CPU neither side
+# spends on requests, so the paired set rows print them per set.
+switches() { cat /proc/"$1"/task/*/status | awk '/_ctxt_switches:/ { n += $2 } END { print n }'; }
+measured() { # port mix [pid]: ops/s, then the pid's context switches per op (or -)
+    local before ops
+    [ -n "${3:-}" ] && before=$(switches "$3")
+    ops=$(ops_of "$1" "$2")
+    if [ -n "${3:-}" ]; then
+        awk -v n="$(( $(switches "$3") - before ))" -v o="$ops" 'BEGIN { printf "%s %.3f", o, (o > 0 ? n / (o * 5) : 0) }'
+    else
+        echo "$ops -"
+    fi
+}
+paired() { # name mix port peer-port [pid peer-pid]: prints the median ratio
+    local pair ours peer since detail ratios=() ours_cs=() peer_cs=()
     for pair in 1 2 3 4 5; do
         since=$(cpu_snapshot)
         if ((pair % 2)); then
-            peer=$(ops_of "$4" "$2"); ours=$(ops_of "$3" "$2")
+            peer=$(measured "$4" "$2" "${6:-}"); ours=$(measured "$3" "$2" "${5:-}")
         else
-            ours=$(ops_of "$3" "$2"); peer=$(ops_of "$4" "$2")
+            ours=$(measured "$3" "$2" "${5:-}"); peer=$(measured "$4" "$2" "${6:-}")
         fi
-        ratios+=("$(ratio "$ours" "$peer")")
-        echo "paired $1 $pair: $ours against $peer, ratio ${ratios[-1]}, steal $(steal_since "$since") %" >> "$OUT/table.txt"
+        ratios+=("$(ratio "${ours% *}" "${peer% *}")"); ours_cs+=("${ours#* }"); peer_cs+=("${peer#* }")
+        detail=""
+        [ -n "${6:-}" ] && detail=", server context switches per op ${ours#* } against ${peer#* }"
+        echo "paired $1 $pair: ${ours% *} against ${peer% *}, ratio ${ratios[-1]}$detail, steal $(steal_since "$since") %" >> "$OUT/table.txt"
     done
+    [ -n "${6:-}" ] && echo "$(median "${ours_cs[@]}") $(median "${peer_cs[@]}")" > "$OUT/paired-switches"
     median "${ratios[@]}"
 }
 # Page faults of the disk node over its paired gets, and the memory left: by now the
@@ -242,7 +259,8 @@ echo "paired get: the disk node took $((minor_after - minor)) minor and $((major
 # Loadgen's sets overwrite 100 k keys, so the periodic node compacts during its rows.
 PAIRED_PERIODIC_SET=$(paired "set, disk periodic node / memory node" set "$PERIODIC_PORT" "$KAI_PORT")
 since=$(cpu_snapshot)
-PAIRED_SET=$(paired "set, kai memory node / memcached" set "$KAI_PORT" "$MC_PORT")
+PAIRED_SET=$(paired "set, kai memory node / memcached" set "$KAI_PORT" "$MC_PORT" "$KAI_PID" "$MC_PID")
+read -r PAIRED_SET_KAI_CS PAIRED_SET_MC_CS < "$OUT/paired-switches"
 PAIRED_SET_STEAL=$(steal_since "$since")
 # The same set pairs with each server on one core and the load generator on another, which
 # is how a remote client meets a server: each side's scheduling no longer preempts the
@@ -429,6 +447,7 @@ cores_at() { awk -v s="$(lat "$1" 5)" -v c="$(lat "$1" 6)" -v r="$2" 'BEGIN { pr
     printf '| %s | %s | | | %s |\n' "CPU time stolen by the hypervisor during those paired rows, %" "$PAIRED_SET_STEAL" "—"
     printf '| %s | | | %s | %s |\n' "single node set, pinned: server on one core, load generator on another, median of 5 pairs (vs memcached -t 2)" "$PINNED_RATIO" "—"
     printf '| %s | %s | | | %s |\n' "CPU time stolen by the hypervisor during the pinned pairs, %" "$PINNED_SET_STEAL" "—"
+    row "single node set, paired rows: server context switches per set, medians (vs memcached's)" "$PAIRED_SET_KAI_CS" "$PAIRED_SET_MC_CS" "—"
     row "single node set, pinned: server CPU µs per set, medians (vs memcached's)" "$PINNED_KAI_CPU" "$PINNED_MC_CPU" "—"
     row "single node set p99.9 µs, 50 conns (vs memcached)" "$(lat kai/set/50 4)" "$(lat memcached/set/50 4)" "≤ 1.0"
     row "3 nodes N=3 R=2 W=2 get, 50 conns, median of 5 rows (vs 80 k/s)" "$CLUSTER_GET" 80000 "≥ 1.0"
