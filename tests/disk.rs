@@ -331,6 +331,12 @@ fn check_node(kai: &Kai) -> (Option<i32>, String) {
     (out.status.code(), line)
 }
 
+/// One log line for a spell of failures, not one per failed write or sync.
+fn assert_logged_once(kai: &Kai, error: &str, durability: &str) {
+    let log = kai.log();
+    assert_eq!(log.matches(error).count(), 1, "{durability}: {log}");
+}
+
 /// Once the disk recovers, the node leaves the failing state on its own (no write is
 /// needed), logs the end of the spell, has still logged `error` once, and its Nagios
 /// check is OK again.
@@ -347,7 +353,7 @@ fn assert_recovers(kai: &Kai, client: &mut Client, durability: &str, error: &str
         log.contains("disk store syncs succeed again, after"),
         "{durability}: {log}"
     );
-    assert_eq!(log.matches(error).count(), 1, "{durability}: {log}");
+    assert_logged_once(kai, error, durability);
     let (status, line) = check_node(kai);
     assert_eq!(status, Some(0), "{durability}: {line}");
 }
@@ -414,9 +420,7 @@ fn a_full_disk(durability: &str) {
         "{durability}: {} acknowledged",
         acked.len()
     );
-    // One line for the spell, not one per failed write or sync.
-    let reported = |kai: &Kai| kai.log().matches("No space left on device").count();
-    assert_eq!(reported(&kai), 1, "{durability}: {}", kai.log());
+    assert_logged_once(&kai, "No space left on device", durability);
     let stats = client.stats("stats");
     assert!(number(&stats, "kai_store_write_errors") > 0, "{durability}");
     assert_eq!(stats["kai_store_write_failing"], "1", "{durability}");
@@ -510,8 +514,7 @@ fn syncs_that_fail(durability: &str) {
     assert_eq!(stats["kai_store_write_failing"], "1", "{durability}");
     let (status, line) = check_node(&kai);
     assert_eq!(status, Some(2), "{durability}: {line}");
-    let reported = |kai: &Kai| kai.log().matches("Input/output error").count();
-    assert_eq!(reported(&kai), 1, "{durability}: {}", kai.log());
+    assert_logged_once(&kai, "Input/output error", durability);
     assert_eq!(
         client.get("before"),
         Some(b"before".to_vec()),
